@@ -1,0 +1,2 @@
+//! Not attention: cases that measure the harness itself.
+pub mod empty;

@@ -1,0 +1,26 @@
+use thiserror::Error;
+
+/// Why a variant could not be built for a case. Raised before any tensor work, so a
+/// sweep can reject a bad configuration up front.
+#[derive(Debug, Error)]
+pub enum VariantError {
+    #[error("unknown variant `{0}` (see `xarena list`)")]
+    Unknown(String),
+    #[error("variant `{variant}`: invalid parameters: {message}")]
+    Params { variant: String, message: String },
+    #[error("variant `{variant}`: {message}")]
+    Config { variant: String, message: String },
+    #[error("variant `{variant}` does not support causal masking")]
+    NoCausal { variant: String },
+    #[error("variant `{variant}` cannot run at scope `{scope}`")]
+    Scope { variant: String, scope: String },
+}
+
+impl VariantError {
+    pub fn config(variant: &str, message: impl Into<String>) -> Self {
+        VariantError::Config {
+            variant: variant.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `sdpa`: LibTorch's fused `scaled_dot_product_attention`, which dispatches to
+//! FlashAttention-2 (Dao 2023) or the memory-efficient kernel (Rabe & Staats 2021) on the
+//! GPU and to a blocked flash kernel on the CPU. Exact, and O(N) in memory where a fused
+//! kernel runs; the strongest exact baseline an X-former has to beat.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::attention::{Attention, Shape};
+use crate::error::VariantError;
+use crate::flops::{self, FlopCount};
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {}
+
+pub struct Sdpa {
+    shape: Shape,
+    backend: String,
+}
+
+/// Names of at::native::sdp::SDPBackend, the value `_fused_sdp_choice` returns.
+fn backend_name(choice: i64) -> String {
+    match choice {
+        0 => "math".into(),
+        1 => "flash".into(),
+        2 => "memory-efficient".into(),
+        3 => "cudnn".into(),
+        4 => "overrideable".into(),
+        other => format!("unknown({other})"),
+    }
+}
+
+impl AttentionVariant for Sdpa {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "sdpa",
+        family: Family::Exact,
+        time: "O(N^2 d)",
+        memory: "O(N) fused (flash, memory-efficient); O(N^2) on the math fallback",
+        time_exponent: 2.0,
+        memory_exponent: 1.0,
+        paper: "Dao 2023, FlashAttention-2 (arXiv:2307.08691); Rabe & Staats 2021, \
+                Self-attention Does Not Need O(n^2) Memory (arXiv:2112.05682)",
+        supports_causal: true,
+        exact: true,
+    };
+
+    fn new(_: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+        // The choice depends on shapes, dtype and device only; empty tensors are never
+        // touched, so they cost no resident memory.
+        let s = shape;
+        let probe = Tensor::empty(
+            [s.batch, s.heads, s.seq_len, s.head_dim],
+            (vs.kind(), vs.device()),
+        );
+        let choice = Tensor::internal_fused_sdp_choice(
+            &probe,
+            &probe,
+            &probe,
+            None::<Tensor>,
+            0.0,
+            s.causal,
+            None,
+            false,
+        );
+        Ok(Sdpa {
+            shape: *shape,
+            backend: backend_name(choice),
+        })
+    }
+}
+
+impl Attention for Sdpa {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            None::<Tensor>,
+            0.0,
+            self.shape.causal,
+            None,
+            false,
+        )
+    }
+
+    /// Fused causal kernels skip the blocks above the diagonal: credit N(N+1)/2 scores.
+    fn flops(&self) -> FlopCount {
+        let s = &self.shape;
+        let (n, d) = (s.seq_len as u64, s.head_dim as u64);
+        let full = flops::matmul(s.bh(), n, d, n) + flops::matmul(s.bh(), n, n, d);
+        FlopCount::forward(if s.causal { full * (n + 1) / (2 * n) } else { full })
+    }
+
+    fn backend(&self) -> Option<String> {
+        Some(self.backend.clone())
+    }
+}

@@ -1,0 +1,2 @@
+//! Fixed patterns: each query sees a pattern of keys fixed in advance.
+pub mod local;

@@ -1,0 +1,70 @@
+use serde::{Deserialize, Serialize};
+
+/// The families of the efficient-transformer taxonomy (Tay et al. 2022, Fig. 2), plus the
+/// exact reference and a harness baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// Not attention: measures the harness itself.
+    Baseline,
+    /// Exact softmax attention (naive or fused).
+    Exact,
+    FixedPatterns,
+    CombinedPatterns,
+    LearnablePatterns,
+    NeuralMemory,
+    LowRank,
+    Kernels,
+    Recurrence,
+    Downsampling,
+    Conditional,
+    KvCache,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(v.as_str().unwrap_or("?"))
+    }
+}
+
+/// What a case measures: the attention module alone (with its projections) or a whole
+/// pre-norm encoder block (attention + FFN). Records carry it so that reports never
+/// compare an attention alone against a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    Attention,
+    Block,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Attention => "attention",
+            Scope::Block => "block",
+        })
+    }
+}
+
+/// Metadata kept beside each variant's code.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantInfo {
+    /// Registry name, as used on the command line.
+    pub name: &'static str,
+    pub family: Family,
+    /// Time complexity of one forward pass in sequence length N (and the variant's
+    /// budget: window w, rank k, features m), per head.
+    pub time: &'static str,
+    /// Memory complexity of the forward pass's working set.
+    pub memory: &'static str,
+    /// The exponent of N that the paper claims for time and for memory, at a fixed
+    /// budget; reports put the fitted exponents beside these.
+    pub time_exponent: f64,
+    pub memory_exponent: f64,
+    /// Citation: authors, year, title, venue or arXiv id.
+    pub paper: &'static str,
+    pub supports_causal: bool,
+    /// Computes exact softmax attention (up to floating point).
+    pub exact: bool,
+}

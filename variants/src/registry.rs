@@ -1,0 +1,242 @@
+//! Names to constructors and metadata: the one list of variants.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tch::nn;
+
+use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
+use crate::block::EncoderBlock;
+use crate::error::VariantError;
+use crate::info::{Scope, VariantInfo};
+use crate::{baseline, exact, fixed, kernel, lowrank};
+
+/// An attention core with its config and metadata.
+pub trait AttentionVariant: Attention + Sized + 'static {
+    type Config: Serialize + DeserializeOwned + Default;
+    const INFO: VariantInfo;
+    fn new(config: Self::Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError>;
+}
+
+/// A variant that is a whole layer for a scope (replaces the block, or measures nothing).
+pub trait LayerVariant: Layer + Sized + 'static {
+    type Config: Serialize + DeserializeOwned + Default;
+    const INFO: VariantInfo;
+    fn new(
+        config: Self::Config,
+        shape: &Shape,
+        scope: Scope,
+        vs: nn::Path,
+    ) -> Result<Self, VariantError>;
+}
+
+type BuildFn = fn(&Value, &Shape, Scope, nn::Path) -> Result<Box<dyn Layer>, VariantError>;
+
+/// One registered variant.
+pub struct Entry {
+    pub info: VariantInfo,
+    normalize: fn(&Value) -> Result<Value, VariantError>,
+    build: BuildFn,
+}
+
+impl Entry {
+    /// The parameters with every default filled in, or the reason they are invalid.
+    pub fn normalize(&self, params: &Value) -> Result<Value, VariantError> {
+        (self.normalize)(params)
+    }
+
+    /// The default parameters.
+    pub fn defaults(&self) -> Value {
+        self.normalize(&Value::Object(Map::new()))
+            .expect("defaults are valid")
+    }
+}
+
+fn parse<C: DeserializeOwned>(name: &str, params: &Value) -> Result<C, VariantError> {
+    serde_json::from_value(params.clone()).map_err(|e| VariantError::Params {
+        variant: name.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn normalize<C: Serialize + DeserializeOwned>(
+    name: &'static str,
+) -> impl Fn(&Value) -> Result<Value, VariantError> {
+    move |params| {
+        let config: C = parse(name, params)?;
+        Ok(serde_json::to_value(config).expect("configs serialise"))
+    }
+}
+
+fn normalize_attention<V: AttentionVariant>(params: &Value) -> Result<Value, VariantError> {
+    normalize::<V::Config>(V::INFO.name)(params)
+}
+
+fn normalize_layer<V: LayerVariant>(params: &Value) -> Result<Value, VariantError> {
+    normalize::<V::Config>(V::INFO.name)(params)
+}
+
+fn build_attention<V: AttentionVariant>(
+    params: &Value,
+    shape: &Shape,
+    scope: Scope,
+    vs: nn::Path,
+) -> Result<Box<dyn Layer>, VariantError> {
+    if shape.causal && !V::INFO.supports_causal {
+        return Err(VariantError::NoCausal {
+            variant: V::INFO.name.into(),
+        });
+    }
+    let core = V::new(parse(V::INFO.name, params)?, shape, &vs / "core")?;
+    let mha = MultiHeadAttention::new(&vs / "attn", *shape, Box::new(core));
+    Ok(match scope {
+        Scope::Attention => Box::new(mha),
+        Scope::Block => Box::new(EncoderBlock::new(&vs / "block", *shape, Box::new(mha))),
+    })
+}
+
+fn build_whole<V: LayerVariant>(
+    params: &Value,
+    shape: &Shape,
+    scope: Scope,
+    vs: nn::Path,
+) -> Result<Box<dyn Layer>, VariantError> {
+    if shape.causal && !V::INFO.supports_causal {
+        return Err(VariantError::NoCausal {
+            variant: V::INFO.name.into(),
+        });
+    }
+    Ok(Box::new(V::new(
+        parse(V::INFO.name, params)?,
+        shape,
+        scope,
+        vs,
+    )?))
+}
+
+fn attention<V: AttentionVariant>() -> Entry {
+    Entry {
+        info: V::INFO,
+        normalize: normalize_attention::<V>,
+        build: build_attention::<V>,
+    }
+}
+
+fn layer<V: LayerVariant>() -> Entry {
+    Entry {
+        info: V::INFO,
+        normalize: normalize_layer::<V>,
+        build: build_whole::<V>,
+    }
+}
+
+/// Every variant, in the order `xarena list` prints them.
+pub fn registry() -> Vec<Entry> {
+    vec![
+        layer::<baseline::empty::Empty>(),
+        attention::<exact::vanilla::Vanilla>(),
+        attention::<exact::sdpa::Sdpa>(),
+        attention::<fixed::local::Local>(),
+        attention::<lowrank::linformer::Linformer>(),
+        attention::<kernel::performer::Performer>(),
+    ]
+}
+
+pub fn find(name: &str) -> Result<Entry, VariantError> {
+    registry()
+        .into_iter()
+        .find(|e| e.info.name == name)
+        .ok_or_else(|| VariantError::Unknown(name.to_string()))
+}
+
+/// A variant with its parameters, as named on the command line (`local:window=128`) or in
+/// a sweep file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map<String, Value>,
+}
+
+impl VariantSpec {
+    pub fn new(name: &str) -> Self {
+        VariantSpec {
+            name: name.to_string(),
+            params: Map::new(),
+        }
+    }
+
+    /// Checks the name and parameters; returns the spec with every default filled in.
+    pub fn normalized(&self) -> Result<VariantSpec, VariantError> {
+        let entry = find(&self.name)?;
+        let params = entry.normalize(&Value::Object(self.params.clone()))?;
+        Ok(VariantSpec {
+            name: self.name.clone(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// A short display name: the variant's name plus the parameters that differ from its
+    /// defaults, e.g. `local(window=128)`.
+    pub fn label(&self) -> String {
+        let defaults = find(&self.name).map(|e| e.defaults()).unwrap_or(Value::Null);
+        let changed: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(k, v)| defaults.get(k.as_str()) != Some(v))
+            .map(|(k, v)| format!("{k}={}", display_value(v)))
+            .collect();
+        if changed.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}({})", self.name, changed.join(","))
+        }
+    }
+}
+
+fn display_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl std::str::FromStr for VariantSpec {
+    type Err = VariantError;
+
+    /// `name` or `name:key=value:key=value`; values are read as JSON (numbers, booleans)
+    /// and otherwise as strings.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.trim().split(':');
+        let name = parts.next().unwrap_or_default().trim();
+        if name.is_empty() {
+            return Err(VariantError::Unknown(s.to_string()));
+        }
+        let mut params = Map::new();
+        for part in parts {
+            let (k, v) = part.split_once('=').ok_or_else(|| VariantError::Params {
+                variant: name.to_string(),
+                message: format!("`{part}` is not key=value"),
+            })?;
+            let v = v.trim();
+            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+            params.insert(k.trim().to_string(), value);
+        }
+        Ok(VariantSpec {
+            name: name.to_string(),
+            params,
+        })
+    }
+}
+
+/// Builds the layer a case measures: the variant's core wrapped for `scope`, with its
+/// parameters under `vs`.
+pub fn build_layer(
+    spec: &VariantSpec,
+    shape: &Shape,
+    scope: Scope,
+    vs: nn::Path,
+) -> Result<Box<dyn Layer>, VariantError> {
+    let entry = find(&spec.name)?;
+    (entry.build)(&Value::Object(spec.params.clone()), shape, scope, vs)
+}
