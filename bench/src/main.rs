@@ -1,1 +1,273 @@
-fn main(){}
+//! `xarena`: run sweeps of efficient-attention cases, list the variants, report results.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::Table;
+use xarena_bench::store::{check_target, Store};
+use xarena_bench::sweep::{Sweep, SweepFile};
+use xarena_bench::{measure, run, worker};
+use xarena_reports::analysis::efficiency_tables;
+use xarena_reports::schema::{Dtype, Mode, Scope};
+use xarena_reports::table::{efficiency_report, Style};
+use xarena_variants::{registry, VariantSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "xarena",
+    version,
+    about = "Efficient transformers, measured honestly on LibTorch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sweep of cases (defaults: the quick CPU sweep) and print the table.
+    Run(RunArgs),
+    /// List the variants with their family, complexity and paper.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Terminal)]
+        format: Format,
+    },
+    /// Print the LRA-style efficiency table of results (run directories or .jsonl files).
+    Report {
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Terminal)]
+        format: Format,
+    },
+    /// Print the environment a run would record, as JSON.
+    Env,
+    /// Serve cases on stdin (started by `run`; not for direct use).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Terminal,
+    Markdown,
+    Json,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A TOML sweep file; flags given here override its fields.
+    #[arg(long)]
+    sweep: Option<PathBuf>,
+    /// Variants, comma separated; parameters as `name:key=value:key=value`.
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<VariantSpec>>,
+    /// Sequence lengths.
+    #[arg(long, value_delimiter = ',')]
+    seq: Option<Vec<i64>>,
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<i64>>,
+    #[arg(long, value_delimiter = ',')]
+    heads: Option<Vec<i64>>,
+    #[arg(long, value_delimiter = ',')]
+    head_dim: Option<Vec<i64>>,
+    #[arg(long, value_delimiter = ',', value_enum)]
+    dtype: Option<Vec<DtypeArg>>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, value_delimiter = ',')]
+    device: Option<Vec<String>>,
+    /// forward (inference, no_grad) or train (forward + backward).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    mode: Option<Vec<ModeArg>>,
+    /// attention (the module with its projections) or block (pre-norm encoder block).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    scope: Option<Vec<ScopeArg>>,
+    /// Causal (autoregressive) masking.
+    #[arg(long)]
+    causal: bool,
+    /// Minimum seconds of timed iterations per case.
+    #[arg(long)]
+    min_time: Option<f64>,
+    /// Minimum seconds of warm-up per case.
+    #[arg(long)]
+    warmup: Option<f64>,
+    #[arg(long)]
+    min_iters: Option<u64>,
+    #[arg(long)]
+    max_iters: Option<u64>,
+    /// Seconds before a case's worker is killed and the case recorded as `timeout`.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// LibTorch threads (0: LibTorch's default, the physical cores).
+    #[arg(long)]
+    threads: Option<i64>,
+    /// Results directory (default: results/<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out, skipping the cases it already recorded.
+    #[arg(long)]
+    resume: bool,
+    /// Keep one worker process across cases instead of a fresh one per case.
+    #[arg(long)]
+    reuse_worker: bool,
+    /// Don't print the table at the end.
+    #[arg(long)]
+    no_report: bool,
+}
+
+macro_rules! value_enum {
+    ($arg:ident => $target:ident { $($v:ident),* }) => {
+        #[derive(Clone, Copy, ValueEnum)]
+        enum $arg { $($v),* }
+        impl From<$arg> for $target {
+            fn from(a: $arg) -> $target { match a { $($arg::$v => $target::$v),* } }
+        }
+    };
+}
+value_enum!(DtypeArg => Dtype { F32, Bf16, F16 });
+value_enum!(ModeArg => Mode { Forward, Train });
+value_enum!(ScopeArg => Scope { Attention, Block });
+
+fn convert<A: Copy + Into<T>, T>(v: Option<Vec<A>>) -> Option<Vec<T>> {
+    v.map(|v| v.into_iter().map(Into::into).collect())
+}
+
+impl RunArgs {
+    /// Defaults, then the sweep file, then the flags.
+    fn sweep(&self) -> Result<Sweep> {
+        let mut sweep = Sweep::default();
+        if let Some(path) = &self.sweep {
+            sweep.apply_file(SweepFile::read(path)?)?;
+        }
+        macro_rules! flag {
+            ($($f:ident),*) => {$( if let Some(v) = &self.$f { sweep.$f = v.clone(); } )*};
+        }
+        flag!(variants, seq, batch, heads, head_dim, device);
+        if let Some(v) = convert(self.dtype.clone()) {
+            sweep.dtype = v;
+        }
+        if let Some(v) = convert(self.mode.clone()) {
+            sweep.mode = v;
+        }
+        if let Some(v) = convert(self.scope.clone()) {
+            sweep.scope = v;
+        }
+        if self.causal {
+            sweep.causal = vec![true];
+        }
+        let t = &mut sweep.timing;
+        t.min_time_s = self.min_time.unwrap_or(t.min_time_s);
+        t.warmup_s = self.warmup.unwrap_or(t.warmup_s);
+        t.min_iters = self.min_iters.unwrap_or(t.min_iters);
+        t.max_iters = self.max_iters.unwrap_or(t.max_iters);
+        sweep.timeout_s = self.timeout.unwrap_or(sweep.timeout_s);
+        sweep.threads = self.threads.unwrap_or(sweep.threads);
+        Ok(sweep)
+    }
+}
+
+fn print_report(paths: &[PathBuf], format: Format) -> Result<()> {
+    let records = xarena_reports::load_records(paths)?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no records in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let tables = efficiency_tables(&records);
+    match format {
+        Format::Terminal => print!("{}", efficiency_report(&tables, Style::Terminal)),
+        Format::Markdown => print!("{}", efficiency_report(&tables, Style::Markdown)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+    }
+    Ok(())
+}
+
+fn cmd_run(args: RunArgs) -> Result<()> {
+    // Everything is checked before anything is written.
+    let sweep = args.sweep()?;
+    let cases = sweep.cases()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("results").join(chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ").to_string())
+    });
+    check_target(&out, args.resume)?;
+    let (store, done) = Store::open(&out)?;
+    eprintln!("xarena: {} case(s) -> {}", cases.len(), out.display());
+    let summary = run::run(&sweep, cases, store, done, args.reuse_worker)?;
+    eprintln!(
+        "xarena: {} ran ({} ok, {} failed), {} skipped; results in {}",
+        summary.ran,
+        summary.ok,
+        summary.failed,
+        summary.skipped,
+        out.display()
+    );
+    if !args.no_report {
+        print_report(&[out], Format::Terminal)?;
+    }
+    Ok(())
+}
+
+fn cmd_list(format: Format) -> Result<()> {
+    let entries = registry();
+    if let Format::Json = format {
+        let infos: Vec<_> = entries
+            .iter()
+            .map(|e| serde_json::json!({"info": e.info, "defaults": e.defaults()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(if let Format::Markdown = format {
+        ASCII_MARKDOWN
+    } else {
+        UTF8_FULL_CONDENSED
+    });
+    t.set_header([
+        "variant", "family", "time", "memory", "causal", "defaults", "paper",
+    ]);
+    for e in &entries {
+        let i = &e.info;
+        t.add_row([
+            i.name.to_string(),
+            i.family.to_string(),
+            i.time.to_string(),
+            i.memory.to_string(),
+            if i.supports_causal { "yes" } else { "no" }.to_string(),
+            e.defaults().to_string(),
+            i.paper.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd_run(args),
+        Command::List { format } => cmd_list(format),
+        Command::Report { results, format } => print_report(&results, format),
+        Command::Env => {
+            let env = measure::env::capture(i64::from(tch::get_num_threads()));
+            serde_json::to_string_pretty(&env)
+                .context("serialising")
+                .map(|s| println!("{s}"))
+        }
+        Command::Worker => worker::serve(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xarena: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

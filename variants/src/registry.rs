@@ -15,6 +15,11 @@ use crate::{baseline, exact, fixed, kernel, lowrank};
 pub trait AttentionVariant: Attention + Sized + 'static {
     type Config: Serialize + DeserializeOwned + Default;
     const INFO: VariantInfo;
+    /// Rejects a configuration that cannot run at `shape`, before any tensor is made.
+    fn check(_config: &Self::Config, _shape: &Shape) -> Result<(), VariantError> {
+        Ok(())
+    }
+    /// Builds the variant; `config` has passed [`AttentionVariant::check`].
     fn new(config: Self::Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError>;
 }
 
@@ -36,6 +41,7 @@ type BuildFn = fn(&Value, &Shape, Scope, nn::Path) -> Result<Box<dyn Layer>, Var
 pub struct Entry {
     pub info: VariantInfo,
     normalize: fn(&Value) -> Result<Value, VariantError>,
+    check: fn(&Value, &Shape) -> Result<(), VariantError>,
     build: BuildFn,
 }
 
@@ -43,6 +49,12 @@ impl Entry {
     /// The parameters with every default filled in, or the reason they are invalid.
     pub fn normalize(&self, params: &Value) -> Result<Value, VariantError> {
         (self.normalize)(params)
+    }
+
+    /// Everything that can be known about building at `shape` without building: the
+    /// parameters, causal support, the variant's own limits.
+    pub fn check(&self, params: &Value, shape: &Shape) -> Result<(), VariantError> {
+        (self.check)(params, shape)
     }
 
     /// The default parameters.
@@ -76,17 +88,32 @@ fn normalize_layer<V: LayerVariant>(params: &Value) -> Result<Value, VariantErro
     normalize::<V::Config>(V::INFO.name)(params)
 }
 
+fn causal_support(info: &VariantInfo, shape: &Shape) -> Result<(), VariantError> {
+    if shape.causal && !info.supports_causal {
+        return Err(VariantError::NoCausal {
+            variant: info.name.into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_attention<V: AttentionVariant>(params: &Value, shape: &Shape) -> Result<(), VariantError> {
+    causal_support(&V::INFO, shape)?;
+    V::check(&parse(V::INFO.name, params)?, shape)
+}
+
+fn check_layer<V: LayerVariant>(params: &Value, shape: &Shape) -> Result<(), VariantError> {
+    causal_support(&V::INFO, shape)?;
+    parse::<V::Config>(V::INFO.name, params).map(|_| ())
+}
+
 fn build_attention<V: AttentionVariant>(
     params: &Value,
     shape: &Shape,
     scope: Scope,
     vs: nn::Path,
 ) -> Result<Box<dyn Layer>, VariantError> {
-    if shape.causal && !V::INFO.supports_causal {
-        return Err(VariantError::NoCausal {
-            variant: V::INFO.name.into(),
-        });
-    }
+    check_attention::<V>(params, shape)?;
     let core = V::new(parse(V::INFO.name, params)?, shape, &vs / "core")?;
     let mha = MultiHeadAttention::new(&vs / "attn", *shape, Box::new(core));
     Ok(match scope {
@@ -101,11 +128,7 @@ fn build_whole<V: LayerVariant>(
     scope: Scope,
     vs: nn::Path,
 ) -> Result<Box<dyn Layer>, VariantError> {
-    if shape.causal && !V::INFO.supports_causal {
-        return Err(VariantError::NoCausal {
-            variant: V::INFO.name.into(),
-        });
-    }
+    check_layer::<V>(params, shape)?;
     Ok(Box::new(V::new(
         parse(V::INFO.name, params)?,
         shape,
@@ -118,6 +141,7 @@ fn attention<V: AttentionVariant>() -> Entry {
     Entry {
         info: V::INFO,
         normalize: normalize_attention::<V>,
+        check: check_attention::<V>,
         build: build_attention::<V>,
     }
 }
@@ -126,6 +150,7 @@ fn layer<V: LayerVariant>() -> Entry {
     Entry {
         info: V::INFO,
         normalize: normalize_layer::<V>,
+        check: check_layer::<V>,
         build: build_whole::<V>,
     }
 }
@@ -179,7 +204,9 @@ impl VariantSpec {
     /// A short display name: the variant's name plus the parameters that differ from its
     /// defaults, e.g. `local(window=128)`.
     pub fn label(&self) -> String {
-        let defaults = find(&self.name).map(|e| e.defaults()).unwrap_or(Value::Null);
+        let defaults = find(&self.name)
+            .map(|e| e.defaults())
+            .unwrap_or(Value::Null);
         let changed: Vec<String> = self
             .params
             .iter()

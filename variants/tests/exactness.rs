@@ -79,7 +79,8 @@ fn vanilla_and_sdpa_match_the_float64_reference() {
         let s = shape(67, causal);
         let (q, k, v) = qkv(&s, 1);
         let want = reference(&q, &k, &v, causal);
-        let got = run_core::<exact::vanilla::Vanilla>(Default::default(), &s, Kind::Float, &q, &k, &v);
+        let got =
+            run_core::<exact::vanilla::Vanilla>(Default::default(), &s, Kind::Float, &q, &k, &v);
         assert!(rel_err(&got, &want) < 1e-5, "vanilla causal={causal}");
         let got = run_core::<exact::sdpa::Sdpa>(Default::default(), &s, Kind::Float, &q, &k, &v);
         assert!(rel_err(&got, &want) < 1e-5, "sdpa causal={causal}");
@@ -105,7 +106,10 @@ fn sdpa_layer_equals_vanilla_layer_with_the_same_weights() {
             let (mut sdpa_vs, sdpa) = layer("sdpa");
             sdpa_vs.copy(&vanilla_vs).unwrap();
             let x = seeded(8, || {
-                Tensor::randn([s.batch, s.seq_len, s.d_model()], (Kind::Float, Device::Cpu))
+                Tensor::randn(
+                    [s.batch, s.seq_len, s.d_model()],
+                    (Kind::Float, Device::Cpu),
+                )
             });
             let err = rel_err(&sdpa.forward(&x), &vanilla.forward(&x));
             assert!(err < 1e-5, "scope {scope} causal={causal}: {err}");

@@ -36,7 +36,10 @@ fn vanilla_flops_equal_the_closed_form() {
         assert_eq!(train, 3 * (projections + attention));
         // The block adds the 4x FFN: two products of n x d x 4d.
         let ffn = 2 * (2 * b * n * d * 4 * d);
-        assert_eq!(layer_flops("vanilla", &s, Scope::Block).0, projections + attention + ffn);
+        assert_eq!(
+            layer_flops("vanilla", &s, Scope::Block).0,
+            projections + attention + ffn
+        );
     }
 }
 
@@ -46,11 +49,20 @@ fn sparse_and_low_rank_counts_follow_their_budget() {
     let (vanilla, _) = layer_flops("vanilla", &s, Scope::Attention);
     // Below N, the budgets do less work than exact attention...
     for spec in ["local:window=8", "linformer:k=16", "performer:features=16"] {
-        assert!(layer_flops(spec, &s, Scope::Attention).0 < vanilla, "{spec}");
+        assert!(
+            layer_flops(spec, &s, Scope::Attention).0 < vanilla,
+            "{spec}"
+        );
     }
     // ...and a larger budget costs more.
-    assert!(layer_flops("local:window=4", &s, Scope::Attention).0 < layer_flops("local:window=16", &s, Scope::Attention).0);
-    assert!(layer_flops("linformer:k=8", &s, Scope::Attention).0 < layer_flops("linformer:k=32", &s, Scope::Attention).0);
+    assert!(
+        layer_flops("local:window=4", &s, Scope::Attention).0
+            < layer_flops("local:window=16", &s, Scope::Attention).0
+    );
+    assert!(
+        layer_flops("linformer:k=8", &s, Scope::Attention).0
+            < layer_flops("linformer:k=32", &s, Scope::Attention).0
+    );
     // The fused causal kernel is credited with the lower triangle only.
     let (sdpa_causal, _) = layer_flops("sdpa", &shape(true), Scope::Attention);
     let (sdpa_full, _) = layer_flops("sdpa", &s, Scope::Attention);
@@ -100,7 +112,11 @@ fn registry_names_are_unique_and_metadata_complete() {
     names.dedup();
     assert_eq!(names.len(), entries.len());
     for e in &entries {
-        assert!(!e.info.paper.is_empty() && e.info.time.starts_with("O("), "{}", e.info.name);
+        assert!(
+            !e.info.paper.is_empty() && e.info.time.starts_with("O("),
+            "{}",
+            e.info.name
+        );
         // Defaults round-trip through the config.
         assert_eq!(e.normalize(&e.defaults()).unwrap(), e.defaults());
     }

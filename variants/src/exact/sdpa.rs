@@ -92,7 +92,11 @@ impl Attention for Sdpa {
         let s = &self.shape;
         let (n, d) = (s.seq_len as u64, s.head_dim as u64);
         let full = flops::matmul(s.bh(), n, d, n) + flops::matmul(s.bh(), n, n, d);
-        FlopCount::forward(if s.causal { full * (n + 1) / (2 * n) } else { full })
+        FlopCount::forward(if s.causal {
+            full * (n + 1) / (2 * n)
+        } else {
+            full
+        })
     }
 
     fn backend(&self) -> Option<String> {

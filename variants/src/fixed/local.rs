@@ -100,13 +100,17 @@ impl AttentionVariant for Local {
         exact: false,
     };
 
-    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         if config.window < 1 {
             return Err(VariantError::config(
                 "local",
                 format!("window must be at least 1, got {}", config.window),
             ));
         }
+        Ok(())
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
         let n = shape.seq_len;
         let block = config.window.min(n);
         let blocks = (n + block - 1) / block;

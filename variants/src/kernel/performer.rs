@@ -57,7 +57,10 @@ pub fn orthogonal_features(m: i64, d: i64) -> Tensor {
         })
         .collect();
     let rows = Tensor::cat(&rows, 0).narrow(0, 0, m);
-    let norms = Tensor::randn([m, d], opts).square().sum_dim_intlist(-1, true, None).sqrt();
+    let norms = Tensor::randn([m, d], opts)
+        .square()
+        .sum_dim_intlist(-1, true, None)
+        .sqrt();
     rows * norms
 }
 
@@ -75,7 +78,7 @@ impl AttentionVariant for Performer {
         exact: false,
     };
 
-    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         if config.features < 1 {
             return Err(VariantError::config(
                 "performer",
@@ -88,6 +91,10 @@ impl AttentionVariant for Performer {
                 format!("chunk must be at least 1, got {}", config.chunk),
             ));
         }
+        Ok(())
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
         let w = orthogonal_features(config.features, shape.head_dim)
             .to_kind(vs.kind())
             .to_device(vs.device());

@@ -52,13 +52,17 @@ impl AttentionVariant for Linformer {
         exact: false,
     };
 
-    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         if config.k < 1 {
             return Err(VariantError::config(
                 "linformer",
                 format!("k must be at least 1, got {}", config.k),
             ));
         }
+        Ok(())
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
         let n = shape.seq_len;
         // nn.Linear's default init for an N -> k map.
         let bound = (n as f64).powf(-0.5);

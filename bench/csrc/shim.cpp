@@ -1,0 +1,70 @@
+// What tch does not expose: the CUDA caching allocator's statistics and LibTorch's
+// version and CUDA runtime. Only device-generic c10 calls, so this builds and links on a
+// machine without CUDA headers (the PyPI wheel ships none) and simply reports an error
+// where no CUDA device is present. Every C++ exception stops here.
+#include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/DeviceType.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/headeronly/version.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+void set_error(char* err, size_t len, const char* msg) {
+  if (err && len) {
+    std::strncpy(err, msg, len - 1);
+    err[len - 1] = '\0';
+  }
+}
+}  // namespace
+
+extern "C" {
+
+// Allocated bytes now and at peak since the last reset. 0 on success.
+int xarena_cuda_memory(int device, int64_t* current, int64_t* peak, char* err, size_t len) {
+  try {
+    auto* alloc = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    auto stats = alloc->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto& all = stats.allocated_bytes[0];  // StatType::AGGREGATE
+    *current = all.current;
+    *peak = all.peak;
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, len, e.what());
+    return 1;
+  }
+}
+
+int xarena_cuda_reset_peak(int device, char* err, size_t len) {
+  try {
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)
+        ->resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, len, e.what());
+    return 1;
+  }
+}
+
+// "major.minor.patch" of the headers this was built against.
+const char* xarena_torch_version() {
+#define XARENA_STR2(x) #x
+#define XARENA_STR(x) XARENA_STR2(x)
+  return XARENA_STR(TORCH_VERSION_MAJOR) "." XARENA_STR(TORCH_VERSION_MINOR) "." XARENA_STR(
+      TORCH_VERSION_PATCH);
+}
+
+// CUDA runtime version LibTorch was built with (e.g. 13000), or -1 without CUDA.
+long xarena_cuda_runtime_version() {
+  try {
+    const auto& hooks = at::detail::getCUDAHooks();
+    if (!hooks.hasCUDA()) return -1;
+    return hooks.versionCUDART();
+  } catch (...) {
+    return -1;
+  }
+}
+}

@@ -1,0 +1,13 @@
+//! The xarena runner: sweeps of cases run in isolated workers, measured, and stored as
+//! records. The `xarena` binary (src/main.rs) is its command line.
+//!
+//! Data flows one way: [`sweep`] (flags or TOML -> checked cases) -> [`worker`] (a
+//! process per case) -> [`case`] (build, warm up, measure with [`measure`]) -> [`store`]
+//! (records appended at once) -> `xarena-reports` (tables).
+
+pub mod case;
+pub mod measure;
+pub mod run;
+pub mod store;
+pub mod sweep;
+pub mod worker;

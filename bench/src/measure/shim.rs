@@ -1,0 +1,57 @@
+//! Safe wrappers over `csrc/shim.cpp`.
+
+use std::ffi::{c_char, c_int, c_long, CStr};
+
+extern "C" {
+    fn xarena_cuda_memory(
+        device: c_int,
+        current: *mut i64,
+        peak: *mut i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn xarena_cuda_reset_peak(device: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn xarena_torch_version() -> *const c_char;
+    fn xarena_cuda_runtime_version() -> c_long;
+}
+
+fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut buf = vec![0 as c_char; 512];
+    if f(buf.as_mut_ptr(), buf.len()) == 0 {
+        Ok(())
+    } else {
+        // SAFETY: the shim writes a NUL-terminated message into the buffer on failure.
+        let msg = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        Err(msg.to_string_lossy().into_owned())
+    }
+}
+
+/// The CUDA caching allocator's allocated bytes: (now, peak since the last reset).
+pub fn cuda_memory(device: usize) -> Result<(u64, u64), String> {
+    let (mut current, mut peak) = (0i64, 0i64);
+    // SAFETY: plain out-pointers and a buffer of the stated length.
+    call(|err, len| unsafe {
+        xarena_cuda_memory(device as c_int, &mut current, &mut peak, err, len)
+    })?;
+    Ok((current.max(0) as u64, peak.max(0) as u64))
+}
+
+pub fn cuda_reset_peak(device: usize) -> Result<(), String> {
+    // SAFETY: a buffer of the stated length.
+    call(|err, len| unsafe { xarena_cuda_reset_peak(device as c_int, err, len) })
+}
+
+/// LibTorch's version, from the headers the shim was built against.
+pub fn torch_version() -> String {
+    // SAFETY: returns a static NUL-terminated string.
+    unsafe { CStr::from_ptr(xarena_torch_version()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The CUDA runtime LibTorch was built with, as "13.0", when CUDA is usable.
+pub fn cuda_runtime_version() -> Option<String> {
+    // SAFETY: no arguments; the shim catches every exception.
+    let v = unsafe { xarena_cuda_runtime_version() };
+    (v > 0).then(|| format!("{}.{}", v / 1000, (v % 1000) / 10))
+}

@@ -1,0 +1,157 @@
+//! `xarena run`: cases -> isolated workers -> records, with progress.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use xarena_reports::schema::{Environment, Record, Status, SCHEMA_VERSION};
+
+use crate::case::Request;
+use crate::measure::env;
+use crate::store::Store;
+use crate::sweep::{Case, Sweep};
+use crate::worker::Supervisor;
+
+#[derive(Serialize)]
+struct RunLog<'a> {
+    run_id: &'a str,
+    started_at: String,
+    argv: Vec<String>,
+    sweep: &'a Sweep,
+    cases: usize,
+    skipped: usize,
+    env: &'a Environment,
+}
+
+/// Totals of a finished run.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub ran: usize,
+    pub skipped: usize,
+    pub ok: usize,
+    pub failed: usize,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Runs every case not yet in `store`, appending a record as each ends.
+pub fn run(
+    sweep: &Sweep,
+    cases: Vec<Case>,
+    mut store: Store,
+    done: std::collections::HashSet<String>,
+    reuse_worker: bool,
+) -> Result<Summary> {
+    let threads = if sweep.threads > 0 {
+        sweep.threads
+    } else {
+        i64::from(tch::get_num_threads())
+    };
+    let environment = env::capture(threads);
+    let run_id = format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        std::process::id()
+    );
+    let todo: Vec<Case> = cases
+        .iter()
+        .filter(|c| !done.contains(&c.id))
+        .cloned()
+        .collect();
+    let mut summary = Summary {
+        skipped: cases.len() - todo.len(),
+        ..Default::default()
+    };
+    store.log_run(&RunLog {
+        run_id: &run_id,
+        started_at: now(),
+        argv: std::env::args().collect(),
+        sweep,
+        cases: cases.len(),
+        skipped: summary.skipped,
+        env: &environment,
+    })?;
+
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    let tty = std::io::stderr().is_terminal();
+    if summary.skipped > 0 {
+        bar.println(format!(
+            "resuming: {} case(s) already recorded",
+            summary.skipped
+        ));
+    }
+    let exe: PathBuf = std::env::current_exe()?;
+    let mut supervisor = Supervisor::new(exe, reuse_worker);
+    let timeout = Duration::from_secs_f64(sweep.timeout_s);
+    for case in todo {
+        bar.set_message(case.describe());
+        let started_at = now();
+        let t0 = Instant::now();
+        let req = Request {
+            case: case.clone(),
+            timing: sweep.timing,
+            threads,
+        };
+        let outcome = supervisor.run(&req, timeout);
+        let status = outcome.status.unwrap_or(Status::Error);
+        let flops_per_s = match (&outcome.latency, outcome.flops) {
+            (Some(l), Some(f)) if l.median_s > 0.0 && f > 0 => Some(f as f64 / l.median_s),
+            _ => None,
+        };
+        let record = Record {
+            schema: SCHEMA_VERSION,
+            run_id: run_id.clone(),
+            case_id: case.id.clone(),
+            key: case.key.clone(),
+            label: case.label.clone(),
+            status,
+            message: outcome.message,
+            claims: case.claims.clone(),
+            latency: outcome.latency,
+            memory: outcome.memory,
+            flops: outcome.flops,
+            flops_per_s,
+            params: outcome.params,
+            backend: outcome.backend,
+            started_at,
+            wall_s: t0.elapsed().as_secs_f64(),
+            env: environment.clone(),
+        };
+        store.append(&record)?;
+        summary.ran += 1;
+        if status == Status::Ok {
+            summary.ok += 1;
+        } else {
+            summary.failed += 1;
+        }
+        let line = match (&record.latency, &record.message) {
+            (Some(l), _) => format!(
+                "{}  {}",
+                case.describe(),
+                xarena_reports::table::format_seconds(l.median_s)
+            ),
+            (None, m) => format!(
+                "{}  {status}: {}",
+                case.describe(),
+                m.as_deref().unwrap_or("")
+            ),
+        };
+        if tty {
+            bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}

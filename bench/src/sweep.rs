@@ -1,0 +1,417 @@
+//! A sweep: command-line flags or a TOML file -> the list of cases, all checked before
+//! anything runs or is written.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use itertools::iproduct;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use xarena_reports::schema::{CaseKey, Claims, Dtype, Mode, Scope};
+use xarena_variants::{find, Shape, VariantSpec};
+
+use crate::measure::timing::TimingConfig;
+
+#[derive(Debug, Error)]
+pub enum SweepError {
+    #[error("sweep file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("`{field}`: {message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Variant(#[from] xarena_variants::VariantError),
+    #[error("{case}: {source}")]
+    Case {
+        case: String,
+        source: xarena_variants::VariantError,
+    },
+    #[error("device `{0}` was asked for, but CUDA is not available to this binary (no GPU or driver, or LibTorch without CUDA)")]
+    NoCuda(String),
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> SweepError {
+    SweepError::Field {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A sweep file. Every field is optional; flags given on the command line win.
+///
+/// ```toml
+/// variants = ["vanilla", "local:window=64", { name = "performer", features = 128 }]
+/// seq = [512, 1024]
+/// batch = [1]
+/// dtype = ["f32", "bf16"]
+/// mode = ["forward", "train"]
+/// [timing]
+/// min_time_s = 0.5
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    pub variants: Option<Vec<toml::Value>>,
+    pub seq: Option<Vec<i64>>,
+    pub batch: Option<Vec<i64>>,
+    pub heads: Option<Vec<i64>>,
+    pub head_dim: Option<Vec<i64>>,
+    pub dtype: Option<Vec<Dtype>>,
+    pub device: Option<Vec<String>>,
+    pub mode: Option<Vec<Mode>>,
+    pub scope: Option<Vec<Scope>>,
+    pub causal: Option<Vec<bool>>,
+    pub timing: Option<TimingFile>,
+    pub timeout_s: Option<f64>,
+    pub threads: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingFile {
+    pub warmup_s: Option<f64>,
+    pub warmup_iters: Option<u64>,
+    pub min_time_s: Option<f64>,
+    pub min_iters: Option<u64>,
+    pub max_iters: Option<u64>,
+}
+
+impl SweepFile {
+    pub fn read(path: &Path) -> Result<SweepFile, SweepError> {
+        let err = |message: String| SweepError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+
+    /// The variants list: strings as on the command line, or tables with a `name`.
+    pub fn variant_specs(&self) -> Result<Option<Vec<VariantSpec>>, SweepError> {
+        let Some(list) = &self.variants else {
+            return Ok(None);
+        };
+        list.iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.parse()?),
+                toml::Value::Table(t) => {
+                    let mut params = serde_json::to_value(t)
+                        .map_err(|e| field("variants", e.to_string()))?
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
+                    let name = params
+                        .remove("name")
+                        .and_then(|n| n.as_str().map(str::to_string))
+                        .ok_or_else(|| field("variants", "a table entry needs `name = \"...\"`"))?;
+                    Ok(VariantSpec { name, params })
+                }
+                other => Err(field(
+                    "variants",
+                    format!("expected a string or a table, got {other}"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+/// Everything a sweep varies, resolved from defaults, a file and flags.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    pub variants: Vec<VariantSpec>,
+    pub seq: Vec<i64>,
+    pub batch: Vec<i64>,
+    pub heads: Vec<i64>,
+    pub head_dim: Vec<i64>,
+    pub dtype: Vec<Dtype>,
+    pub device: Vec<String>,
+    pub mode: Vec<Mode>,
+    pub scope: Vec<Scope>,
+    pub causal: Vec<bool>,
+    pub timing: TimingConfig,
+    pub timeout_s: f64,
+    /// LibTorch intra-op threads; 0 keeps LibTorch's default (the physical cores).
+    pub threads: i64,
+}
+
+impl Default for Sweep {
+    /// The quick default: the first five variants on the CPU, N = 256..2048.
+    fn default() -> Self {
+        Sweep {
+            variants: ["vanilla", "sdpa", "local", "linformer", "performer"]
+                .iter()
+                .map(|n| VariantSpec::new(n))
+                .collect(),
+            seq: vec![256, 512, 1024, 2048],
+            batch: vec![2],
+            heads: vec![8],
+            head_dim: vec![64],
+            dtype: vec![Dtype::F32],
+            device: vec!["cpu".into()],
+            mode: vec![Mode::Forward],
+            scope: vec![Scope::Attention],
+            causal: vec![false],
+            timing: TimingConfig::default(),
+            timeout_s: 600.0,
+            threads: 0,
+        }
+    }
+}
+
+impl Sweep {
+    /// Lays a sweep file over the defaults.
+    pub fn apply_file(&mut self, file: SweepFile) -> Result<(), SweepError> {
+        if let Some(v) = file.variant_specs()? {
+            self.variants = v;
+        }
+        macro_rules! take {
+            ($($f:ident),*) => {$( if let Some(v) = file.$f { self.$f = v; } )*};
+        }
+        take!(seq, batch, heads, head_dim, dtype, device, mode, scope, causal);
+        if let Some(t) = file.timing {
+            let c = &mut self.timing;
+            c.warmup_s = t.warmup_s.unwrap_or(c.warmup_s);
+            c.warmup_iters = t.warmup_iters.unwrap_or(c.warmup_iters);
+            c.min_time_s = t.min_time_s.unwrap_or(c.min_time_s);
+            c.min_iters = t.min_iters.unwrap_or(c.min_iters);
+            c.max_iters = t.max_iters.unwrap_or(c.max_iters);
+        }
+        if let Some(t) = file.timeout_s {
+            self.timeout_s = t;
+        }
+        if let Some(t) = file.threads {
+            self.threads = t;
+        }
+        Ok(())
+    }
+
+    fn check_lists(&self) -> Result<(), SweepError> {
+        let sizes: [(&'static str, &Vec<i64>); 4] = [
+            ("seq", &self.seq),
+            ("batch", &self.batch),
+            ("heads", &self.heads),
+            ("head_dim", &self.head_dim),
+        ];
+        for (name, list) in sizes {
+            if list.is_empty() {
+                return Err(field(name, "is empty"));
+            }
+            if let Some(bad) = list.iter().find(|&&v| v < 1) {
+                return Err(field(name, format!("must be positive, got {bad}")));
+            }
+        }
+        let empty = [
+            ("variants", self.variants.is_empty()),
+            ("dtype", self.dtype.is_empty()),
+            ("device", self.device.is_empty()),
+            ("mode", self.mode.is_empty()),
+            ("scope", self.scope.is_empty()),
+            ("causal", self.causal.is_empty()),
+        ];
+        if let Some((name, _)) = empty.iter().find(|(_, e)| *e) {
+            return Err(field(name, "is empty"));
+        }
+        let t = &self.timing;
+        if !(t.min_time_s >= 0.0 && t.warmup_s >= 0.0 && t.min_time_s.is_finite()) {
+            return Err(field("timing", "times must be finite and non-negative"));
+        }
+        if t.min_iters < 1 || t.max_iters < t.min_iters {
+            return Err(field(
+                "timing",
+                format!(
+                    "need 1 <= min_iters <= max_iters, got {} and {}",
+                    t.min_iters, t.max_iters
+                ),
+            ));
+        }
+        if !(self.timeout_s > 0.0) {
+            return Err(field(
+                "timeout",
+                format!("must be positive, got {}", self.timeout_s),
+            ));
+        }
+        if self.threads < 0 {
+            return Err(field(
+                "threads",
+                format!("must be >= 0, got {}", self.threads),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every case of the sweep, checked, without duplicates, smallest lengths first.
+    pub fn cases(&self) -> Result<Vec<Case>, SweepError> {
+        self.check_lists()?;
+        let devices: Vec<String> = self
+            .device
+            .iter()
+            .map(|d| normalise_device(d))
+            .collect::<Result<_, _>>()?;
+        let variants: Vec<VariantSpec> = self
+            .variants
+            .iter()
+            .map(|v| v.normalized())
+            .collect::<Result<_, _>>()?;
+        let mut seen = HashSet::new();
+        let mut cases = Vec::new();
+        // The sequence length and the variant vary fastest, so a table fills row by row.
+        let settings = iproduct!(
+            &devices,
+            &self.dtype,
+            &self.mode,
+            &self.scope,
+            &self.causal,
+            &self.batch,
+            &self.heads,
+            &self.head_dim,
+            &self.seq,
+            &variants
+        );
+        for (device, &dtype, &mode, &scope, &causal, &batch, &heads, &head_dim, &seq_len, spec) in
+            settings
+        {
+            let key = CaseKey {
+                variant: spec.name.clone(),
+                params: spec.params.clone(),
+                seq_len,
+                batch,
+                heads,
+                head_dim,
+                causal,
+                dtype,
+                device: device.clone(),
+                mode,
+                scope,
+            };
+            let case = Case::new(key, spec)?;
+            if seen.insert(case.id.clone()) {
+                cases.push(case);
+            }
+        }
+        Ok(cases)
+    }
+}
+
+/// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`; CUDA must be present.
+pub fn normalise_device(d: &str) -> Result<String, SweepError> {
+    let d = d.trim().to_ascii_lowercase();
+    if d == "cpu" {
+        return Ok(d);
+    }
+    let index = match d.as_str() {
+        "cuda" => Some(0),
+        _ => d
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok()),
+    };
+    let Some(index) = index else {
+        return Err(field(
+            "device",
+            format!("`{d}`: expected cpu, cuda or cuda:N"),
+        ));
+    };
+    let name = format!("cuda:{index}");
+    if !tch::Cuda::is_available() {
+        return Err(SweepError::NoCuda(name));
+    }
+    let count = tch::Cuda::device_count() as usize;
+    if index >= count {
+        return Err(field(
+            "device",
+            format!("`{name}`: only {count} CUDA device(s)"),
+        ));
+    }
+    Ok(name)
+}
+
+pub fn tch_device(d: &str) -> tch::Device {
+    match d.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+        Some(i) => tch::Device::Cuda(i),
+        None => tch::Device::Cpu,
+    }
+}
+
+pub fn tch_kind(d: Dtype) -> tch::Kind {
+    match d {
+        Dtype::F32 => tch::Kind::Float,
+        Dtype::Bf16 => tch::Kind::BFloat16,
+        Dtype::F16 => tch::Kind::Half,
+    }
+}
+
+pub fn variant_scope(s: Scope) -> xarena_variants::Scope {
+    match s {
+        Scope::Attention => xarena_variants::Scope::Attention,
+        Scope::Block => xarena_variants::Scope::Block,
+    }
+}
+
+/// One case: its key, its id and what is needed to build and describe it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub id: String,
+    pub key: CaseKey,
+    pub label: String,
+    pub claims: Claims,
+}
+
+impl Case {
+    fn new(key: CaseKey, spec: &VariantSpec) -> Result<Case, SweepError> {
+        let entry = find(&spec.name)?;
+        let case = Case {
+            id: key.id(),
+            label: spec.label(),
+            claims: Claims {
+                family: entry.info.family.to_string(),
+                time: entry.info.time.to_string(),
+                memory: entry.info.memory.to_string(),
+                time_exponent: entry.info.time_exponent,
+                memory_exponent: entry.info.memory_exponent,
+                exact: entry.info.exact,
+            },
+            key,
+        };
+        entry
+            .check(
+                &serde_json::Value::Object(spec.params.clone()),
+                &case.shape(),
+            )
+            .map_err(|source| SweepError::Case {
+                case: case.describe(),
+                source,
+            })?;
+        Ok(case)
+    }
+
+    pub fn shape(&self) -> Shape {
+        let k = &self.key;
+        Shape {
+            batch: k.batch,
+            seq_len: k.seq_len,
+            heads: k.heads,
+            head_dim: k.head_dim,
+            causal: k.causal,
+        }
+    }
+
+    /// A one-line name for progress and errors.
+    pub fn describe(&self) -> String {
+        let k = &self.key;
+        format!(
+            "{} N={} b={} h={}x{} {} {} {} {}{}",
+            self.label,
+            k.seq_len,
+            k.batch,
+            k.heads,
+            k.head_dim,
+            k.dtype,
+            k.device,
+            k.mode,
+            k.scope,
+            if k.causal { " causal" } else { "" }
+        )
+    }
+}

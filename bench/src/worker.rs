@@ -1,0 +1,263 @@
+//! Cases run in worker processes, so that an out-of-memory, a crash or a hang costs one
+//! case and the sweep goes on.
+//!
+//! The supervisor starts `xarena worker` and writes one [`Request`] per line to its
+//! stdin; the worker answers each with one line on stdout, `XARENA-RESULT <json>`.
+//! Anything else the worker prints (LibTorch warnings) is passed over. A worker that
+//! dies without answering, or runs past the time limit, is killed and the case recorded
+//! as `oom`, `error` or `timeout`. By default each case gets a fresh worker, so the CPU
+//! memory baseline and allocator state of one case never leak into the next.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use xarena_reports::schema::Status;
+
+use crate::case::{self, Outcome, Request};
+
+const RESULT_PREFIX: &str = "XARENA-RESULT ";
+
+/// Environment variable for tests of the failure paths: a comma-separated list of
+/// `<fault>@<variant>` makes a worker `panic`, `abort`, `hang` or `exit` on that
+/// variant's cases.
+pub const FAULT_ENV: &str = "XARENA_FAULT";
+
+fn inject_fault(req: &Request) {
+    let Ok(spec) = std::env::var(FAULT_ENV) else {
+        return;
+    };
+    let fault = spec
+        .split(',')
+        .filter_map(|f| f.split_once('@'))
+        .find(|(_, variant)| *variant == req.case.key.variant)
+        .map(|(fault, _)| fault);
+    match fault.unwrap_or_default() {
+        "panic" => panic!("injected fault"),
+        "abort" => std::process::abort(),
+        "exit" => std::process::exit(3),
+        "hang" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        _ => {}
+    }
+}
+
+/// The worker's side: answer requests until stdin closes.
+pub fn serve() -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = serde_json::from_str(&line)?;
+        inject_fault(&req);
+        let outcome = case::run(&req);
+        writeln!(
+            stdout,
+            "{RESULT_PREFIX}{}",
+            serde_json::to_string(&outcome)?
+        )?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+enum Event {
+    Line(String),
+    Closed,
+}
+
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: Receiver<Event>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Worker {
+    fn start(exe: &PathBuf) -> std::io::Result<Worker> {
+        let mut child = Command::new(exe)
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, events) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(Event::Line(l)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(Event::Closed);
+        });
+        // Keep the end of stderr for the record of a crash.
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr_tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == 20 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        Ok(Worker {
+            stdin: child.stdin.take(),
+            child,
+            events,
+            stderr_tail,
+        })
+    }
+
+    fn stderr(&self) -> String {
+        let t = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Lets the worker finish on its own (stdin closed), killing it if it lingers.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+}
+
+/// Describes how a worker died without answering.
+fn death(status: Option<ExitStatus>, stderr: &str) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    let tail = if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {}", case::short_message(stderr))
+    };
+    match status.and_then(|s| s.signal()) {
+        Some(libc::SIGKILL) => Outcome::failed(
+            Status::Oom,
+            format!("worker killed by SIGKILL, usually the kernel's out-of-memory killer{tail}"),
+        ),
+        Some(sig) => Outcome::failed(Status::Error, format!("worker died of signal {sig}{tail}")),
+        None => {
+            let code = status.and_then(|s| s.code());
+            let status = if case::is_oom(stderr) {
+                Status::Oom
+            } else {
+                Status::Error
+            };
+            Outcome::failed(
+                status,
+                format!("worker exited with code {code:?} without a result{tail}"),
+            )
+        }
+    }
+}
+
+/// Hands cases to workers and turns every way a worker can fail into an outcome.
+pub struct Supervisor {
+    exe: PathBuf,
+    /// Keep one worker across cases (faster start, on CUDA above all) instead of a fresh
+    /// process per case.
+    reuse: bool,
+    worker: Option<Worker>,
+}
+
+impl Supervisor {
+    pub fn new(exe: PathBuf, reuse: bool) -> Supervisor {
+        Supervisor {
+            exe,
+            reuse,
+            worker: None,
+        }
+    }
+
+    pub fn run(&mut self, req: &Request, timeout: Duration) -> Outcome {
+        let mut worker = match self.worker.take() {
+            Some(w) => w,
+            None => match Worker::start(&self.exe) {
+                Ok(w) => w,
+                Err(e) => {
+                    return Outcome::failed(Status::Error, format!("cannot start a worker: {e}"))
+                }
+            },
+        };
+        let line = serde_json::to_string(req).expect("requests serialise");
+        let sent = worker
+            .stdin
+            .as_mut()
+            .map(|s| writeln!(s, "{line}").and_then(|_| s.flush()));
+        if !matches!(sent, Some(Ok(()))) {
+            let status = worker.child.wait().ok();
+            return death(status, &worker.stderr());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match worker.events.recv_timeout(left) {
+                Ok(Event::Line(l)) => {
+                    let Some(json) = l.strip_prefix(RESULT_PREFIX) else {
+                        continue;
+                    };
+                    let outcome = serde_json::from_str(json).unwrap_or_else(|e| {
+                        Outcome::failed(Status::Error, format!("unreadable worker result: {e}"))
+                    });
+                    if self.reuse {
+                        self.worker = Some(worker);
+                    } else {
+                        worker.finish();
+                    }
+                    return outcome;
+                }
+                Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                    let status = worker.child.wait().ok();
+                    // Let the stderr reader drain what the worker printed last.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return death(status, &worker.stderr());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    worker.kill();
+                    return Outcome::failed(
+                        Status::Timeout,
+                        format!(
+                            "no result within {:.0} s; worker killed",
+                            timeout.as_secs_f64()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.finish();
+        }
+    }
+}

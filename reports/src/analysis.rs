@@ -1,0 +1,219 @@
+//! Statistics over samples and records: latency summaries, scaling exponents, ratios
+//! against the reference variant.
+
+use std::collections::BTreeMap;
+
+use crate::schema::{Latency, Record, Setting, Status};
+
+/// The value at quantile `q` (0..=1) of sorted samples, interpolating linearly between
+/// the closest ranks (numpy's default).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    assert!(!sorted.is_empty(), "quantile of no samples");
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Summarises per-iteration times in seconds.
+pub fn summarise(samples: &[f64], warmup_iterations: u64) -> Latency {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    Latency {
+        median_s: quantile(&s, 0.5),
+        p10_s: quantile(&s, 0.1),
+        p90_s: quantile(&s, 0.9),
+        mean_s: s.iter().sum::<f64>() / s.len() as f64,
+        min_s: s[0],
+        max_s: s[s.len() - 1],
+        iterations: s.len() as u64,
+        warmup_iterations,
+    }
+}
+
+/// A least-squares line through (ln x, ln y): y ~ c x^exponent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fit {
+    pub exponent: f64,
+    /// Coefficient of determination of the log-log fit.
+    pub r2: f64,
+    pub points: usize,
+}
+
+/// Fits y ~ c x^k over the points with positive x and y; `None` with fewer than two
+/// distinct x.
+pub fn fit_power_law(points: &[(f64, f64)]) -> Option<Fit> {
+    let logs: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(x, y)| *x > 0.0 && *y > 0.0)
+        .map(|(x, y)| (x.ln(), y.ln()))
+        .collect();
+    let n = logs.len() as f64;
+    if logs.len() < 2 {
+        return None;
+    }
+    let mx = logs.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = logs.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = logs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let syy: f64 = logs.iter().map(|p| (p.1 - my).powi(2)).sum();
+    let exponent = sxy / sxx;
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
+    Some(Fit {
+        exponent,
+        r2,
+        points: logs.len(),
+    })
+}
+
+/// The variant every ratio is taken against.
+pub const REFERENCE: &str = "vanilla";
+
+/// One cell: a variant at one sequence length.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub status: Status,
+    pub latency_s: Option<f64>,
+    pub peak_bytes: Option<u64>,
+    /// Reference latency over this latency (above 1: faster than the reference).
+    pub speedup: Option<f64>,
+    /// This peak memory over the reference's (below 1: smaller).
+    pub memory_ratio: Option<f64>,
+    pub flops_per_s: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub cells: BTreeMap<i64, Cell>,
+    pub time_fit: Option<Fit>,
+    pub memory_fit: Option<Fit>,
+    pub time_claim: f64,
+    pub memory_claim: f64,
+}
+
+/// LRA's efficiency table for one setting: variants x sequence lengths.
+#[derive(Debug, Clone)]
+pub struct EfficiencyTable {
+    pub setting: Setting,
+    pub seq_lens: Vec<i64>,
+    pub rows: Vec<Row>,
+}
+
+/// Groups records by setting and builds one table per setting. Where a case appears more
+/// than once (merged or resumed runs), the last record wins.
+pub fn efficiency_tables(records: &[Record]) -> Vec<EfficiencyTable> {
+    let mut by_setting: BTreeMap<Setting, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_setting.entry(r.key.setting()).or_default().push(r);
+    }
+    by_setting
+        .into_iter()
+        .map(|(setting, recs)| table_for(setting, &recs))
+        .collect()
+}
+
+fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
+    // Rows in order of first appearance, the reference first.
+    let mut labels: Vec<String> = Vec::new();
+    let mut latest: BTreeMap<(String, i64), &Record> = BTreeMap::new();
+    for r in recs {
+        if !labels.contains(&r.label) {
+            labels.push(r.label.clone());
+        }
+        latest.insert((r.label.clone(), r.key.seq_len), r);
+    }
+    labels.sort_by_key(|l| l != REFERENCE);
+    let mut seq_lens: Vec<i64> = latest.keys().map(|(_, n)| *n).collect();
+    seq_lens.sort_unstable();
+    seq_lens.dedup();
+
+    let ok = |r: &Record| r.status == Status::Ok;
+    let latency = |r: &Record| r.latency.as_ref().filter(|_| ok(r)).map(|l| l.median_s);
+    let peak = |r: &Record| r.memory.as_ref().filter(|_| ok(r)).map(|m| m.peak_bytes);
+
+    let rows = labels
+        .iter()
+        .map(|label| {
+            let mut cells = BTreeMap::new();
+            let mut claims = (f64::NAN, f64::NAN);
+            for &n in &seq_lens {
+                let Some(r) = latest.get(&(label.clone(), n)) else {
+                    continue;
+                };
+                claims = (r.claims.time_exponent, r.claims.memory_exponent);
+                let reference = latest.get(&(REFERENCE.to_string(), n));
+                let (lat, mem) = (latency(r), peak(r));
+                let speedup = match (reference.and_then(|x| latency(x)), lat) {
+                    (Some(base), Some(t)) if t > 0.0 => Some(base / t),
+                    _ => None,
+                };
+                let memory_ratio = match (reference.and_then(|x| peak(x)), mem) {
+                    (Some(base), Some(m)) if base > 0 => Some(m as f64 / base as f64),
+                    _ => None,
+                };
+                cells.insert(
+                    n,
+                    Cell {
+                        status: r.status,
+                        latency_s: lat,
+                        peak_bytes: mem,
+                        speedup,
+                        memory_ratio,
+                        flops_per_s: r.flops_per_s.filter(|_| ok(r)),
+                    },
+                );
+            }
+            let points = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<(f64, f64)> {
+                cells
+                    .iter()
+                    .filter_map(|(n, c)| f(c).map(|y| (*n as f64, y)))
+                    .collect()
+            };
+            Row {
+                label: label.clone(),
+                time_fit: fit_power_law(&points(&|c| c.latency_s)),
+                memory_fit: fit_power_law(&points(&|c| c.peak_bytes.map(|b| b as f64))),
+                cells,
+                time_claim: claims.0,
+                memory_claim: claims.1,
+            }
+        })
+        .collect();
+    EfficiencyTable {
+        setting,
+        seq_lens,
+        rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_between_ranks() {
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&s, 0.5), 3.0);
+        assert!((quantile(&s, 0.1) - 1.4).abs() < 1e-12);
+        assert_eq!(quantile(&[7.0], 0.9), 7.0);
+    }
+
+    #[test]
+    fn power_law_fits_recover_exponents() {
+        let pts: Vec<(f64, f64)> = [256.0, 512.0, 1024.0, 2048.0]
+            .iter()
+            .map(|&n: &f64| (n, 3.0 * n.powf(1.7)))
+            .collect();
+        let fit = fit_power_law(&pts).unwrap();
+        assert!((fit.exponent - 1.7).abs() < 1e-9 && fit.r2 > 0.999_999);
+        assert!(fit_power_law(&pts[..1]).is_none());
+        assert!(fit_power_law(&[(2.0, 1.0), (2.0, 3.0)]).is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! One record per case, one JSON object per line. Versioned: a reader refuses records of
+//! another major schema version rather than misreading them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Inference: the forward pass under no_grad.
+    Forward,
+    /// Forward and backward (gradients of the parameters and the input).
+    Train,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The attention module with its projections.
+    Attention,
+    /// A pre-norm encoder block: attention + FFN.
+    Block,
+}
+
+macro_rules! display_as_serde {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(Value::String(s)) => f.write_str(&s),
+                    _ => Err(std::fmt::Error),
+                }
+            }
+        }
+    )*};
+}
+display_as_serde!(Dtype, Mode, Scope, Status);
+
+/// Everything that defines a case. Its canonical JSON hashes to the case id, so resuming
+/// and merging match cases exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CaseKey {
+    pub variant: String,
+    /// The variant's parameters with every default filled in.
+    pub params: Map<String, Value>,
+    pub seq_len: i64,
+    pub batch: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub causal: bool,
+    pub dtype: Dtype,
+    /// `cpu` or `cuda:<index>`.
+    pub device: String,
+    pub mode: Mode,
+    pub scope: Scope,
+}
+
+impl CaseKey {
+    /// First 16 hex digits of the SHA-256 of the key's JSON (fields in declaration order,
+    /// parameters sorted by name).
+    pub fn id(&self) -> String {
+        let json = serde_json::to_string(self).expect("keys serialise");
+        let digest = Sha256::digest(json.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key without the variant and the sequence length: cases in one setting are
+    /// compared against each other in a table.
+    pub fn setting(&self) -> Setting {
+        Setting {
+            batch: self.batch,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            causal: self.causal,
+            dtype: self.dtype,
+            device: self.device.clone(),
+            mode: self.mode,
+            scope: self.scope,
+        }
+    }
+}
+
+/// A table's worth of cases: everything but variant and sequence length.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Setting {
+    pub device: String,
+    pub dtype: Dtype,
+    pub mode: Mode,
+    pub scope: Scope,
+    pub batch: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub causal: bool,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}, scope {}, batch {}, {} heads x {}{}",
+            self.device,
+            self.dtype,
+            self.mode,
+            self.scope,
+            self.batch,
+            self.heads,
+            self.head_dim,
+            if self.causal { ", causal" } else { "" }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Out of memory: an allocation failed, or the worker was killed by SIGKILL.
+    Oom,
+    /// The case ran past its time limit and its worker was killed.
+    Timeout,
+    /// Anything else, with the message.
+    Error,
+}
+
+/// Per-iteration latency over the timed iterations, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub median_s: f64,
+    pub p10_s: f64,
+    pub p90_s: f64,
+    pub mean_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub iterations: u64,
+    pub warmup_iterations: u64,
+}
+
+/// Memory of one iteration, measured on its own after warm-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Peak over the iteration minus what was held when it began: the working memory of
+    /// the computation (activations, scores, outputs, gradients).
+    pub peak_bytes: u64,
+    /// What was held when the iteration began (CPU: the process's resident set; CUDA: the
+    /// caching allocator's allocated bytes).
+    pub baseline_bytes: u64,
+    /// Parameters and inputs, counted from the tensors.
+    pub static_bytes: u64,
+    /// `cpu-rss` (VmHWM after a reset, minus VmRSS) or `cuda-allocator`.
+    pub method: String,
+}
+
+/// The variant's claims, copied from its metadata so reports need no registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub family: String,
+    pub time: String,
+    pub memory: String,
+    pub time_exponent: f64,
+    pub memory_exponent: f64,
+    pub exact: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: Option<u64>,
+}
+
+/// The machine and software a run measured on, captured once per run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub cpu_model: String,
+    pub physical_cores: Option<usize>,
+    pub logical_cpus: usize,
+    pub memory_bytes: u64,
+    /// LibTorch intra-op threads used by the workers.
+    pub threads: i64,
+    pub torch_version: String,
+    pub cuda_available: bool,
+    /// CUDA runtime LibTorch was built with, when CUDA is available.
+    pub cuda_runtime: Option<String>,
+    pub gpus: Vec<Gpu>,
+    pub nvidia_driver: Option<String>,
+    /// CUDA version the driver supports.
+    pub cuda_driver: Option<String>,
+    pub xarena_version: String,
+    pub git_commit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema: u32,
+    pub run_id: String,
+    pub case_id: String,
+    pub key: CaseKey,
+    /// Display name: variant plus its non-default parameters.
+    pub label: String,
+    pub status: Status,
+    pub message: Option<String>,
+    pub claims: Claims,
+    pub latency: Option<Latency>,
+    pub memory: Option<Memory>,
+    /// FLOPs of one iteration in this mode (forward, or forward + backward).
+    pub flops: Option<u64>,
+    /// FLOPs over the median latency.
+    pub flops_per_s: Option<f64>,
+    /// Trainable parameters.
+    pub params: Option<u64>,
+    /// The kernel the library chose, where it chooses (fused SDPA).
+    pub backend: Option<String>,
+    /// When the case started (RFC 3339, UTC) and how long it took end to end.
+    pub started_at: String,
+    pub wall_s: f64,
+    pub env: Environment,
+}

@@ -1,0 +1,142 @@
+//! Efficiency tables as terminal or Markdown text.
+
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, Table};
+
+use crate::analysis::{Cell, EfficiencyTable, Fit, Row, REFERENCE};
+use crate::schema::Status;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Terminal,
+    Markdown,
+}
+
+pub fn format_seconds(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} us", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+pub fn format_bytes(b: u64) -> String {
+    let b = b as f64;
+    const KIB: f64 = 1024.0;
+    if b < KIB * KIB {
+        format!("{:.0} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    }
+}
+
+fn format_fit(fit: Option<Fit>, claim: f64) -> String {
+    let claim = if claim.is_finite() {
+        format!(" ({claim:.0})")
+    } else {
+        String::new()
+    };
+    match fit {
+        Some(f) => format!("{:.2}{claim}", f.exponent),
+        None => format!("-{claim}"),
+    }
+}
+
+fn status_text(cell: &Cell) -> Option<String> {
+    (cell.status != Status::Ok).then(|| cell.status.to_string())
+}
+
+fn new_table(style: Style, header: Vec<String>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(match style {
+        Style::Terminal => UTF8_FULL_CONDENSED,
+        Style::Markdown => ASCII_MARKDOWN,
+    });
+    t.set_header(header);
+    for i in 1..t.column_count() {
+        if let Some(col) = t.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+fn render(
+    table: &EfficiencyTable,
+    style: Style,
+    what: &str,
+    cell: impl Fn(&Cell) -> String,
+    fit: impl Fn(&Row) -> String,
+) -> String {
+    let mut header = vec![what.to_string()];
+    header.extend(table.seq_lens.iter().map(|n| format!("N={n}")));
+    header.push("exponent (claim)".into());
+    let mut t = new_table(style, header);
+    for row in &table.rows {
+        let mut line = vec![row.label.clone()];
+        line.extend(table.seq_lens.iter().map(|n| match row.cells.get(n) {
+            Some(c) => status_text(c).unwrap_or_else(|| cell(c)),
+            None => String::new(),
+        }));
+        line.push(fit(row));
+        t.add_row(line);
+    }
+    t.to_string()
+}
+
+/// The latency table: median per iteration and speed-up over the reference.
+pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
+    render(
+        table,
+        style,
+        "latency (speed-up)",
+        |c| match (c.latency_s, c.speedup) {
+            (Some(t), Some(s)) => format!("{} ({s:.2}x)", format_seconds(t)),
+            (Some(t), None) => format_seconds(t),
+            _ => "-".into(),
+        },
+        |r| format_fit(r.time_fit, r.time_claim),
+    )
+}
+
+/// The memory table: peak working memory and its ratio to the reference's.
+pub fn memory_table(table: &EfficiencyTable, style: Style) -> String {
+    render(
+        table,
+        style,
+        "peak memory (ratio)",
+        |c| match (c.peak_bytes, c.memory_ratio) {
+            (Some(b), Some(r)) => format!("{} ({r:.2}x)", format_bytes(b)),
+            (Some(b), None) => format_bytes(b),
+            _ => "-".into(),
+        },
+        |r| format_fit(r.memory_fit, r.memory_claim),
+    )
+}
+
+/// Both tables for every setting, with a heading each.
+pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
+    let mut out = String::new();
+    for t in tables {
+        let heading = match style {
+            Style::Markdown => format!("#### {}\n\n", t.setting),
+            Style::Terminal => format!("{}\n", t.setting),
+        };
+        out.push_str(&heading);
+        out.push_str(&latency_table(t, style));
+        out.push_str("\n\n");
+        out.push_str(&memory_table(t, style));
+        out.push_str("\n\n");
+    }
+    out.push_str(&format!(
+        "Latency: median per iteration; speed-up = {REFERENCE}'s latency / the variant's. \
+         Memory: peak working memory of one iteration above what it began with; ratio = the \
+         variant's / {REFERENCE}'s. Exponent: least-squares slope of log(y) on log(N) over the \
+         lengths shown, with the paper's claim in brackets.\n"
+    ));
+    out
+}
