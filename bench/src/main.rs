@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a sweep of cases (defaults: the quick CPU sweep) and print the table.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the variants with their family, complexity and paper.
     List {
         #[arg(long, value_enum, default_value_t = Format::Terminal)]
@@ -252,7 +252,7 @@ fn cmd_list(format: Format) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => cmd_run(args),
+        Command::Run(args) => cmd_run(*args),
         Command::List { format } => cmd_list(format),
         Command::Report { results, format } => print_report(&results, format),
         Command::Env => {

@@ -35,7 +35,7 @@ struct Row<'a> {
     mode: String,
     scope: String,
     status: String,
-    message: &'a str,
+    message: String,
     median_ms: Option<f64>,
     p10_ms: Option<f64>,
     p90_ms: Option<f64>,
@@ -70,7 +70,8 @@ impl<'a> Row<'a> {
             mode: k.mode.to_string(),
             scope: k.scope.to_string(),
             status: r.status.to_string(),
-            message: r.message.as_deref().unwrap_or(""),
+            // One line per case, for tools that read CSV line by line.
+            message: r.message.as_deref().unwrap_or("").replace('\n', " | "),
             median_ms: ms(|l| l.median_s),
             p10_ms: ms(|l| l.p10_s),
             p90_ms: ms(|l| l.p90_s),

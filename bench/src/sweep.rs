@@ -215,7 +215,8 @@ impl Sweep {
             return Err(field(name, "is empty"));
         }
         let t = &self.timing;
-        if !(t.min_time_s >= 0.0 && t.warmup_s >= 0.0 && t.min_time_s.is_finite()) {
+        let valid = |s: f64| s.is_finite() && s >= 0.0;
+        if !valid(t.min_time_s) || !valid(t.warmup_s) {
             return Err(field("timing", "times must be finite and non-negative"));
         }
         if t.min_iters < 1 || t.max_iters < t.min_iters {
@@ -227,7 +228,8 @@ impl Sweep {
                 ),
             ));
         }
-        if !(self.timeout_s > 0.0) {
+        // Written so that NaN is rejected too.
+        if self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
             return Err(field(
                 "timeout",
                 format!("must be positive, got {}", self.timeout_s),

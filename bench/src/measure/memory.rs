@@ -87,10 +87,10 @@ mod tests {
 
     #[test]
     fn cpu_probe_sees_a_large_allocation_and_not_a_small_one() {
-        let mib = 1 << 20;
+        let mib: u64 = 1 << 20;
         let big = probe(Device::Cpu, || {
-            let t = tch::Tensor::ones([64 * mib / 4], (tch::Kind::Float, Device::Cpu));
-            assert_eq!(t.size()[0], 16 * mib as i64);
+            let t = tch::Tensor::ones([(16 * mib) as i64], (tch::Kind::Float, Device::Cpu));
+            assert_eq!(t.numel() as u64, 16 * mib);
         })
         .unwrap();
         // 64 MiB touched: the peak sees at least most of it.
