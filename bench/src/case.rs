@@ -94,59 +94,115 @@ pub fn run(req: &Request) -> Outcome {
     }
 }
 
+/// A case built and ready to run: its layer, inputs and the tensors a step needs.
+/// Shared by the worker and the criterion benches, so both run the same step.
+pub struct Prepared {
+    layer: Box<dyn Layer>,
+    /// Owns the parameters the layer uses.
+    _vs: nn::VarStore,
+    mode: Mode,
+    x: Tensor,
+    /// The output gradient (train): fixed random data, drawn once.
+    g: Option<Tensor>,
+    /// What train differentiates: the parameters and the input.
+    wrt: Vec<Tensor>,
+    pub device: tch::Device,
+    pub params: u64,
+    /// Parameters, buffers and inputs, counted from the tensors.
+    pub static_bytes: u64,
+}
+
+impl Prepared {
+    pub fn new(case: &Case) -> Result<Prepared, String> {
+        let key = &case.key;
+        let device = tch_device(&key.device);
+        let kind = tch_kind(key.dtype);
+        let shape = case.shape();
+        let mut vs = nn::VarStore::new(device);
+        vs.set_kind(kind);
+        let spec = VariantSpec {
+            name: key.variant.clone(),
+            params: key.params.clone(),
+        };
+        let seed = seed(case);
+        tch::manual_seed(seed);
+        let layer = build_layer(&spec, &shape, variant_scope(key.scope), vs.root())
+            .map_err(|e| e.to_string())?;
+        let x = xarena_datasets::inputs::hidden_states(
+            key.batch,
+            key.seq_len,
+            shape.d_model(),
+            kind,
+            device,
+            seed,
+        );
+        let params = vs.trainable_variables();
+        let n_params = params.iter().map(|p| p.numel() as u64).sum();
+        let mut static_bytes = vs.variables().values().map(bytes).sum::<u64>() + bytes(&x);
+        let (x, g, wrt) = match key.mode {
+            Mode::Forward => (x, None, Vec::new()),
+            Mode::Train => {
+                let g = Tensor::randn(x.size(), (kind, device));
+                static_bytes += bytes(&g);
+                let x = x.set_requires_grad(true);
+                let mut wrt = params;
+                wrt.push(x.shallow_clone());
+                (x, Some(g), wrt)
+            }
+        };
+        Ok(Prepared {
+            layer,
+            _vs: vs,
+            mode: key.mode,
+            x,
+            g,
+            wrt,
+            device,
+            params: n_params,
+            static_bytes,
+        })
+    }
+
+    /// One iteration. Forward: the layer under no_grad. Train: forward and backward, the
+    /// gradients returned rather than accumulated, so every iteration does the same work.
+    /// Outputs are dropped inside the step, so each iteration allocates what it needs.
+    pub fn step(&self) {
+        match (self.mode, &self.g) {
+            (Mode::Train, Some(g)) => {
+                let y = self.layer.forward(&self.x);
+                let loss = (y * g).sum(Kind::Float);
+                let _ = Tensor::run_backward(&[loss], &self.wrt, false, false);
+            }
+            _ => tch::no_grad(|| {
+                let _ = self.layer.forward(&self.x);
+            }),
+        }
+    }
+
+    pub fn layer(&self) -> &dyn Layer {
+        self.layer.as_ref()
+    }
+}
+
 fn run_inner(req: &Request) -> Result<Outcome, String> {
-    let case = &req.case;
-    let key = &case.key;
     if req.threads > 0 {
         tch::set_num_threads(req.threads as i32);
     }
-    let device = tch_device(&key.device);
-    let kind = tch_kind(key.dtype);
-    let shape = case.shape();
-
-    let mut vs = nn::VarStore::new(device);
-    vs.set_kind(kind);
-    let spec = VariantSpec {
-        name: key.variant.clone(),
-        params: key.params.clone(),
-    };
-    let seed = seed(case);
-    tch::manual_seed(seed);
-    let layer = build_layer(&spec, &shape, variant_scope(key.scope), vs.root())
-        .map_err(|e| e.to_string())?;
-    let x = xarena_datasets::inputs::hidden_states(
-        key.batch,
-        key.seq_len,
-        shape.d_model(),
-        kind,
-        device,
-        seed,
-    );
-    let params: Vec<Tensor> = vs.trainable_variables();
-    let n_params: u64 = params.iter().map(|p| p.numel() as u64).sum();
-    let mut static_bytes: u64 = vs.variables().values().map(bytes).sum::<u64>() + bytes(&x);
-
-    let flops = layer.flops();
-    let mut step: Box<dyn FnMut()> = match key.mode {
-        Mode::Forward => Box::new(forward_step(layer.as_ref(), x)),
-        Mode::Train => {
-            // The output gradient is fixed random data, drawn once.
-            let g = Tensor::randn(x.size(), (kind, device));
-            static_bytes += bytes(&g);
-            Box::new(train_step(layer.as_ref(), x, g, params))
-        }
-    };
+    let case = &req.case;
+    let prepared = Prepared::new(case)?;
+    let device = prepared.device;
+    let mut step = || prepared.step();
 
     let (per_iter, warmup) = timing::warm_up(device, &req.timing, &mut step);
     let probe = memory::probe(device, &mut step)?;
     let iterations = timing::iterations_for(&req.timing, per_iter);
     let latency = timing::measure(device, iterations, warmup, &mut step);
-    drop(step);
 
+    let flops = prepared.layer().flops();
     Ok(Outcome {
         status: Some(Status::Ok),
         message: None,
-        flops: Some(match key.mode {
+        flops: Some(match case.key.mode {
             Mode::Forward => flops.forward,
             Mode::Train => flops.train(),
         }),
@@ -154,32 +210,10 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
         memory: Some(Memory {
             peak_bytes: probe.peak_bytes,
             baseline_bytes: probe.baseline_bytes,
-            static_bytes,
+            static_bytes: prepared.static_bytes,
             method: memory::method(device).into(),
         }),
-        params: Some(n_params),
-        backend: layer.backend(),
+        params: Some(prepared.params),
+        backend: prepared.layer().backend(),
     })
-}
-
-/// Inference: the forward pass under no_grad; the output is dropped inside the step.
-fn forward_step(layer: &dyn Layer, x: Tensor) -> impl FnMut() + '_ {
-    move || {
-        tch::no_grad(|| {
-            let _ = layer.forward(&x);
-        })
-    }
-}
-
-/// Forward and backward: gradients of the parameters and the input, returned rather than
-/// accumulated, so every iteration does the same work.
-fn train_step(layer: &dyn Layer, x: Tensor, g: Tensor, params: Vec<Tensor>) -> impl FnMut() + '_ {
-    let x = x.set_requires_grad(true);
-    let mut wrt = params;
-    wrt.push(x.shallow_clone());
-    move || {
-        let y = layer.forward(&x);
-        let loss = (y * &g).sum(Kind::Float);
-        let _ = Tensor::run_backward(&[loss], &wrt, false, false);
-    }
 }
