@@ -194,7 +194,7 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
     let mut step = || prepared.step();
 
     let (per_iter, warmup) = timing::warm_up(device, &req.timing, &mut step);
-    let probe = memory::probe(device, &mut step)?;
+    let probe = memory::probe(device, || prepared.step())?;
     let iterations = timing::iterations_for(&req.timing, per_iter);
     let latency = timing::measure(device, iterations, warmup, &mut step);
 
