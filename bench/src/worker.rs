@@ -49,6 +49,7 @@ fn inject_fault(req: &Request) {
 
 /// The worker's side: answer requests until stdin closes.
 pub fn serve() -> anyhow::Result<()> {
+    crate::measure::memory::steady_state_allocator();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     for line in stdin.lock().lines() {
