@@ -48,9 +48,10 @@ fn main() {
     }
     let per_iteration = (minor_faults() - before) / iterations;
     println!("allocator: {per_iteration} page faults per iteration (steady-state set-up: {with})");
-    // Faulting the iteration's ~40 MiB in again would be about 10,000 faults.
+    // Faulting the iteration's ~40 MiB in again is about 8,000-10,000 faults (measured
+    // with XARENA_DEFAULT_ALLOCATOR=1); heap layout leaves a few hundred either way.
     assert!(
-        !with || per_iteration < 1000,
+        !with || per_iteration < 2500,
         "{per_iteration} page faults per iteration: freed blocks are not reused"
     );
     println!("1 passed, 0 failed");

@@ -17,6 +17,17 @@ pub enum VariantError {
 }
 
 impl VariantError {
+    /// Checks that a size parameter is at least 1.
+    pub fn positive(variant: &str, field: &str, value: i64) -> Result<(), Self> {
+        if value < 1 {
+            return Err(Self::config(
+                variant,
+                format!("{field} must be at least 1, got {value}"),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn config(variant: &str, message: impl Into<String>) -> Self {
         VariantError::Config {
             variant: variant.to_string(),

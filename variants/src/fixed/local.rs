@@ -101,12 +101,7 @@ impl AttentionVariant for Local {
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
-        if config.window < 1 {
-            return Err(VariantError::config(
-                "local",
-                format!("window must be at least 1, got {}", config.window),
-            ));
-        }
+        VariantError::positive("local", "window", config.window)?;
         Ok(())
     }
 

@@ -79,18 +79,8 @@ impl AttentionVariant for Performer {
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
-        if config.features < 1 {
-            return Err(VariantError::config(
-                "performer",
-                format!("features must be at least 1, got {}", config.features),
-            ));
-        }
-        if config.chunk < 1 {
-            return Err(VariantError::config(
-                "performer",
-                format!("chunk must be at least 1, got {}", config.chunk),
-            ));
-        }
+        VariantError::positive("performer", "features", config.features)?;
+        VariantError::positive("performer", "chunk", config.chunk)?;
         Ok(())
     }
 

@@ -53,12 +53,7 @@ impl AttentionVariant for Linformer {
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
-        if config.k < 1 {
-            return Err(VariantError::config(
-                "linformer",
-                format!("k must be at least 1, got {}", config.k),
-            ));
-        }
+        VariantError::positive("linformer", "k", config.k)?;
         Ok(())
     }
 
