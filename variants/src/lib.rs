@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod baseline;
 pub mod block;
+pub mod combined;
 pub mod error;
 pub mod exact;
 pub mod fixed;
@@ -21,6 +22,7 @@ pub mod info;
 pub mod kernel;
 pub mod lowrank;
 pub mod registry;
+pub mod sparse;
 
 pub use attention::{Attention, Layer, MultiHeadAttention, Shape};
 pub use block::EncoderBlock;

@@ -9,7 +9,7 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::EncoderBlock;
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, exact, fixed, kernel, lowrank};
+use crate::{baseline, combined, exact, fixed, kernel, lowrank};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -162,6 +162,9 @@ pub fn registry() -> Vec<Entry> {
         attention::<exact::vanilla::Vanilla>(),
         attention::<exact::sdpa::Sdpa>(),
         attention::<fixed::local::Local>(),
+        attention::<fixed::blockwise::Blockwise>(),
+        attention::<combined::longformer::Longformer>(),
+        attention::<combined::bigbird::BigBird>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),
     ]

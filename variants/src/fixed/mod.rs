@@ -1,2 +1,3 @@
 //! Fixed patterns: each query sees a pattern of keys fixed in advance.
+pub mod blockwise;
 pub mod local;

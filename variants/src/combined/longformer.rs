@@ -1,0 +1,143 @@
+//! `longformer`: a sliding window plus global tokens (Beltagy et al. 2020). Query i sees
+//! keys with |i - j| <= window / 2 (only j <= i when causal); global tokens see every key
+//! and are seen by every query. Computed block-sparse (the window as neighbour blocks
+//! trimmed to the band, the global keys appended to every block) plus exact rows for the
+//! global queries: time O(N (w + g) d), memory O(N (w + g)).
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::attention::{Attention, Shape};
+use crate::error::VariantError;
+use crate::flops::{self, FlopCount};
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+use crate::sparse::{future_of, global_rows, BlockPattern, PairRule};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Window w: w / 2 keys on each side of a query (the paper's convention).
+    pub window: i64,
+    /// Positions of the global tokens (a classification token at 0, by default).
+    pub global: Vec<i64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window: 256,
+            global: vec![0],
+        }
+    }
+}
+
+struct Band(i64);
+
+impl PairRule for Band {
+    fn visible(&self, i: i64, j: i64) -> bool {
+        (i - j).abs() <= self.0
+    }
+}
+
+pub struct Longformer {
+    shape: Shape,
+    pattern: BlockPattern,
+    /// Global positions, sorted, as an index tensor.
+    rows: Option<Tensor>,
+    global_count: i64,
+    /// `[g, N]` future keys of each global query, when causal.
+    future: Option<Tensor>,
+}
+
+impl Longformer {
+    pub fn pattern(&self) -> &BlockPattern {
+        &self.pattern
+    }
+}
+
+impl AttentionVariant for Longformer {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "longformer",
+        family: Family::CombinedPatterns,
+        time: "O(N (w + g) d)",
+        memory: "O(N (w + g))",
+        time_exponent: 1.0,
+        memory_exponent: 1.0,
+        paper: "Beltagy et al. 2020, Longformer: The Long-Document Transformer \
+                (arXiv:2004.05150)",
+        supports_causal: true,
+        exact: false,
+    };
+
+    fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {
+        VariantError::positive("longformer", "window", config.window)?;
+        if let Some(bad) = config.global.iter().find(|&&p| p < 0 || p >= shape.seq_len) {
+            return Err(VariantError::config(
+                "longformer",
+                format!("global position {bad} is outside 0..{}", shape.seq_len),
+            ));
+        }
+        Ok(())
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+        let n = shape.seq_len;
+        let radius = (config.window / 2).max(1);
+        let block = radius.min(n);
+        let blocks = (n + block - 1) / block;
+        let reach = (radius + block - 1) / block;
+        let after = if shape.causal { 0 } else { reach };
+        let lists: Vec<Vec<i64>> = (0..blocks)
+            .map(|q| {
+                (q - reach..=q + after)
+                    .filter(|b| (0..blocks).contains(b))
+                    .collect()
+            })
+            .collect();
+        let mut global = config.global.clone();
+        global.sort_unstable();
+        global.dedup();
+        let pattern = BlockPattern::new(
+            n,
+            block,
+            &lists,
+            &global,
+            shape.causal,
+            &Band(radius),
+            vs.device(),
+        );
+        let rows = (!global.is_empty()).then(|| Tensor::from_slice(&global).to_device(vs.device()));
+        let future = shape.causal.then(|| future_of(&global, n, vs.device()));
+        Ok(Longformer {
+            shape: *shape,
+            pattern,
+            rows,
+            global_count: global.len() as i64,
+            future,
+        })
+    }
+}
+
+impl Attention for Longformer {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let out = self.pattern.attend(q, k, v);
+        match &self.rows {
+            Some(rows) => global_rows(out, q, k, v, rows, self.future.as_ref()),
+            None => out,
+        }
+    }
+
+    /// The block-sparse part plus the global queries' full rows.
+    fn flops(&self) -> FlopCount {
+        let s = &self.shape;
+        let (n, d, g) = (
+            s.seq_len as u64,
+            s.head_dim as u64,
+            self.global_count as u64,
+        );
+        let rows = flops::matmul(s.bh(), g, d, n) + flops::matmul(s.bh(), g, n, d);
+        self.pattern.flops(s.bh(), s.head_dim) + FlopCount::forward(rows)
+    }
+}

@@ -1,0 +1,88 @@
+//! `blockwise`: block-diagonal attention (Qiu et al. 2019, BlockBERT): the sequence is cut
+//! into blocks of b tokens and each block attends only within itself. Time O(N b d),
+//! memory O(N b). BlockBERT also gives some heads shifted block permutations; this is its
+//! identity permutation, the pattern the survey files under fixed patterns.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::attention::{Attention, Shape};
+use crate::error::VariantError;
+use crate::flops::FlopCount;
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+use crate::sparse::{BlockPattern, WholeBlocks};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Block length b; the last block is padded when b does not divide N.
+    pub block: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { block: 128 }
+    }
+}
+
+pub struct Blockwise {
+    shape: Shape,
+    pattern: BlockPattern,
+}
+
+impl Blockwise {
+    pub fn pattern(&self) -> &BlockPattern {
+        &self.pattern
+    }
+}
+
+impl AttentionVariant for Blockwise {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "blockwise",
+        family: Family::FixedPatterns,
+        time: "O(N b d)",
+        memory: "O(N b)",
+        time_exponent: 1.0,
+        memory_exponent: 1.0,
+        paper: "Qiu et al. 2019, Blockwise Self-Attention for Long Document Understanding \
+                (arXiv:1911.02972)",
+        supports_causal: true,
+        exact: false,
+    };
+
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
+        VariantError::positive("blockwise", "block", config.block)
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+        let n = shape.seq_len;
+        let block = config.block.min(n);
+        let blocks = (n + block - 1) / block;
+        let lists: Vec<Vec<i64>> = (0..blocks).map(|q| vec![q]).collect();
+        let pattern = BlockPattern::new(
+            n,
+            block,
+            &lists,
+            &[],
+            shape.causal,
+            &WholeBlocks,
+            vs.device(),
+        );
+        Ok(Blockwise {
+            shape: *shape,
+            pattern,
+        })
+    }
+}
+
+impl Attention for Blockwise {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        self.pattern.attend(q, k, v)
+    }
+
+    fn flops(&self) -> FlopCount {
+        self.pattern.flops(self.shape.bh(), self.shape.head_dim)
+    }
+}

@@ -1,0 +1,239 @@
+//! Block-sparse attention: each query block attends to a chosen list of key blocks, plus
+//! optionally a set of global key positions shared by every block, with a position-level
+//! mask over what was gathered. The score tensor is [blocks, b, s * b + g]: it grows with
+//! N times the pattern's width, never N x N. Fixed and combined patterns (blockwise,
+//! BigBird, Longformer) are lists of blocks and a mask; the pattern is built once per
+//! shape, on the CPU, from positions.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::flops::{self, FlopCount};
+
+/// A block-sparse pattern for one sequence length, ready to apply.
+pub struct BlockPattern {
+    n: i64,
+    block: i64,
+    blocks: i64,
+    /// Key blocks per query block (s).
+    slots: i64,
+    /// `[blocks * slots]`: indices into the padded key blocks; `blocks` names the empty
+    /// block (all zeros, always hidden) that pads short lists.
+    key_blocks: Tensor,
+    /// Global key positions appended to every query block's keys (g).
+    globals: Option<Tensor>,
+    /// `[blocks, b, slots * b + g]`, true where a key is not attended.
+    hidden: Tensor,
+}
+
+/// What a pattern says about one (query, key) pair of positions, beyond the block lists.
+pub trait PairRule {
+    /// Whether query `i` may see key `j` (both < N) when `j` came from a block list.
+    fn visible(&self, i: i64, j: i64) -> bool;
+}
+
+/// Every pair in the listed blocks is visible.
+pub struct WholeBlocks;
+
+impl PairRule for WholeBlocks {
+    fn visible(&self, _: i64, _: i64) -> bool {
+        true
+    }
+}
+
+impl BlockPattern {
+    /// Builds the pattern: `lists[q]` are the key blocks of query block `q` (duplicates
+    /// are attended once), `globals` are key positions every query sees (a global key
+    /// that also lies in a listed block is attended once, as a global). Keys past N, in
+    /// the future (causal), or refused by `rule` are hidden. A query that would see
+    /// nothing (only padding queries can) sees the empty block, so softmax stays finite.
+    pub fn new(
+        n: i64,
+        block: i64,
+        lists: &[Vec<i64>],
+        globals: &[i64],
+        causal: bool,
+        rule: &dyn PairRule,
+        device: Device,
+    ) -> BlockPattern {
+        let blocks = lists.len() as i64;
+        assert_eq!(blocks, (n + block - 1) / block, "one list per query block");
+        let slots = lists.iter().map(|l| l.len()).max().unwrap_or(0).max(1) as i64;
+        let g = globals.len() as i64;
+        let width = (slots * block + g) as usize;
+        let mut global_key = vec![false; n.max(0) as usize];
+        for &j in globals {
+            if (0..n).contains(&j) {
+                global_key[j as usize] = true;
+            }
+        }
+        let is_global = |j: i64| j < n && global_key[j as usize];
+        let mut key_blocks = vec![blocks; (blocks * slots) as usize];
+        let mut hidden = vec![true; (blocks * block) as usize * width];
+        for (qb, list) in lists.iter().enumerate() {
+            let mut seen = Vec::new();
+            for (slot, &kb) in list.iter().enumerate() {
+                if seen.contains(&kb) || kb < 0 || kb >= blocks {
+                    continue;
+                }
+                seen.push(kb);
+                key_blocks[qb * slots as usize + slot] = kb;
+                for r in 0..block {
+                    let i = qb as i64 * block + r;
+                    for c in 0..block {
+                        let j = kb * block + c;
+                        let ok = i < n
+                            && j < n
+                            && !(causal && j > i)
+                            && !is_global(j)
+                            && rule.visible(i, j);
+                        let col = slot as i64 * block + c;
+                        hidden[(i as usize) * width + col as usize] = !ok;
+                    }
+                }
+            }
+            for r in 0..block {
+                let i = qb as i64 * block + r;
+                for (gi, &j) in globals.iter().enumerate() {
+                    let ok = i < n && !(causal && j > i);
+                    let col = (slots * block) as usize + gi;
+                    hidden[(i as usize) * width + col] = !ok;
+                }
+            }
+        }
+        // Padding queries that see nothing get the (zero) first key of their first slot.
+        for row in hidden.chunks_mut(width) {
+            if row.iter().all(|&h| h) {
+                row[0] = false;
+            }
+        }
+        let hidden = Tensor::from_slice(&hidden)
+            .view([blocks, block, width as i64])
+            .to_device(device);
+        let key_blocks = Tensor::from_slice(&key_blocks).to_device(device);
+        let globals = (!globals.is_empty()).then(|| Tensor::from_slice(globals).to_device(device));
+        BlockPattern {
+            n,
+            block,
+            blocks,
+            slots,
+            key_blocks,
+            globals,
+            hidden,
+        }
+    }
+
+    fn gather(&self, x: &Tensor) -> Tensor {
+        let (b, h, n, d) = x.size4().expect("[batch, heads, seq, head_dim]");
+        let padded = self.blocks * self.block;
+        // Pad to whole blocks plus one empty block, the target of unused slots.
+        let x = x.constant_pad_nd([0, 0, 0, padded - n + self.block]).view([
+            b,
+            h,
+            self.blocks + 1,
+            self.block,
+            d,
+        ]);
+        let mut keys = x.index_select(2, &self.key_blocks).view([
+            b,
+            h,
+            self.blocks,
+            self.slots * self.block,
+            d,
+        ]);
+        if let Some(g) = &self.globals {
+            let flat = x.view([b, h, (self.blocks + 1) * self.block, d]);
+            let shared = flat
+                .index_select(2, g)
+                .unsqueeze(2)
+                .expand([b, h, self.blocks, g.size()[0], d], false);
+            keys = Tensor::cat(&[keys, shared], 3);
+        }
+        keys
+    }
+
+    /// Softmax attention of every query over its pattern; `[b, h, N, d]` in and out.
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
+        assert_eq!(n, self.n, "built for N = {}", self.n);
+        let padded = self.blocks * self.block;
+        let q = (q * (d as f64).powf(-0.5))
+            .constant_pad_nd([0, 0, 0, padded - n])
+            .view([b, h, self.blocks, self.block, d]);
+        let scores = q
+            .matmul(&self.gather(k).transpose(-2, -1))
+            .masked_fill(&self.hidden, f64::NEG_INFINITY);
+        scores
+            .softmax(-1, scores.kind())
+            .matmul(&self.gather(v))
+            .view([b, h, padded, d])
+            .narrow(2, 0, n)
+    }
+
+    /// The dense pattern, `[N, N]`, true where hidden: for tests and documentation only.
+    pub fn dense_hidden(&self) -> Tensor {
+        let (n, b, s) = (self.n, self.block, self.slots);
+        let width = self.hidden.size()[2];
+        let hidden = self.hidden.to_device(Device::Cpu);
+        let key_blocks = Vec::<i64>::try_from(&self.key_blocks.to_device(Device::Cpu)).unwrap();
+        let globals = self
+            .globals
+            .as_ref()
+            .map(|g| Vec::<i64>::try_from(&g.to_device(Device::Cpu)).unwrap())
+            .unwrap_or_default();
+        let mut dense = vec![true; (n * n) as usize];
+        for i in 0..n {
+            let qb = i / b;
+            let row = hidden.get(qb).get(i % b);
+            let row = Vec::<bool>::try_from(&row).unwrap();
+            for col in 0..width {
+                if row[col as usize] {
+                    continue;
+                }
+                let j = if col < s * b {
+                    key_blocks[(qb * s + col / b) as usize] * b + col % b
+                } else {
+                    globals[(col - s * b) as usize]
+                };
+                if j < n {
+                    dense[(i * n + j) as usize] = false;
+                }
+            }
+        }
+        Tensor::from_slice(&dense).view([n, n])
+    }
+
+    /// Scores computed per head: every gathered entry, hidden or not.
+    pub fn flops(&self, bh: u64, head_dim: i64) -> FlopCount {
+        let rows = (self.blocks * self.block) as u64;
+        let cols = self.hidden.size()[2] as u64;
+        let d = head_dim as u64;
+        FlopCount::forward(flops::matmul(bh, rows, d, cols) + flops::matmul(bh, rows, cols, d))
+    }
+
+    /// Keys each query block sees (s * b + g).
+    pub fn width(&self) -> i64 {
+        self.hidden.size()[2]
+    }
+}
+
+/// Exact attention of a few query positions over every key: the global queries of
+/// Longformer and BigBird. Writes their rows into `out` and returns it.
+pub fn global_rows(
+    out: Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rows: &Tensor,
+    future: Option<&Tensor>,
+) -> Tensor {
+    let qg = q.index_select(2, rows);
+    let yg = crate::exact::vanilla::softmax_attention(&qg, k, v, future);
+    out.index_copy(2, rows, &yg)
+}
+
+/// `Kind::Bool` mask `[g, N]` of the keys after each global query row (causal).
+pub fn future_of(rows: &[i64], n: i64, device: Device) -> Tensor {
+    let r = Tensor::from_slice(rows).view([rows.len() as i64, 1]);
+    let j = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([1, n]);
+    j.gt_tensor(&r).to_device(device)
+}

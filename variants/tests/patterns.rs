@@ -1,0 +1,224 @@
+//! Fixed and combined patterns: exact limits, dense masked references of their own
+//! pattern (written here from the papers' definitions, independently of the block code),
+//! padding, and configuration errors.
+
+mod common;
+
+use common::*;
+use tch::{nn, Device, Kind, Tensor};
+use xarena_variants::combined::{bigbird, longformer};
+use xarena_variants::exact::vanilla::softmax_attention;
+use xarena_variants::fixed::blockwise;
+use xarena_variants::registry::AttentionVariant;
+use xarena_variants::{build_layer, Attention, Scope, Shape, VariantSpec};
+
+/// `[N, N]` hidden mask from a visibility rule over positions.
+fn dense(n: i64, causal: bool, visible: impl Fn(i64, i64) -> bool) -> Tensor {
+    let mut hidden = Vec::with_capacity((n * n) as usize);
+    for i in 0..n {
+        for j in 0..n {
+            hidden.push(!(visible(i, j) && !(causal && j > i)));
+        }
+    }
+    Tensor::from_slice(&hidden).view([n, n])
+}
+
+fn build<V: AttentionVariant>(config: V::Config, s: &Shape) -> V {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    V::new(config, s, vs.root()).expect("valid config")
+}
+
+/// The variant's output equals exact attention under `hidden`, and so does its block
+/// pattern below the first `global_rows` rows (global queries are computed apart).
+fn check_against(
+    core: &dyn Attention,
+    s: &Shape,
+    hidden: &Tensor,
+    pattern: &Tensor,
+    global_rows: i64,
+    what: &str,
+) {
+    let rest = s.seq_len - global_rows;
+    assert!(
+        pattern
+            .narrow(0, global_rows, rest)
+            .equal(&hidden.narrow(0, global_rows, rest)),
+        "{what}: the pattern differs from its definition"
+    );
+    let (q, k, v) = qkv(s, 11);
+    let want = softmax_attention(&q, &k, &v, Some(hidden));
+    let err = rel_err(&core.attend(&q, &k, &v), &want);
+    assert!(err < 1e-12, "{what}: {err}");
+}
+
+#[test]
+fn blockwise_is_block_diagonal_and_exact_with_one_block() {
+    for causal in [false, true] {
+        for (n, block) in [(64, 16), (37, 8), (5, 1)] {
+            let s = shape(n, causal);
+            let core: blockwise::Blockwise = build(blockwise::Config { block }, &s);
+            let hidden = dense(n, causal, |i, j| i / block == j / block);
+            let what = format!("blockwise n={n} b={block} causal={causal}");
+            check_against(&core, &s, &hidden, &core.pattern().dense_hidden(), 0, &what);
+        }
+        let s = shape(30, causal);
+        let (q, k, v) = qkv(&s, 12);
+        let core: blockwise::Blockwise = build(blockwise::Config { block: 64 }, &s);
+        let err = rel_err(&core.attend(&q, &k, &v), &reference(&q, &k, &v, causal));
+        assert!(err < 1e-12, "one block, causal={causal}: {err}");
+    }
+}
+
+#[test]
+fn longformer_is_window_plus_globals() {
+    for causal in [false, true] {
+        for (n, window, global) in [(45, 10, vec![0, 17]), (64, 16, vec![]), (33, 4, vec![32])] {
+            let s = shape(n, causal);
+            let config = longformer::Config {
+                window,
+                global: global.clone(),
+            };
+            let core: longformer::Longformer = build(config, &s);
+            let r = window / 2;
+            let g = |p: i64| global.contains(&p);
+            let hidden = dense(n, causal, |i, j| (i - j).abs() <= r || g(i) || g(j));
+            let what = format!("longformer n={n} w={window} g={global:?} causal={causal}");
+            let (q, k, v) = qkv(&s, 13);
+            let want = softmax_attention(&q, &k, &v, Some(&hidden));
+            let err = rel_err(&core.attend(&q, &k, &v), &want);
+            assert!(err < 1e-12, "{what}: {err}");
+        }
+    }
+}
+
+#[test]
+fn longformer_exact_limits() {
+    for causal in [false, true] {
+        let s = shape(40, causal);
+        let (q, k, v) = qkv(&s, 14);
+        let exact = reference(&q, &k, &v, causal);
+        let wide: longformer::Longformer = build(
+            longformer::Config {
+                window: 80,
+                global: vec![],
+            },
+            &s,
+        );
+        assert!(
+            rel_err(&wide.attend(&q, &k, &v), &exact) < 1e-12,
+            "window 2N"
+        );
+        let all: longformer::Longformer = build(
+            longformer::Config {
+                window: 2,
+                global: (0..40).collect(),
+            },
+            &s,
+        );
+        assert!(
+            rel_err(&all.attend(&q, &k, &v), &exact) < 1e-12,
+            "every token global"
+        );
+    }
+}
+
+#[test]
+fn bigbird_is_window_random_and_global_blocks() {
+    for (n, block, random, globals) in [(70, 8, 2, 1), (64, 8, 3, 2), (48, 16, 1, 0)] {
+        let s = shape(n, false);
+        let config = bigbird::Config {
+            block,
+            window_blocks: 3,
+            random_blocks: random,
+            global_blocks: globals,
+        };
+        let core: bigbird::BigBird = seeded(21, || build(config, &s));
+        let picks = core.random_blocks().to_vec();
+        // Random blocks avoid the window and the global blocks, and are distinct.
+        for (qb, p) in picks.iter().enumerate() {
+            let qb = qb as i64;
+            let mut sorted = p.clone();
+            sorted.dedup();
+            assert_eq!(sorted.len(), p.len());
+            assert!(
+                p.iter().all(|&b| (b - qb).abs() > 1 && b >= globals),
+                "{p:?}"
+            );
+        }
+        let gl = globals * block;
+        let hidden = dense(n, false, |i, j| {
+            let (qb, kb) = (i / block, j / block);
+            i < gl || j < gl || (qb - kb).abs() <= 1 || picks[qb as usize].contains(&kb)
+        });
+        let what = format!("bigbird n={n} b={block} r={random} g={globals}");
+        let pattern = core.pattern().dense_hidden();
+        check_against(&core, &s, &hidden, &pattern, gl.min(n), &what);
+    }
+}
+
+#[test]
+fn bigbird_with_every_block_global_is_exact() {
+    let s = shape(40, false);
+    let (q, k, v) = qkv(&s, 15);
+    let config = bigbird::Config {
+        block: 8,
+        window_blocks: 1,
+        random_blocks: 0,
+        global_blocks: 5,
+    };
+    let core: bigbird::BigBird = build(config, &s);
+    let err = rel_err(&core.attend(&q, &k, &v), &reference(&q, &k, &v, false));
+    assert!(err < 1e-12, "{err}");
+}
+
+#[test]
+fn pattern_configurations_are_checked() {
+    let s = shape(32, false);
+    let cases = [
+        ("blockwise:block=0", false, "block must be at least 1"),
+        (
+            "bigbird:window_blocks=2",
+            false,
+            "window_blocks must be odd",
+        ),
+        ("bigbird:random_blocks=-1", false, "must be >= 0"),
+        ("bigbird", true, "does not support causal"),
+        ("longformer:window=0", false, "window must be at least 1"),
+        (
+            "longformer:global=[40]",
+            false,
+            "global position 40 is outside 0..32",
+        ),
+    ];
+    for (spec, causal, needle) in cases {
+        let spec: VariantSpec = spec.parse().unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let shape = Shape { causal, ..s };
+        let err = match spec.normalized() {
+            Err(e) => e,
+            Ok(spec) => match build_layer(&spec, &shape, Scope::Attention, vs.root()) {
+                Err(e) => e,
+                Ok(_) => panic!("{spec:?} should not build"),
+            },
+        };
+        assert!(err.to_string().contains(needle), "{spec:?}: {err}");
+    }
+}
+
+#[test]
+fn no_pattern_tensor_grows_as_n_squared() {
+    // The gathered width per query block stays fixed as N grows: 4x N, same width.
+    let width = |n: i64| {
+        let s = shape(n, false);
+        let lf: longformer::Longformer = build(longformer::Config::default(), &s);
+        let bb: bigbird::BigBird = build(bigbird::Config::default(), &s);
+        let bw: blockwise::Blockwise = build(blockwise::Config::default(), &s);
+        (
+            lf.pattern().width(),
+            bb.pattern().width(),
+            bw.pattern().width(),
+        )
+    };
+    assert_eq!(width(2048), width(8192));
+}
