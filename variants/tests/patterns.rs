@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use tch::{nn, Device, Kind, Tensor};
-use xarena_variants::combined::{bigbird, longformer};
+use xarena_variants::combined::{axial, bigbird, longformer, sparse_transformer};
 use xarena_variants::exact::vanilla::softmax_attention;
-use xarena_variants::fixed::blockwise;
+use xarena_variants::fixed::{blockwise, strided};
 use xarena_variants::registry::AttentionVariant;
 use xarena_variants::{build_layer, Attention, Scope, Shape, VariantSpec};
 
@@ -221,4 +221,81 @@ fn no_pattern_tensor_grows_as_n_squared() {
         )
     };
     assert_eq!(width(2048), width(8192));
+}
+
+#[test]
+fn strided_sees_every_s_th_key_and_is_exact_at_stride_one() {
+    for causal in [false, true] {
+        for (n, stride) in [(64, 8), (37, 5), (50, 0), (9, 20)] {
+            let s = shape(n, causal);
+            let core: strided::Strided = build(strided::Config { stride }, &s);
+            let st = core.stride();
+            let hidden = dense(n, causal, |i, j| (i - j).rem_euclid(st) == 0);
+            let (q, k, v) = qkv(&s, 16);
+            let want = softmax_attention(&q, &k, &v, Some(&hidden));
+            let err = rel_err(&core.attend(&q, &k, &v), &want);
+            assert!(
+                err < 1e-12,
+                "strided n={n} s={stride} causal={causal}: {err}"
+            );
+        }
+        let s = shape(33, causal);
+        let (q, k, v) = qkv(&s, 17);
+        let core: strided::Strided = build(strided::Config { stride: 1 }, &s);
+        let err = rel_err(&core.attend(&q, &k, &v), &reference(&q, &k, &v, causal));
+        assert!(err < 1e-12, "stride 1 causal={causal}: {err}");
+    }
+}
+
+#[test]
+fn sparse_transformer_splits_heads_between_local_and_strided() {
+    for causal in [false, true] {
+        for (n, l) in [(49, 7), (40, 6)] {
+            let s = shape(n, causal);
+            let config = sparse_transformer::Config {
+                stride: l,
+                local_heads: 2,
+            };
+            let core: sparse_transformer::SparseTransformer = build(config, &s);
+            let (q, k, v) = qkv(&s, 18);
+            let heads = |t: &Tensor, a: i64, len: i64| t.narrow(1, a, len);
+            let band = dense(n, causal, |i, j| (i - j).abs() < l);
+            let stride = dense(n, causal, |i, j| (i - j).rem_euclid(l) == 0);
+            let want = Tensor::cat(
+                &[
+                    softmax_attention(
+                        &heads(&q, 0, 2),
+                        &heads(&k, 0, 2),
+                        &heads(&v, 0, 2),
+                        Some(&band),
+                    ),
+                    softmax_attention(
+                        &heads(&q, 2, 1),
+                        &heads(&k, 2, 1),
+                        &heads(&v, 2, 1),
+                        Some(&stride),
+                    ),
+                ],
+                1,
+            );
+            let err = rel_err(&core.attend(&q, &k, &v), &want);
+            assert!(err < 1e-12, "n={n} l={l} causal={causal}: {err}");
+        }
+    }
+}
+
+#[test]
+fn axial_sums_row_and_column_attention() {
+    for (n, width) in [(36, 6), (37, 7), (20, 0), (10, 3)] {
+        let s = shape(n, false);
+        let core: axial::Axial = build(axial::Config { width }, &s);
+        let (_, c) = core.grid();
+        let (q, k, v) = qkv(&s, 19);
+        let rows = dense(n, false, |i, j| i / c == j / c);
+        let cols = dense(n, false, |i, j| i % c == j % c);
+        let want =
+            softmax_attention(&q, &k, &v, Some(&rows)) + softmax_attention(&q, &k, &v, Some(&cols));
+        let err = rel_err(&core.attend(&q, &k, &v), &want);
+        assert!(err < 1e-12, "axial n={n} width={width}: {err}");
+    }
 }

@@ -1,3 +1,4 @@
 //! Fixed patterns: each query sees a pattern of keys fixed in advance.
 pub mod blockwise;
 pub mod local;
+pub mod strided;

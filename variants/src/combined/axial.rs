@@ -1,0 +1,132 @@
+//! `axial`: axial attention (Ho et al. 2019). The sequence is laid out as a grid of
+//! r x c tokens (r = ceil(N / c), c = ceil(sqrt(N)) by default) and every query attends
+//! along its row and, separately, along its column; the two outputs are summed, as the
+//! widely used axial-attention implementations do for one layer. Time O(N (r + c) d),
+//! memory O(N (r + c)): O(N sqrt(N)) on a square grid.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::attention::{Attention, Shape};
+use crate::error::VariantError;
+use crate::flops::{self, FlopCount};
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Grid width c (tokens per row); 0 picks ceil(sqrt(N)).
+    pub width: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { width: 0 }
+    }
+}
+
+pub struct Axial {
+    shape: Shape,
+    rows: i64,
+    cols: i64,
+    /// `[c]` / `[r]`: true for padding keys along a row / a column.
+    row_hidden: Tensor,
+    col_hidden: Tensor,
+}
+
+impl Axial {
+    pub fn grid(&self) -> (i64, i64) {
+        (self.rows, self.cols)
+    }
+}
+
+impl AttentionVariant for Axial {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "axial",
+        family: Family::CombinedPatterns,
+        time: "O(N (r + c) d); O(N sqrt(N) d) square",
+        memory: "O(N (r + c)); O(N sqrt(N)) square",
+        time_exponent: 1.5,
+        memory_exponent: 1.5,
+        paper: "Ho et al. 2019, Axial Attention in Multidimensional Transformers \
+                (arXiv:1912.12180)",
+        supports_causal: false,
+        exact: false,
+    };
+
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
+        if config.width < 0 {
+            return Err(VariantError::config(
+                "axial",
+                format!("width must be >= 0 (0: sqrt(N)), got {}", config.width),
+            ));
+        }
+        Ok(())
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+        let n = shape.seq_len;
+        let cols = if config.width == 0 {
+            (n as f64).sqrt().ceil() as i64
+        } else {
+            config.width
+        }
+        .clamp(1, n);
+        let rows = (n + cols - 1) / cols;
+        let opts = (Kind::Int64, tch::Device::Cpu);
+        let pos = Tensor::arange(rows, opts).view([rows, 1]) * cols
+            + Tensor::arange(cols, opts).view([1, cols]);
+        let pad = pos.ge(n);
+        // Key j of row i (or column) is padding: [rows, 1, cols] and [cols, 1, rows].
+        let row_hidden = pad.view([rows, 1, cols]).to_device(vs.device());
+        let col_hidden = pad
+            .transpose(0, 1)
+            .contiguous()
+            .view([cols, 1, rows])
+            .to_device(vs.device());
+        Ok(Axial {
+            shape: *shape,
+            rows,
+            cols,
+            row_hidden,
+            col_hidden,
+        })
+    }
+}
+
+/// Softmax attention over the last two axes with a key mask.
+fn attend_axis(q: &Tensor, k: &Tensor, v: &Tensor, hidden: &Tensor) -> Tensor {
+    let scores = q
+        .matmul(&k.transpose(-2, -1))
+        .masked_fill(hidden, f64::NEG_INFINITY);
+    scores.softmax(-1, scores.kind()).matmul(v)
+}
+
+impl Attention for Axial {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
+        let (r, c) = (self.rows, self.cols);
+        let grid = |t: &Tensor| {
+            t.constant_pad_nd([0, 0, 0, r * c - n])
+                .view([b, h, r, c, d])
+        };
+        let (q, k, v) = (grid(&(q * (d as f64).powf(-0.5))), grid(k), grid(v));
+        let along_rows = attend_axis(&q, &k, &v, &self.row_hidden);
+        let cols = |t: &Tensor| t.transpose(2, 3);
+        let along_cols =
+            attend_axis(&cols(&q), &cols(&k), &cols(&v), &self.col_hidden).transpose(2, 3);
+        (along_rows + along_cols)
+            .reshape([b, h, r * c, d])
+            .narrow(2, 0, n)
+    }
+
+    fn flops(&self) -> FlopCount {
+        let s = &self.shape;
+        let (r, c, d) = (self.rows as u64, self.cols as u64, s.head_dim as u64);
+        let rows = flops::matmul(s.bh() * r, c, d, c) + flops::matmul(s.bh() * r, c, c, d);
+        let cols = flops::matmul(s.bh() * c, r, d, r) + flops::matmul(s.bh() * c, r, r, d);
+        FlopCount::forward(rows + cols)
+    }
+}
