@@ -15,7 +15,7 @@ use crate::flops::FlopCount;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The pattern's length l: the local window and the stride; 0 picks ceil(sqrt(N)).
@@ -24,14 +24,6 @@ pub struct Config {
     pub local_heads: i64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            stride: 0,
-            local_heads: 0,
-        }
-    }
-}
 
 pub struct SparseTransformer {
     local_heads: i64,

@@ -13,18 +13,13 @@ use crate::flops::{self, FlopCount};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Stride s; 0 picks ceil(sqrt(N)), the paper's choice.
     pub stride: i64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config { stride: 0 }
-    }
-}
 
 pub struct Strided {
     shape: Shape,
