@@ -88,10 +88,45 @@ pub struct Cell {
     pub flops_per_s: Option<f64>,
 }
 
+/// Where a variant's latency crosses a reference's, over the lengths measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Crossover {
+    /// Faster already at the shortest length measured, and at every length after.
+    Below(i64),
+    /// Faster from about this length on (log-log interpolation between the two lengths
+    /// around the crossing).
+    At(f64),
+    /// Not faster at the longest length measured.
+    Never(i64),
+}
+
+/// Crossover of `ratios` (variant latency / reference latency, by N ascending): the
+/// length from which the variant stays faster.
+pub fn crossover(ratios: &[(i64, f64)]) -> Option<Crossover> {
+    let (first, last) = (ratios.first()?, ratios.last()?);
+    if last.1 >= 1.0 {
+        return Some(Crossover::Never(last.0));
+    }
+    // The last length at which the variant was not faster.
+    let Some(k) = ratios.iter().rposition(|(_, r)| *r >= 1.0) else {
+        return Some(Crossover::Below(first.0));
+    };
+    let ((n0, r0), (n1, r1)) = (ratios[k], ratios[k + 1]);
+    let (x0, x1, y0, y1) = ((n0 as f64).ln(), (n1 as f64).ln(), r0.ln(), r1.ln());
+    Some(Crossover::At(
+        (x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0)).exp(),
+    ))
+}
+
+/// References a crossover is reported against, when present in the table.
+pub const CROSSOVER_REFERENCES: [&str; 2] = [REFERENCE, "sdpa"];
+
 #[derive(Debug, Clone)]
 pub struct Row {
     pub label: String,
     pub cells: BTreeMap<i64, Cell>,
+    /// Against each of [`CROSSOVER_REFERENCES`] present.
+    pub crossovers: Vec<(String, Option<Crossover>)>,
     pub time_fit: Option<Fit>,
     pub memory_fit: Option<Fit>,
     pub time_claim: f64,
@@ -176,8 +211,26 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
                     .filter_map(|(n, c)| f(c).map(|y| (*n as f64, y)))
                     .collect()
             };
+            let crossovers = CROSSOVER_REFERENCES
+                .iter()
+                .filter(|r| labels.iter().any(|l| l == *r) && *r != label)
+                .map(|reference| {
+                    let ratios: Vec<(i64, f64)> = seq_lens
+                        .iter()
+                        .filter_map(|&n| {
+                            let mine = latest.get(&(label.clone(), n)).and_then(|r| latency(r))?;
+                            let theirs = latest
+                                .get(&(reference.to_string(), n))
+                                .and_then(|r| latency(r))?;
+                            Some((n, mine / theirs))
+                        })
+                        .collect();
+                    (reference.to_string(), crossover(&ratios))
+                })
+                .collect();
             Row {
                 label: label.clone(),
+                crossovers,
                 time_fit: fit_power_law(&points(&|c| c.latency_s)),
                 memory_fit: fit_power_law(&points(&|c| c.peak_bytes.map(|b| b as f64))),
                 cells,
@@ -203,6 +256,29 @@ mod tests {
         assert_eq!(quantile(&s, 0.5), 3.0);
         assert!((quantile(&s, 0.1) - 1.4).abs() < 1e-12);
         assert_eq!(quantile(&[7.0], 0.9), 7.0);
+    }
+
+    #[test]
+    fn crossovers_interpolate_in_log_log() {
+        assert_eq!(
+            crossover(&[(512, 0.5), (1024, 0.4)]),
+            Some(Crossover::Below(512))
+        );
+        assert_eq!(
+            crossover(&[(512, 2.0), (1024, 1.1)]),
+            Some(Crossover::Never(1024))
+        );
+        // Ratio 2 at 512, 0.5 at 2048: crosses 1 half way in log N, at 1024.
+        match crossover(&[(512, 2.0), (2048, 0.5)]) {
+            Some(Crossover::At(n)) => assert!((n - 1024.0).abs() < 1e-9, "{n}"),
+            other => panic!("{other:?}"),
+        }
+        // Faster, then slower, then faster again: counted from the last crossing.
+        match crossover(&[(512, 0.9), (1024, 1.2), (2048, 0.6)]) {
+            Some(Crossover::At(n)) => assert!(n > 1024.0 && n < 2048.0),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crossover(&[]), None);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, Table};
 
-use crate::analysis::{Cell, EfficiencyTable, Fit, Row, REFERENCE};
+use crate::analysis::{
+    Cell, Crossover, EfficiencyTable, Fit, Row, CROSSOVER_REFERENCES, REFERENCE,
+};
 use crate::schema::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +38,23 @@ pub fn format_bytes(b: u64) -> String {
 
 fn format_fit(fit: Option<Fit>, claim: f64) -> String {
     let claim = if claim.is_finite() {
-        format!(" ({claim:.0})")
+        // 2 as "2", 1.5 as "1.5".
+        format!(" ({claim})")
     } else {
         String::new()
     };
     match fit {
         Some(f) => format!("{:.2}{claim}", f.exponent),
         None => format!("-{claim}"),
+    }
+}
+
+fn format_crossover(c: Option<Crossover>) -> String {
+    match c {
+        Some(Crossover::Below(n)) => format!("< {n}"),
+        Some(Crossover::At(n)) => format!("~{n:.0}"),
+        Some(Crossover::Never(n)) => format!("> {n}"),
+        None => "-".into(),
     }
 }
 
@@ -71,10 +83,27 @@ fn render(
     what: &str,
     cell: impl Fn(&Cell) -> String,
     fit: impl Fn(&Row) -> String,
+    crossovers: bool,
 ) -> String {
     let mut header = vec![what.to_string()];
     header.extend(table.seq_lens.iter().map(|n| format!("N={n}")));
     header.push("exponent (claim)".into());
+    // Reference names in the order they appear in rows.
+    let references: Vec<String> = if crossovers {
+        CROSSOVER_REFERENCES
+            .iter()
+            .filter(|r| {
+                table
+                    .rows
+                    .iter()
+                    .any(|row| row.crossovers.iter().any(|c| c.0 == **r))
+            })
+            .map(|r| r.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    header.extend(references.iter().map(|r| format!("faster than {r} from N")));
     let mut t = new_table(style, header);
     for row in &table.rows {
         let mut line = vec![row.label.clone()];
@@ -83,6 +112,10 @@ fn render(
             None => String::new(),
         }));
         line.push(fit(row));
+        for r in &references {
+            let c = row.crossovers.iter().find(|(name, _)| name == r);
+            line.push(c.map_or(String::new(), |(_, c)| format_crossover(*c)));
+        }
         t.add_row(line);
     }
     t.to_string()
@@ -100,6 +133,7 @@ pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
             _ => "-".into(),
         },
         |r| format_fit(r.time_fit, r.time_claim),
+        true,
     )
 }
 
@@ -115,6 +149,7 @@ pub fn memory_table(table: &EfficiencyTable, style: Style) -> String {
             _ => "-".into(),
         },
         |r| format_fit(r.memory_fit, r.memory_claim),
+        false,
     )
 }
 
@@ -136,7 +171,9 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
         "Latency: median per iteration; speed-up = {REFERENCE}'s latency / the variant's. \
          Memory: peak working memory of one iteration above what it began with; ratio = the \
          variant's / {REFERENCE}'s. Exponent: least-squares slope of log(y) on log(N) over the \
-         lengths shown, with the paper's claim in brackets.\n"
+         lengths shown, with the paper's claim in brackets. Faster from N: the length from which \
+         the variant's latency stays below the reference's (interpolated in log-log between \
+         the lengths around the last crossing; < or > the range measured otherwise).\n"
     ));
     out
 }

@@ -20,7 +20,6 @@ pub struct Config {
     pub width: i64,
 }
 
-
 pub struct Axial {
     shape: Shape,
     rows: i64,

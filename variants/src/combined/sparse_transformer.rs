@@ -24,7 +24,6 @@ pub struct Config {
     pub local_heads: i64,
 }
 
-
 pub struct SparseTransformer {
     local_heads: i64,
     local: Local,

@@ -20,7 +20,6 @@ pub struct Config {
     pub stride: i64,
 }
 
-
 pub struct Strided {
     shape: Shape,
     stride: i64,
