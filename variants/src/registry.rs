@@ -164,6 +164,7 @@ pub fn registry() -> Vec<Entry> {
         attention::<fixed::local::Local>(),
         attention::<fixed::blockwise::Blockwise>(),
         attention::<fixed::strided::Strided>(),
+        attention::<fixed::memory_compressed::MemoryCompressed>(),
         attention::<combined::sparse_transformer::SparseTransformer>(),
         attention::<combined::axial::Axial>(),
         attention::<combined::longformer::Longformer>(),

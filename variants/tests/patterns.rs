@@ -8,7 +8,7 @@ use common::*;
 use tch::{nn, Device, Kind, Tensor};
 use xarena_variants::combined::{axial, bigbird, longformer, sparse_transformer};
 use xarena_variants::exact::vanilla::softmax_attention;
-use xarena_variants::fixed::{blockwise, strided};
+use xarena_variants::fixed::{blockwise, memory_compressed, strided};
 use xarena_variants::registry::AttentionVariant;
 use xarena_variants::{build_layer, Attention, Scope, Shape, VariantSpec};
 
@@ -298,4 +298,84 @@ fn axial_sums_row_and_column_attention() {
         let err = rel_err(&core.attend(&q, &k, &v), &want);
         assert!(err < 1e-12, "axial n={n} width={width}: {err}");
     }
+}
+
+/// The strided convolution written out: slot t = sum over u < c of W[:, :, u] x[t c + u].
+fn compress_by_hand(x: &Tensor, w: &Tensor, c: i64) -> Tensor {
+    let (b, h, n, d) = x.size4().unwrap();
+    let slots = (n + c - 1) / c;
+    let x = x
+        .constant_pad_nd([0, 0, 0, slots * c - n])
+        .view([b, h, slots, c, d]);
+    (0..c)
+        .map(|u| x.select(3, u).matmul(&w.select(2, u).transpose(0, 1)))
+        .fold(
+            Tensor::zeros([b, h, slots, d], (Kind::Double, Device::Cpu)),
+            |acc, t| acc + t,
+        )
+}
+
+#[test]
+fn memory_compressed_is_local_heads_beside_compressed_heads() {
+    for causal in [false, true] {
+        for (n, c, block) in [(36, 3, 8), (37, 4, 10), (20, 1, 5)] {
+            let s = shape(n, causal);
+            let config = memory_compressed::Config {
+                compression: c,
+                block,
+                local_heads: 1,
+            };
+            let core: memory_compressed::MemoryCompressed = build(config, &s);
+            let (wk, wv) = core.conv_weights();
+            let (q, k, v) = qkv(&s, 20);
+            let heads = |t: &Tensor, a: i64, len: i64| t.narrow(1, a, len);
+            let local = dense(n, causal, |i, j| i / block == j / block);
+            let want_local = softmax_attention(
+                &heads(&q, 0, 1),
+                &heads(&k, 0, 1),
+                &heads(&v, 0, 1),
+                Some(&local),
+            );
+            let (qc, kc, vc) = (
+                heads(&q, 1, 2),
+                compress_by_hand(&heads(&k, 1, 2), wk, c),
+                compress_by_hand(&heads(&v, 1, 2), wv, c),
+            );
+            let slots = kc.size()[2];
+            // Slot t summarises positions t c .. t c + c - 1: visible once all are past.
+            let mut hidden = Vec::new();
+            let mut sees = Vec::new();
+            for i in 0..n {
+                let row: Vec<bool> = (0..slots).map(|t| causal && (t + 1) * c - 1 > i).collect();
+                sees.push(if row.iter().all(|&h| h) { 0.0 } else { 1.0 });
+                hidden.extend(row.iter().map(|&h| h && !row.iter().all(|&x| x)));
+            }
+            let hidden = Tensor::from_slice(&hidden).view([n, slots]);
+            let sees = Tensor::from_slice(&sees).view([n, 1]);
+            let want_compressed = softmax_attention(&qc, &kc, &vc, Some(&hidden)) * sees;
+            let want = Tensor::cat(&[want_local, want_compressed], 1);
+            let err = rel_err(&core.attend(&q, &k, &v), &want);
+            assert!(err < 1e-12, "n={n} c={c} b={block} causal={causal}: {err}");
+        }
+    }
+}
+
+#[test]
+fn memory_compressed_with_identity_compression_and_one_block_is_exact() {
+    let s = shape(24, false);
+    let config = memory_compressed::Config {
+        compression: 1,
+        block: 24,
+        local_heads: 1,
+    };
+    let core: memory_compressed::MemoryCompressed = build(config, &s);
+    tch::no_grad(|| {
+        let (wk, wv) = core.conv_weights();
+        let eye = Tensor::eye(16, (Kind::Double, Device::Cpu)).unsqueeze(2);
+        wk.shallow_clone().copy_(&eye);
+        wv.shallow_clone().copy_(&eye);
+    });
+    let (q, k, v) = qkv(&s, 22);
+    let err = rel_err(&core.attend(&q, &k, &v), &reference(&q, &k, &v, false));
+    assert!(err < 1e-12, "{err}");
 }
