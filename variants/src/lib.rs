@@ -20,6 +20,7 @@ pub mod fixed;
 pub mod flops;
 pub mod info;
 pub mod kernel;
+pub mod learnable;
 pub mod lowrank;
 pub mod registry;
 pub mod sparse;

@@ -9,7 +9,7 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::EncoderBlock;
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, combined, exact, fixed, kernel, lowrank};
+use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -169,6 +169,7 @@ pub fn registry() -> Vec<Entry> {
         attention::<combined::axial::Axial>(),
         attention::<combined::longformer::Longformer>(),
         attention::<combined::bigbird::BigBird>(),
+        attention::<learnable::reformer::Reformer>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),
     ]

@@ -1,0 +1,3 @@
+//! Learnable patterns: which keys a query meets is decided from the data (hashing,
+//! clustering, sorting), then attention runs within the groups found.
+pub mod reformer;
