@@ -128,6 +128,8 @@ fn reformer_configurations_are_checked() {
         ("reformer:rounds=0", "rounds must be at least 1"),
         ("reformer:bucket_size=0", "bucket_size must be at least 1"),
         ("reformer:buckets=3", "buckets must be 0"),
+        ("sinkhorn:temperature=0.0", "temperature must be positive"),
+        ("sinkhorn:iterations=0", "iterations must be at least 1"),
     ] {
         let spec: VariantSpec = spec.parse().unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
@@ -136,5 +138,117 @@ fn reformer_configurations_are_checked() {
             Ok(_) => panic!("{spec:?} should not build"),
         };
         assert!(err.contains(needle), "{spec:?}: {err}");
+    }
+}
+
+mod sinkhorn_tests {
+    use super::common::*;
+    use tch::{nn, Device, Kind, Tensor};
+    use xarena_variants::learnable::sinkhorn::{self, Sinkhorn};
+    use xarena_variants::registry::AttentionVariant;
+    use xarena_variants::{Attention, Shape};
+
+    fn build(config: sinkhorn::Config, s: &Shape) -> (nn::VarStore, Sinkhorn) {
+        seeded(41, || {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            vs.set_kind(Kind::Double);
+            let core = Sinkhorn::new(config, s, vs.root()).unwrap();
+            (vs, core)
+        })
+    }
+
+    #[test]
+    fn sinkhorn_iterations_make_a_doubly_stochastic_matrix() {
+        let logits = seeded(42, || {
+            Tensor::randn([3, 7, 7], (Kind::Double, Device::Cpu)) * 3.0
+        });
+        let p = sinkhorn::sinkhorn(&logits, 200);
+        for dim in [-1, -2] {
+            let sums = p.sum_dim_intlist(dim, false, None);
+            let dev = f64::try_from((sums - 1.0).abs().max()).unwrap();
+            // Columns are exact after the last step; rows converge geometrically.
+            assert!(dev < 1e-6, "dim {dim}: {dev}");
+        }
+    }
+
+    /// Query block i attends to its own block's keys and to sum_j P[i, j] * block j.
+    fn reference(core: &Sinkhorn, q: &Tensor, k: &Tensor, v: &Tensor, block: i64) -> Tensor {
+        let (b, h, n, d) = q.size4().unwrap();
+        let nb = (n + block - 1) / block;
+        let p = core.permutation(k);
+        let pad = |t: &Tensor| t.constant_pad_nd([0, 0, 0, nb * block - n]);
+        let (k, v) = (pad(k), pad(v));
+        let mut rows = Vec::new();
+        for i in 0..n {
+            let bi = i / block;
+            let own = (bi * block..(bi + 1) * block).filter(|&j| j < n);
+            let own: Vec<i64> = own.collect();
+            let idx = Tensor::from_slice(&own);
+            let mut sorted_k = Tensor::zeros([b, h, block, d], (Kind::Double, Device::Cpu));
+            let mut sorted_v = sorted_k.zeros_like();
+            for j in 0..nb {
+                let w = p.narrow(2, bi, 1).narrow(3, j, 1); // [b, h, 1, 1]
+                sorted_k += k.narrow(2, j * block, block) * &w;
+                sorted_v += v.narrow(2, j * block, block) * &w;
+            }
+            let keys = Tensor::cat(&[k.index_select(2, &idx), sorted_k], 2);
+            let values = Tensor::cat(&[v.index_select(2, &idx), sorted_v], 2);
+            let qi = q.narrow(2, i, 1) / (d as f64).sqrt();
+            let a = qi.matmul(&keys.transpose(-2, -1)).softmax(-1, Kind::Double);
+            rows.push(a.matmul(&values));
+        }
+        Tensor::cat(&rows, 2)
+    }
+
+    #[test]
+    fn sinkhorn_attention_equals_its_definition_with_padding() {
+        for (n, block) in [(32, 8), (37, 8), (20, 5)] {
+            let s = shape(n, false);
+            let config = sinkhorn::Config {
+                block,
+                ..Default::default()
+            };
+            let (_vs, core) = build(config, &s);
+            let (q, k, v) = qkv(&s, 43);
+            let err = rel_err(
+                &core.attend(&q, &k, &v),
+                &reference(&core, &q, &k, &v, block),
+            );
+            assert!(err < 1e-10, "n={n} b={block}: {err}");
+        }
+    }
+
+    #[test]
+    fn sinkhorn_with_one_block_is_exact_and_its_sorter_learns() {
+        let s = shape(24, false);
+        let (vs, core) = build(
+            sinkhorn::Config {
+                block: 64,
+                ..Default::default()
+            },
+            &s,
+        );
+        let (q, k, v) = qkv(&s, 44);
+        let err = rel_err(&core.attend(&q, &k, &v), &reference_exact(&q, &k, &v));
+        assert!(err < 1e-12, "{err}");
+        // With several blocks the sorting network gets a gradient: the pattern is learned.
+        let s = shape(32, false);
+        let (vs2, core) = build(
+            sinkhorn::Config {
+                block: 8,
+                ..Default::default()
+            },
+            &s,
+        );
+        let (q, k, v) = qkv(&s, 45);
+        let loss = core.attend(&q, &k, &v).square().sum(Kind::Double);
+        let grads = Tensor::run_backward(&[loss], &vs2.trainable_variables(), false, false);
+        let norm = f64::try_from(grads[0].norm()).unwrap();
+        assert!(norm > 0.0 && norm.is_finite(), "{norm}");
+        drop(vs);
+    }
+
+    fn reference_exact(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        super::common::reference(q, k, v, false)
     }
 }

@@ -1,0 +1,159 @@
+//! `sinkhorn`: Sparse Sinkhorn attention (Tay et al. 2020). Keys are cut into blocks of b;
+//! a sorting network scores, from each block's summary (the sum of its keys), where every
+//! block should go; Sinkhorn iterations (alternate row and column normalisation in log
+//! space, at a temperature) turn the scores into a soft permutation P, doubly stochastic.
+//! P re-orders the key and value blocks, and each query block attends to its own block
+//! and to the block sorted into its place: scores are [blocks, b, 2b]. Time
+//! O(N b d + (N / b)^2 b d) (the soft re-ordering), memory O(N b + (N / b)^2).
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::attention::{Attention, Shape};
+use crate::error::VariantError;
+use crate::flops::{self, FlopCount};
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Block length b.
+    pub block: i64,
+    /// Sinkhorn iterations.
+    pub iterations: i64,
+    /// Temperature of the sorting logits.
+    pub temperature: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            block: 64,
+            iterations: 8,
+            temperature: 0.75,
+        }
+    }
+}
+
+pub struct Sinkhorn {
+    shape: Shape,
+    block: i64,
+    blocks: i64,
+    iterations: i64,
+    temperature: f64,
+    /// `[d, blocks]`: the sorting network, one linear map from a block summary to its
+    /// scores over destinations.
+    sorter: Tensor,
+    /// `[blocks, 1, b]`: padding keys in each block.
+    padding: Tensor,
+}
+
+/// Sinkhorn normalisation in log space: rows, then columns, `iterations` times.
+pub fn sinkhorn(log_p: &Tensor, iterations: i64) -> Tensor {
+    let mut p = log_p.shallow_clone();
+    for _ in 0..iterations {
+        p = &p - p.logsumexp([-1], true);
+        p = &p - p.logsumexp([-2], true);
+    }
+    p.exp()
+}
+
+impl AttentionVariant for Sinkhorn {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "sinkhorn",
+        family: Family::LearnablePatterns,
+        time: "O(N b d + (N/b)^2 b d)",
+        memory: "O(N b + (N/b)^2)",
+        // At a fixed block size the re-ordering, (N / b)^2 blocks, is the asymptotic term.
+        time_exponent: 2.0,
+        memory_exponent: 2.0,
+        paper: "Tay et al. 2020, Sparse Sinkhorn Attention (ICML)",
+        supports_causal: false,
+        exact: false,
+    };
+
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
+        VariantError::positive("sinkhorn", "block", config.block)?;
+        VariantError::positive("sinkhorn", "iterations", config.iterations)?;
+        if !(config.temperature.is_finite() && config.temperature > 0.0) {
+            return Err(VariantError::config(
+                "sinkhorn",
+                format!("temperature must be positive, got {}", config.temperature),
+            ));
+        }
+        Ok(())
+    }
+
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+        let n = shape.seq_len;
+        let block = config.block.min(n);
+        let blocks = (n + block - 1) / block;
+        let bound = (shape.head_dim as f64).powf(-0.5);
+        let sorter = vs.uniform("sorter", &[shape.head_dim, blocks], -bound, bound);
+        let pos = Tensor::arange(blocks * block, (Kind::Int64, tch::Device::Cpu));
+        let padding = pos.ge(n).view([blocks, 1, block]).to_device(vs.device());
+        Ok(Sinkhorn {
+            shape: *shape,
+            block,
+            blocks,
+            iterations: config.iterations,
+            temperature: config.temperature,
+            sorter,
+            padding,
+        })
+    }
+}
+
+impl Sinkhorn {
+    fn blocks_of(&self, x: &Tensor) -> Tensor {
+        let (b, h, n, d) = x.size4().expect("[batch, heads, seq, head_dim]");
+        x.constant_pad_nd([0, 0, 0, self.blocks * self.block - n])
+            .view([b, h, self.blocks, self.block, d])
+    }
+
+    /// The soft permutation of key blocks, `[b, h, blocks, blocks]`: row i says which
+    /// blocks are sorted into place i.
+    pub fn permutation(&self, k: &Tensor) -> Tensor {
+        let summary = self.blocks_of(k).sum_dim_intlist(3, false, None); // [b, h, nb, d]
+        let logits = summary.matmul(&self.sorter).transpose(-2, -1) / self.temperature;
+        sinkhorn(&logits, self.iterations)
+    }
+}
+
+impl Attention for Sinkhorn {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
+        let (nb, bl) = (self.blocks, self.block);
+        let p = self.permutation(k);
+        let sort = |x: &Tensor| {
+            p.matmul(&x.reshape([b, h, nb, bl * d]))
+                .view([b, h, nb, bl, d])
+        };
+        let (kb, vb) = (self.blocks_of(k), self.blocks_of(v));
+        let keys = Tensor::cat(&[&kb, &sort(&kb)], 3); // [b, h, nb, 2b, d]
+        let values = Tensor::cat(&[&vb, &sort(&vb)], 3);
+        let q = self.blocks_of(&(q * (d as f64).powf(-0.5)));
+        // Padding keys are zero; in the own block they are hidden, in the sorted block
+        // they are mixed in at most at the weight P gives the last block's padding.
+        let hidden = Tensor::cat(&[&self.padding, &self.padding.zeros_like()], 2);
+        let scores = q
+            .matmul(&keys.transpose(-2, -1))
+            .masked_fill(&hidden, f64::NEG_INFINITY);
+        scores
+            .softmax(-1, scores.kind())
+            .matmul(&values)
+            .view([b, h, nb * bl, d])
+            .narrow(2, 0, n)
+    }
+
+    fn flops(&self) -> FlopCount {
+        let s = &self.shape;
+        let (nb, bl, d) = (self.blocks as u64, self.block as u64, s.head_dim as u64);
+        let sorting = flops::matmul(s.bh(), nb, d, nb) + 2 * flops::matmul(s.bh(), nb, nb, bl * d);
+        let attention =
+            flops::matmul(s.bh() * nb, bl, d, 2 * bl) + flops::matmul(s.bh() * nb, bl, 2 * bl, d);
+        FlopCount::forward(sorting + attention)
+    }
+}
