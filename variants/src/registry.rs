@@ -170,6 +170,7 @@ pub fn registry() -> Vec<Entry> {
         attention::<combined::longformer::Longformer>(),
         attention::<combined::bigbird::BigBird>(),
         attention::<learnable::reformer::Reformer>(),
+        attention::<learnable::routing::Routing>(),
         attention::<learnable::sinkhorn::Sinkhorn>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),

@@ -130,6 +130,11 @@ fn reformer_configurations_are_checked() {
         ("reformer:buckets=3", "buckets must be 0"),
         ("sinkhorn:temperature=0.0", "temperature must be positive"),
         ("sinkhorn:iterations=0", "iterations must be at least 1"),
+        (
+            "routing:clusters=40",
+            "clusters must be 0 (sqrt(N)) or 1..=32",
+        ),
+        ("routing:decay=1.0", "decay must be in [0, 1)"),
     ] {
         let spec: VariantSpec = spec.parse().unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
@@ -250,5 +255,150 @@ mod sinkhorn_tests {
 
     fn reference_exact(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         super::common::reference(q, k, v, false)
+    }
+}
+
+mod routing_tests {
+    use super::common::*;
+    use tch::{nn, Device, Kind, Tensor};
+    use xarena_variants::learnable::routing::{self, Routing};
+    use xarena_variants::registry::AttentionVariant;
+    use xarena_variants::{Attention, Shape};
+
+    fn build(config: routing::Config, s: &Shape) -> (nn::VarStore, Routing) {
+        seeded(51, || {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            vs.set_kind(Kind::Double);
+            let core = Routing::new(config, s, vs.root()).unwrap();
+            (vs, core)
+        })
+    }
+
+    /// Every cluster's queries attend to its keys (earlier ones, when causal); a query
+    /// averages the clusters it is in, and gets zeros from a cluster whose keys all lie
+    /// ahead of it, or from none.
+    fn reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        iq: &Tensor,
+        ik: &Tensor,
+        causal: bool,
+    ) -> Tensor {
+        let (b, h, n, d) = q.size4().unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let out = Tensor::zeros([b, h, n, d], (Kind::Double, Device::Cpu));
+        for bi in 0..b {
+            for hi in 0..h {
+                let qs = Vec::<Vec<i64>>::try_from(&iq.get(bi).get(hi)).unwrap();
+                let ks = Vec::<Vec<i64>>::try_from(&ik.get(bi).get(hi)).unwrap();
+                let mut sum: Vec<Tensor> = (0..n)
+                    .map(|_| Tensor::zeros([d], (Kind::Double, Device::Cpu)))
+                    .collect();
+                let mut count = vec![0.0; n as usize];
+                for (cq, ck) in qs.iter().zip(&ks) {
+                    for &i in cq {
+                        let keys: Vec<i64> =
+                            ck.iter().copied().filter(|&j| !causal || j <= i).collect();
+                        if keys.is_empty() {
+                            continue;
+                        }
+                        let idx = Tensor::from_slice(&keys);
+                        let qi = q.get(bi).get(hi).get(i) * scale;
+                        let kk = k.get(bi).get(hi).index_select(0, &idx);
+                        let a = kk.matmul(&qi).softmax(0, Kind::Double);
+                        let y = a
+                            .unsqueeze(0)
+                            .matmul(&v.get(bi).get(hi).index_select(0, &idx))
+                            .squeeze();
+                        sum[i as usize] = &sum[i as usize] + y;
+                        count[i as usize] += 1.0;
+                    }
+                }
+                for i in 0..n as usize {
+                    let row = &sum[i] / f64::max(count[i], 1.0);
+                    out.get(bi).get(hi).get(i as i64).copy_(&row);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn routing_equals_its_cluster_definition() {
+        for causal in [false, true] {
+            for (n, clusters) in [(36, 6), (30, 4), (16, 0)] {
+                let s = shape(n, causal);
+                let (_vs, core) = build(
+                    routing::Config {
+                        clusters,
+                        decay: 0.9,
+                    },
+                    &s,
+                );
+                let (q, k, v) = qkv(&s, 52);
+                let (iq, ik) = core.route(&q, &k);
+                let want = reference(&q, &k, &v, &iq, &ik, causal);
+                let err = rel_err(&core.attend(&q, &k, &v), &want);
+                assert!(err < 1e-10, "n={n} k={clusters} causal={causal}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn routing_with_one_cluster_is_exact() {
+        for causal in [false, true] {
+            let s = shape(20, causal);
+            let (_vs, core) = build(
+                routing::Config {
+                    clusters: 1,
+                    decay: 0.9,
+                },
+                &s,
+            );
+            let (q, k, v) = qkv(&s, 53);
+            let err = rel_err(
+                &core.attend(&q, &k, &v),
+                &reference_exact(&q, &k, &v, causal),
+            );
+            assert!(err < 1e-12, "causal={causal}: {err}");
+        }
+    }
+
+    fn reference_exact(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+        super::common::reference(q, k, v, causal)
+    }
+
+    #[test]
+    fn centroids_move_only_when_training() {
+        let s = shape(32, false);
+        let (_vs, core) = build(
+            routing::Config {
+                clusters: 4,
+                decay: 0.5,
+            },
+            &s,
+        );
+        let (q, k, v) = qkv(&s, 54);
+        let before = core.centroids().copy();
+        let _ = core.attend(&q, &k, &v);
+        assert!(
+            core.centroids().equal(&before),
+            "inference must not move the centroids"
+        );
+        let q = q.set_requires_grad(true);
+        let _ = core.attend(&q, &k, &v);
+        assert!(
+            !core.centroids().equal(&before),
+            "training moves the centroids"
+        );
+        // Still unit length.
+        let norms = core
+            .centroids()
+            .square()
+            .sum_dim_intlist(-1, false, None)
+            .sqrt();
+        let dev = f64::try_from((norms - 1.0).abs().max()).unwrap();
+        assert!(dev < 1e-5, "{dev}");
     }
 }
