@@ -286,17 +286,23 @@ fn sparse_transformer_splits_heads_between_local_and_strided() {
 
 #[test]
 fn axial_sums_row_and_column_attention() {
-    for (n, width) in [(36, 6), (37, 7), (20, 0), (10, 3)] {
-        let s = shape(n, false);
-        let core: axial::Axial = build(axial::Config { width }, &s);
-        let (_, c) = core.grid();
-        let (q, k, v) = qkv(&s, 19);
-        let rows = dense(n, false, |i, j| i / c == j / c);
-        let cols = dense(n, false, |i, j| i % c == j % c);
-        let want =
-            softmax_attention(&q, &k, &v, Some(&rows)) + softmax_attention(&q, &k, &v, Some(&cols));
-        let err = rel_err(&core.attend(&q, &k, &v), &want);
-        assert!(err < 1e-12, "axial n={n} width={width}: {err}");
+    for causal in [false, true] {
+        for (n, width) in [(36, 6), (37, 7), (20, 0), (10, 3)] {
+            let s = shape(n, causal);
+            let core: axial::Axial = build(axial::Config { width }, &s);
+            let (_, c) = core.grid();
+            let (q, k, v) = qkv(&s, 19);
+            // Causal: j <= i along either axis is exactly j <= i in sequence order here.
+            let rows = dense(n, causal, |i, j| i / c == j / c);
+            let cols = dense(n, causal, |i, j| i % c == j % c);
+            let want = softmax_attention(&q, &k, &v, Some(&rows))
+                + softmax_attention(&q, &k, &v, Some(&cols));
+            let err = rel_err(&core.attend(&q, &k, &v), &want);
+            assert!(
+                err < 1e-12,
+                "axial n={n} width={width} causal={causal}: {err}"
+            );
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! `axial`: axial attention (Ho et al. 2019). The sequence is laid out as a grid of
 //! r x c tokens (r = ceil(N / c), c = ceil(sqrt(N)) by default) and every query attends
 //! along its row and, separately, along its column; the two outputs are summed, as the
-//! widely used axial-attention implementations do for one layer. Time O(N (r + c) d),
-//! memory O(N (r + c)): O(N sqrt(N)) on a square grid.
+//! widely used axial-attention implementations do for one layer. Causal (the Axial
+//! Transformer's masked form): along a row a query sees the columns up to its own, along a
+//! column the rows up to its own. Time O(N (r + c) d), memory O(N (r + c)):
+//! O(N sqrt(N)) on a square grid.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -24,7 +26,8 @@ pub struct Axial {
     shape: Shape,
     rows: i64,
     cols: i64,
-    /// `[c]` / `[r]`: true for padding keys along a row / a column.
+    /// `[r, c, c]` / `[c, r, r]`: true for keys hidden along a row / a column (padding;
+    /// the future when causal).
     row_hidden: Tensor,
     col_hidden: Tensor,
 }
@@ -46,7 +49,7 @@ impl AttentionVariant for Axial {
         memory_exponent: 1.5,
         paper: "Ho et al. 2019, Axial Attention in Multidimensional Transformers \
                 (arXiv:1912.12180)",
-        supports_causal: false,
+        supports_causal: true,
         exact: false,
     };
 
@@ -73,12 +76,26 @@ impl AttentionVariant for Axial {
         let pos = Tensor::arange(rows, opts).view([rows, 1]) * cols
             + Tensor::arange(cols, opts).view([1, cols]);
         let pad = pos.ge(n);
-        // Key j of row i (or column) is padding: [rows, 1, cols] and [cols, 1, rows].
-        let row_hidden = pad.view([rows, 1, cols]).to_device(vs.device());
+        // Along an axis of length m, key j is in the future of query i when j > i.
+        let future = |m: i64| {
+            let t = Tensor::arange(m, opts);
+            let f = t.view([1, m]).gt_tensor(&t.view([m, 1]));
+            if shape.causal {
+                f
+            } else {
+                f.zeros_like()
+            }
+        };
+        // [rows, 1, cols] padding with [cols, cols] future; likewise along columns.
+        let row_hidden = pad
+            .view([rows, 1, cols])
+            .logical_or(&future(cols).unsqueeze(0))
+            .to_device(vs.device());
         let col_hidden = pad
             .transpose(0, 1)
             .contiguous()
             .view([cols, 1, rows])
+            .logical_or(&future(rows).unsqueeze(0))
             .to_device(vs.device());
         Ok(Axial {
             shape: *shape,
