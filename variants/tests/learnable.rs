@@ -176,8 +176,16 @@ mod sinkhorn_tests {
         }
     }
 
-    /// Query block i attends to its own block's keys and to sum_j P[i, j] * block j.
-    fn reference(core: &Sinkhorn, q: &Tensor, k: &Tensor, v: &Tensor, block: i64) -> Tensor {
+    /// Query block i attends to its own block's keys (earlier ones, when causal) and to
+    /// sum_j P[i, j] * block j (none for the first block, when causal).
+    fn reference(
+        core: &Sinkhorn,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        block: i64,
+        causal: bool,
+    ) -> Tensor {
         let (b, h, n, d) = q.size4().unwrap();
         let nb = (n + block - 1) / block;
         let p = core.permutation(k);
@@ -186,7 +194,7 @@ mod sinkhorn_tests {
         let mut rows = Vec::new();
         for i in 0..n {
             let bi = i / block;
-            let own = (bi * block..(bi + 1) * block).filter(|&j| j < n);
+            let own = (bi * block..(bi + 1) * block).filter(|&j| j < n && !(causal && j > i));
             let own: Vec<i64> = own.collect();
             let idx = Tensor::from_slice(&own);
             let mut sorted_k = Tensor::zeros([b, h, block, d], (Kind::Double, Device::Cpu));
@@ -196,8 +204,14 @@ mod sinkhorn_tests {
                 sorted_k += k.narrow(2, j * block, block) * &w;
                 sorted_v += v.narrow(2, j * block, block) * &w;
             }
-            let keys = Tensor::cat(&[k.index_select(2, &idx), sorted_k], 2);
-            let values = Tensor::cat(&[v.index_select(2, &idx), sorted_v], 2);
+            let (keys, values) = if causal && bi == 0 {
+                (k.index_select(2, &idx), v.index_select(2, &idx))
+            } else {
+                (
+                    Tensor::cat(&[k.index_select(2, &idx), sorted_k], 2),
+                    Tensor::cat(&[v.index_select(2, &idx), sorted_v], 2),
+                )
+            };
             let qi = q.narrow(2, i, 1) / (d as f64).sqrt();
             let a = qi.matmul(&keys.transpose(-2, -1)).softmax(-1, Kind::Double);
             rows.push(a.matmul(&values));
@@ -207,19 +221,28 @@ mod sinkhorn_tests {
 
     #[test]
     fn sinkhorn_attention_equals_its_definition_with_padding() {
-        for (n, block) in [(32, 8), (37, 8), (20, 5)] {
-            let s = shape(n, false);
-            let config = sinkhorn::Config {
-                block,
-                ..Default::default()
-            };
-            let (_vs, core) = build(config, &s);
-            let (q, k, v) = qkv(&s, 43);
-            let err = rel_err(
-                &core.attend(&q, &k, &v),
-                &reference(&core, &q, &k, &v, block),
-            );
-            assert!(err < 1e-10, "n={n} b={block}: {err}");
+        for causal in [false, true] {
+            for (n, block) in [(32, 8), (37, 8), (20, 5)] {
+                let s = shape(n, causal);
+                let config = sinkhorn::Config {
+                    block,
+                    ..Default::default()
+                };
+                let (_vs, core) = build(config, &s);
+                let (q, k, v) = qkv(&s, 43);
+                let want = reference(&core, &q, &k, &v, block, causal);
+                let err = rel_err(&core.attend(&q, &k, &v), &want);
+                assert!(err < 1e-10, "n={n} b={block} causal={causal}: {err}");
+                if causal {
+                    // Only strictly earlier blocks are sorted into a place.
+                    let p = core.permutation(&k);
+                    let nb = p.size()[2];
+                    let allowed = Tensor::ones([nb, nb], (Kind::Double, Device::Cpu)).tril(-1);
+                    let outside = p * (allowed.ones_like() - &allowed);
+                    let leak = f64::try_from(outside.abs().max()).unwrap();
+                    assert_eq!(leak, 0.0, "n={n} b={block}");
+                }
+            }
         }
     }
 

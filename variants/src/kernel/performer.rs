@@ -41,8 +41,10 @@ pub struct Performer {
     w: Tensor,
 }
 
-/// Keeps every feature positive, small next to the largest feature (1).
+/// Keeps every query feature positive, small next to the row's largest feature (1).
 const EPS: f64 = 1e-6;
+/// Floor of the normaliser, which only an underflow brings near it.
+const MIN_DEN: f64 = 1e-30;
 
 /// `m` rows of Gaussian-distributed directions, orthogonal within each block of `d`,
 /// each rescaled by the norm of an independent Gaussian vector so that the marginals
@@ -104,7 +106,9 @@ impl Performer {
     /// Constant factors cancel between numerator and normaliser, so the paper's 1/sqrt(m)
     /// is left out and a stabiliser is subtracted before exp: the largest exponent per row
     /// for queries, per head for keys. The largest feature is then 1, which keeps half
-    /// precision away from underflow.
+    /// precision away from overflow. Only query features get EPS: added to key features
+    /// it would not cancel with the per-head stabiliser, which (causal) would let later
+    /// keys change earlier outputs.
     pub fn features(&self, x: &Tensor, query: bool) -> Tensor {
         let d = self.shape.head_dim as f64;
         let x = x * d.powf(-0.25);
@@ -116,17 +120,22 @@ impl Performer {
             exponent.amax([-2, -1], true)
         }
         .detach();
-        (exponent - stab).exp() + EPS
+        let f = (exponent - stab).exp();
+        if query {
+            f + EPS
+        } else {
+            f
+        }
     }
 
     /// num / den, divided in f32 when the inputs are half precision: the normaliser can be
     /// small, and its gradient goes as 1 / den^2.
     fn normalise(num: &Tensor, den: &Tensor) -> Tensor {
         match num.kind() {
-            Kind::Half | Kind::BFloat16 => {
-                (num.to_kind(Kind::Float) / den.to_kind(Kind::Float)).to_kind(num.kind())
-            }
-            _ => num / den,
+            Kind::Half | Kind::BFloat16 => (num.to_kind(Kind::Float)
+                / den.to_kind(Kind::Float).clamp_min(MIN_DEN))
+            .to_kind(num.kind()),
+            _ => num / den.clamp_min(MIN_DEN),
         }
     }
 

@@ -7,6 +7,10 @@
 //! are combined with weights from their softmax normalisers (log-sum-exp), as in the
 //! paper's multi-round attention; a pair met in several rounds counts in each.
 //! Time O(r N c d + r N log N), memory O(r N c).
+//!
+//! Causal masking hides every later key, but the sort runs over the whole sequence, so
+//! later tokens can move the chunk boundaries among earlier ones, as in the paper's
+//! implementation: not a strictly autoregressive layer.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -5,6 +5,10 @@
 //! and the w keys most similar to its centroid, and attends within itself; a query routed
 //! to several clusters averages their outputs, one routed to none gets zeros. With
 //! k = sqrt(N): time O(N sqrt(N) d) for routing and attention, memory O(N sqrt(N)).
+//!
+//! Causal masking hides every later key, but balanced routing picks each cluster's
+//! members from the whole sequence, so later tokens can change which earlier keys a query
+//! meets: not a strictly autoregressive layer.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -3,7 +3,11 @@
 //! block should go; Sinkhorn iterations (alternate row and column normalisation in log
 //! space, at a temperature) turn the scores into a soft permutation P, doubly stochastic.
 //! P re-orders the key and value blocks, and each query block attends to its own block
-//! and to the block sorted into its place: scores are [blocks, b, 2b]. Time
+//! and to the block sorted into its place: scores are [blocks, b, 2b]. Causal: a block
+//! may only receive blocks strictly before it, and the sort is normalised per row only
+//! (column normalisation would mix in the scores of later blocks, and through them later
+//! tokens); the first block receives none, and its own block is masked to earlier
+//! positions. Time
 //! O(N b d + (N / b)^2 b d) (the soft re-ordering), memory O(N b + (N / b)^2).
 
 use serde::{Deserialize, Serialize};
@@ -45,8 +49,11 @@ pub struct Sinkhorn {
     /// `[d, blocks]`: the sorting network, one linear map from a block summary to its
     /// scores over destinations.
     sorter: Tensor,
-    /// `[blocks, 1, b]`: padding keys in each block.
-    padding: Tensor,
+    /// `[blocks, b, 2b]`: keys hidden from each query, own block then sorted block.
+    hidden: Tensor,
+    /// `[blocks, blocks]`, causal only: true where block j may not be sorted into place i
+    /// (j >= i).
+    future_blocks: Option<Tensor>,
 }
 
 /// Sinkhorn normalisation in log space: rows, then columns, `iterations` times.
@@ -57,6 +64,19 @@ pub fn sinkhorn(log_p: &Tensor, iterations: i64) -> Tensor {
         p = &p - p.logsumexp([-2], true);
     }
     p.exp()
+}
+
+/// The causal sort: a softmax of each row over the blocks `future` leaves (strictly
+/// earlier ones); a row with none left is all 0. The normaliser sees hidden entries as a
+/// large negative number rather than -inf, so no 0/0 reaches the gradients.
+pub fn causal_sort(log_p: &Tensor, future: &Tensor) -> Tensor {
+    let floor = if log_p.kind() == Kind::Half {
+        -6e4
+    } else {
+        -1e9
+    };
+    let lse = log_p.masked_fill(future, floor).logsumexp([-1], true);
+    (log_p.masked_fill(future, f64::NEG_INFINITY) - lse).exp()
 }
 
 impl AttentionVariant for Sinkhorn {
@@ -70,7 +90,7 @@ impl AttentionVariant for Sinkhorn {
         time_exponent: 2.0,
         memory_exponent: 2.0,
         paper: "Tay et al. 2020, Sparse Sinkhorn Attention (ICML)",
-        supports_causal: false,
+        supports_causal: true,
         exact: false,
     };
 
@@ -92,8 +112,30 @@ impl AttentionVariant for Sinkhorn {
         let blocks = (n + block - 1) / block;
         let bound = (shape.head_dim as f64).powf(-0.5);
         let sorter = vs.uniform("sorter", &[shape.head_dim, blocks], -bound, bound);
-        let pos = Tensor::arange(blocks * block, (Kind::Int64, tch::Device::Cpu));
-        let padding = pos.ge(n).view([blocks, 1, block]).to_device(vs.device());
+        let opts = (Kind::Int64, tch::Device::Cpu);
+        let pos = Tensor::arange(blocks * block, opts);
+        let padding = pos.ge(n).view([blocks, 1, block]);
+        let (own, sorted, future_blocks) = if shape.causal {
+            let t = Tensor::arange(block, opts);
+            let later = t.view([1, block]).gt_tensor(&t.view([block, 1])); // [b, b]
+            let first = Tensor::arange(blocks, opts).eq(0).view([blocks, 1, 1]);
+            let bt = Tensor::arange(blocks, opts);
+            let future = bt.view([1, blocks]).ge_tensor(&bt.view([blocks, 1]));
+            (
+                padding.logical_or(&later.unsqueeze(0)),
+                first.expand([blocks, block, block], false),
+                Some(future.to_device(vs.device())),
+            )
+        } else {
+            (
+                padding.expand([blocks, block, block], false),
+                padding.zeros_like().expand([blocks, block, block], false),
+                None,
+            )
+        };
+        // Padding keys are zero; in the own block they are hidden, in the sorted block
+        // they are mixed in at most at the weight P gives the last block's padding.
+        let hidden = Tensor::cat(&[own, sorted], 2).to_device(vs.device());
         Ok(Sinkhorn {
             shape: *shape,
             block,
@@ -101,7 +143,8 @@ impl AttentionVariant for Sinkhorn {
             iterations: config.iterations,
             temperature: config.temperature,
             sorter,
-            padding,
+            hidden,
+            future_blocks,
         })
     }
 }
@@ -118,7 +161,10 @@ impl Sinkhorn {
     pub fn permutation(&self, k: &Tensor) -> Tensor {
         let summary = self.blocks_of(k).sum_dim_intlist(3, false, None); // [b, h, nb, d]
         let logits = summary.matmul(&self.sorter).transpose(-2, -1) / self.temperature;
-        sinkhorn(&logits, self.iterations)
+        match &self.future_blocks {
+            Some(future) => causal_sort(&logits, future),
+            None => sinkhorn(&logits, self.iterations),
+        }
     }
 }
 
@@ -135,12 +181,9 @@ impl Attention for Sinkhorn {
         let keys = Tensor::cat(&[&kb, &sort(&kb)], 3); // [b, h, nb, 2b, d]
         let values = Tensor::cat(&[&vb, &sort(&vb)], 3);
         let q = self.blocks_of(&(q * (d as f64).powf(-0.5)));
-        // Padding keys are zero; in the own block they are hidden, in the sorted block
-        // they are mixed in at most at the weight P gives the last block's padding.
-        let hidden = Tensor::cat(&[&self.padding, &self.padding.zeros_like()], 2);
         let scores = q
             .matmul(&keys.transpose(-2, -1))
-            .masked_fill(&hidden, f64::NEG_INFINITY);
+            .masked_fill(&self.hidden, f64::NEG_INFINITY);
         scores
             .softmax(-1, scores.kind())
             .matmul(&values)
