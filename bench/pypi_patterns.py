@@ -122,7 +122,10 @@ def baselines_dir() -> Path:
 def add_baselines_to_path() -> None:
     # Appended, not prepended: torch must keep coming from .libtorch-site.
     site = baselines_dir()
-    if site.is_dir() and str(site) not in sys.path:
+    if not site.is_dir():
+        print(f"pypi_patterns: warning: no {site}; run `bash ci/setup-baselines.sh` "
+              "or set XARENA_BASELINES", file=sys.stderr)
+    elif str(site) not in sys.path:
         sys.path.append(str(site))
 
 
@@ -177,7 +180,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------
 
 
-def local_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dict]:
+class LSHCore(nn.Module):
+    """LSHAttention on xarena's per-head q, k, v: it wants [batch * heads, N, head_dim]."""
+
+    def __init__(self, lsh: nn.Module):
+        super().__init__()
+        self.lsh = lsh
+
+    def forward(self, q, k, v):
+        # Shared QK: the queries are also the keys (xarena ignores k the same way).
+        b, h, n, d = q.shape
+        out, _attn, _buckets = self.lsh(q.reshape(b * h, n, d), v.reshape(b * h, n, d))
+        return out.view(b, h, n, d)
+
+
+class KmeansCore(nn.Module):
+    """KmeansAttention, whose forward also returns the commitment loss (dropped here)."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, q, k, v):
+        out, _aux_loss = self.attn(q, k, v)
+        return out
+
+
+
+def local_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, dict]:
     from local_attention import LocalAttention
 
     # xarena cuts the sequence into blocks of min(window, N) and looks one block each way.
@@ -200,22 +230,14 @@ def local_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dict]
     return core, settings
 
 
-def reformer_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dict]:
+def reformer_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, dict]:
     from reformer_pytorch import LSHAttention
 
     kwargs = dict(bucket_size=REFORMER_BUCKET, n_hashes=REFORMER_ROUNDS, causal=False,
                   attend_across_buckets=False, allow_duplicate_attention=True,
                   rehash_each_round=True, random_rotations_per_head=False,
                   dropout=0.0, drop_for_hash_rate=0.0, return_attn=False)
-    lsh = LSHAttention(**kwargs)
-
-    def core(q, k, v):
-        # Shared QK: the queries are also the keys (xarena ignores k the same way).
-        b, h, n_, d = q.shape
-        out, _, _ = lsh(q.reshape(b * h, n_, d), v.reshape(b * h, n_, d))
-        return out.view(b, h, n_, d)
-
-    core.module = lsh
+    core = LSHCore(LSHAttention(**kwargs))
     settings = {
         "core": "reformer_pytorch.LSHAttention", "kwargs": kwargs,
         "buckets": n // REFORMER_BUCKET, "shared_qk": True,
@@ -231,7 +253,7 @@ def reformer_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, di
     return core, settings
 
 
-def routing_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dict]:
+def routing_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, dict]:
     from routing_transformer import KmeansAttention
 
     clusters = max(1, math.ceil(math.sqrt(n)))
@@ -239,13 +261,7 @@ def routing_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dic
     kwargs = dict(num_clusters=clusters, window_size=window, num_heads=heads,
                   head_dim=head_dim, causal=False, dropout=0.0, ema_decay=0.999,
                   commitment=1e-4, shared_qk=False, num_mem_kv=0, receives_context=False)
-    attn = KmeansAttention(**kwargs)
-
-    def core(q, k, v):
-        out, _aux_loss = attn(q, k, v)
-        return out
-
-    core.module = attn
+    core = KmeansCore(KmeansAttention(**kwargs))
     settings = {
         "core": "routing_transformer.KmeansAttention", "kwargs": kwargs,
         "clusters": clusters, "window": window, "local_heads": 0,
@@ -263,7 +279,7 @@ def routing_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dic
     return core, settings
 
 
-def sinkhorn_core(n: int, heads: int, head_dim: int, args) -> tuple[Callable, dict]:
+def sinkhorn_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, dict]:
     from sinkhorn_transformer.sinkhorn_transformer import SinkhornAttention
 
     block = min(SINKHORN_BLOCK, n)
@@ -301,15 +317,13 @@ CORES = {"local": local_core, "reformer": reformer_core, "routing": routing_core
 class Projected(nn.Module):
     """xarena's attention scope around a per-head core: fused QKV, core, output."""
 
-    def __init__(self, heads: int, head_dim: int, core: Callable):
+    def __init__(self, heads: int, head_dim: int, core: nn.Module):
         super().__init__()
         d = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.core = core
-        # Registered so that .eval() reaches the package's module.
-        self.inner = core if isinstance(core, nn.Module) else getattr(core, "module", None)
 
     def forward(self, x):
         b, n, d = x.shape
@@ -323,7 +337,7 @@ class Projected(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def build_step(variant: str, n: int, batch: int, args) -> tuple[Callable[[], None], dict, dict]:
+def build_step(variant: str, n: int, batch: int, args) -> tuple[Callable, dict, dict]:
     """The forward step, its settings and the output check; all allocation happens here."""
     torch.manual_seed(args.seed)
     core, settings = CORES[variant](n, args.heads, args.head_dim, args)
