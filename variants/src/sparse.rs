@@ -41,6 +41,13 @@ impl PairRule for WholeBlocks {
 }
 
 impl BlockPattern {
+    /// Block-diagonal: each block of `block` tokens attends within itself.
+    pub fn block_diagonal(n: i64, block: i64, causal: bool, device: Device) -> BlockPattern {
+        let blocks = (n + block - 1) / block;
+        let lists: Vec<Vec<i64>> = (0..blocks).map(|q| vec![q]).collect();
+        BlockPattern::new(n, block, &lists, &[], causal, &WholeBlocks, device)
+    }
+
     /// Builds the pattern: `lists[q]` are the key blocks of query block `q` (duplicates
     /// are attended once), `globals` are key positions every query sees (a global key
     /// that also lies in a listed block is attended once, as a global). Keys past N, in
@@ -216,24 +223,47 @@ impl BlockPattern {
     }
 }
 
-/// Exact attention of a few query positions over every key: the global queries of
-/// Longformer and BigBird. Writes their rows into `out` and returns it.
-pub fn global_rows(
-    out: Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rows: &Tensor,
-    future: Option<&Tensor>,
-) -> Tensor {
-    let qg = q.index_select(2, rows);
-    let yg = crate::exact::vanilla::softmax_attention(&qg, k, v, future);
-    out.index_copy(2, rows, &yg)
+/// Exact rows for a few global query positions, which attend to every key (earlier keys,
+/// when causal): the global tokens of Longformer and BigBird. The block pattern computes
+/// every row; these rows then replace theirs.
+pub struct GlobalQueries {
+    rows: Option<Tensor>,
+    count: i64,
+    /// `[g, N]`: the keys after each global query, when causal.
+    future: Option<Tensor>,
 }
 
-/// `Kind::Bool` mask `[g, N]` of the keys after each global query row (causal).
-pub fn future_of(rows: &[i64], n: i64, device: Device) -> Tensor {
-    let r = Tensor::from_slice(rows).view([rows.len() as i64, 1]);
-    let j = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([1, n]);
-    j.gt_tensor(&r).to_device(device)
+impl GlobalQueries {
+    pub fn new(positions: &[i64], n: i64, causal: bool, device: Device) -> GlobalQueries {
+        let future = (causal && !positions.is_empty()).then(|| {
+            let r = Tensor::from_slice(positions).view([positions.len() as i64, 1]);
+            let j = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([1, n]);
+            j.gt_tensor(&r).to_device(device)
+        });
+        GlobalQueries {
+            rows: (!positions.is_empty()).then(|| Tensor::from_slice(positions).to_device(device)),
+            count: positions.len() as i64,
+            future,
+        }
+    }
+
+    /// `out` with the global queries' rows replaced by exact attention.
+    pub fn apply(&self, out: Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let Some(rows) = &self.rows else {
+            return out;
+        };
+        let y = crate::exact::vanilla::softmax_attention(
+            &q.index_select(2, rows),
+            k,
+            v,
+            self.future.as_ref(),
+        );
+        out.index_copy(2, rows, &y)
+    }
+
+    /// The global rows' products: g x N scores and the weighted sum, per head.
+    pub fn flops(&self, bh: u64, n: i64, head_dim: i64) -> FlopCount {
+        let (g, n, d) = (self.count as u64, n as u64, head_dim as u64);
+        FlopCount::forward(flops::matmul(bh, g, d, n) + flops::matmul(bh, g, n, d))
+    }
 }

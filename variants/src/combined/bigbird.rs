@@ -9,10 +9,10 @@ use tch::{nn, Kind, Tensor};
 
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
-use crate::flops::{self, FlopCount};
+use crate::flops::FlopCount;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
-use crate::sparse::{global_rows, BlockPattern, WholeBlocks};
+use crate::sparse::{BlockPattern, GlobalQueries, WholeBlocks};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,8 +44,7 @@ pub struct BigBird {
     pattern: BlockPattern,
     /// The random blocks of each query block, as drawn.
     random: Vec<Vec<i64>>,
-    rows: Option<Tensor>,
-    global_count: i64,
+    globals: GlobalQueries,
 }
 
 impl BigBird {
@@ -123,34 +122,22 @@ impl AttentionVariant for BigBird {
         let global: Vec<i64> = (0..(globals * block).min(n)).collect();
         let pattern =
             BlockPattern::new(n, block, &lists, &global, false, &WholeBlocks, vs.device());
-        let rows = (!global.is_empty()).then(|| Tensor::from_slice(&global).to_device(vs.device()));
         Ok(BigBird {
             shape: *shape,
             pattern,
             random,
-            rows,
-            global_count: global.len() as i64,
+            globals: GlobalQueries::new(&global, n, false, vs.device()),
         })
     }
 }
 
 impl Attention for BigBird {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        let out = self.pattern.attend(q, k, v);
-        match &self.rows {
-            Some(rows) => global_rows(out, q, k, v, rows, None),
-            None => out,
-        }
+        self.globals.apply(self.pattern.attend(q, k, v), q, k, v)
     }
 
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
-        let (n, d, g) = (
-            s.seq_len as u64,
-            s.head_dim as u64,
-            self.global_count as u64,
-        );
-        let rows = flops::matmul(s.bh(), g, d, n) + flops::matmul(s.bh(), g, n, d);
-        self.pattern.flops(s.bh(), s.head_dim) + FlopCount::forward(rows)
+        self.pattern.flops(s.bh(), s.head_dim) + self.globals.flops(s.bh(), s.seq_len, s.head_dim)
     }
 }

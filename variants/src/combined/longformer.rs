@@ -9,10 +9,10 @@ use tch::{nn, Tensor};
 
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
-use crate::flops::{self, FlopCount};
+use crate::flops::FlopCount;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
-use crate::sparse::{future_of, global_rows, BlockPattern, PairRule};
+use crate::sparse::{BlockPattern, GlobalQueries, PairRule};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,11 +43,7 @@ impl PairRule for Band {
 pub struct Longformer {
     shape: Shape,
     pattern: BlockPattern,
-    /// Global positions, sorted, as an index tensor.
-    rows: Option<Tensor>,
-    global_count: i64,
-    /// `[g, N]` future keys of each global query, when causal.
-    future: Option<Tensor>,
+    globals: GlobalQueries,
 }
 
 impl Longformer {
@@ -108,36 +104,22 @@ impl AttentionVariant for Longformer {
             &Band(radius),
             vs.device(),
         );
-        let rows = (!global.is_empty()).then(|| Tensor::from_slice(&global).to_device(vs.device()));
-        let future = shape.causal.then(|| future_of(&global, n, vs.device()));
         Ok(Longformer {
             shape: *shape,
             pattern,
-            rows,
-            global_count: global.len() as i64,
-            future,
+            globals: GlobalQueries::new(&global, n, shape.causal, vs.device()),
         })
     }
 }
 
 impl Attention for Longformer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        let out = self.pattern.attend(q, k, v);
-        match &self.rows {
-            Some(rows) => global_rows(out, q, k, v, rows, self.future.as_ref()),
-            None => out,
-        }
+        self.globals.apply(self.pattern.attend(q, k, v), q, k, v)
     }
 
     /// The block-sparse part plus the global queries' full rows.
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
-        let (n, d, g) = (
-            s.seq_len as u64,
-            s.head_dim as u64,
-            self.global_count as u64,
-        );
-        let rows = flops::matmul(s.bh(), g, d, n) + flops::matmul(s.bh(), g, n, d);
-        self.pattern.flops(s.bh(), s.head_dim) + FlopCount::forward(rows)
+        self.pattern.flops(s.bh(), s.head_dim) + self.globals.flops(s.bh(), s.seq_len, s.head_dim)
     }
 }

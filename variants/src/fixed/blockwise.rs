@@ -11,7 +11,7 @@ use crate::error::VariantError;
 use crate::flops::FlopCount;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
-use crate::sparse::{BlockPattern, WholeBlocks};
+use crate::sparse::BlockPattern;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,19 +57,8 @@ impl AttentionVariant for Blockwise {
     }
 
     fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
-        let n = shape.seq_len;
-        let block = config.block.min(n);
-        let blocks = (n + block - 1) / block;
-        let lists: Vec<Vec<i64>> = (0..blocks).map(|q| vec![q]).collect();
-        let pattern = BlockPattern::new(
-            n,
-            block,
-            &lists,
-            &[],
-            shape.causal,
-            &WholeBlocks,
-            vs.device(),
-        );
+        let block = config.block.min(shape.seq_len);
+        let pattern = BlockPattern::block_diagonal(shape.seq_len, block, shape.causal, vs.device());
         Ok(Blockwise {
             shape: *shape,
             pattern,

@@ -17,7 +17,7 @@ use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
-use crate::sparse::{BlockPattern, WholeBlocks};
+use crate::sparse::BlockPattern;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -152,18 +152,7 @@ impl AttentionVariant for MemoryCompressed {
         } else {
             (None, None)
         };
-        let block = config.block.min(n);
-        let blocks = (n + block - 1) / block;
-        let lists: Vec<Vec<i64>> = (0..blocks).map(|q| vec![q]).collect();
-        let local = BlockPattern::new(
-            n,
-            block,
-            &lists,
-            &[],
-            shape.causal,
-            &WholeBlocks,
-            vs.device(),
-        );
+        let local = BlockPattern::block_diagonal(n, config.block.min(n), shape.causal, vs.device());
         Ok(MemoryCompressed {
             shape: *shape,
             c,

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Sets xarena and the PyPI packages side by side after bench/compare_pypi.sh.
+
+bench/compare_summary.py does the same for PyTorch, but reads `pytorch-<r>.jsonl` and
+keys on fields the package records share only in part, so this is its counterpart for
+`pypi-<r>.jsonl`. The statistics are the same, per case and side, over the rounds:
+* typical: the median of the rounds' medians, the time the tables report;
+* best: the smallest p10 of any round, the time with the least interference (on a
+  shared VM noise only ever adds time).
+Ratios are xarena / package: below 1, xarena is faster. A case that failed on a side is
+listed with the reason, so that nothing drops out silently.
+
+    python3 bench/compare_pypi_summary.py docs/results/pypi-compare 3
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+FIELDS = ("variant", "seq_len", "batch", "heads", "head_dim")
+
+
+def collect(out: Path, rounds: int):
+    """Latencies per case and side, failures per case, and one package record per variant."""
+    xa, pkg, failed, info = {}, {}, {}, {}
+    for r in range(1, rounds + 1):
+        for line in open(out / f"xarena-{r}" / "results.jsonl"):
+            rec = json.loads(line)
+            key = tuple(rec["key"][f] for f in FIELDS)
+            if rec["status"] == "ok":
+                xa.setdefault(key, []).append(rec["latency"])
+            else:
+                failed.setdefault(key, set()).add(f"xarena {rec['status']}")
+        for line in open(out / f"pypi-{r}.jsonl"):
+            rec = json.loads(line)
+            key = tuple(rec[f] for f in FIELDS)
+            # One record per variant for its name and settings, preferably one with settings.
+            if "settings" not in info.get(rec["variant"], {}):
+                info[rec["variant"]] = rec
+            if rec["status"] == "ok":
+                pkg.setdefault(key, []).append(rec["latency"])
+            else:
+                failed.setdefault(key, set()).add(f"package: {rec['message']}")
+    return xa, pkg, failed, info
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def main() -> None:
+    out, rounds = Path(sys.argv[1]), int(sys.argv[2])
+    xa, pkg, failed, info = collect(out, rounds)
+    print(f"{rounds} interleaved rounds, forward, f32, CPU. Typical: median of the rounds' "
+          "medians. Best: smallest p10 of any round. Times in ms; ratio = xarena / "
+          "package (below 1: xarena faster).\n")
+    print("| variant | package | N | batch | xarena typical | package typical | ratio "
+          "| xarena best | package best | ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    faster = compared = 0
+    for key in sorted(set(xa) | set(pkg) | set(failed), key=lambda k: (k[0], k[1], k[2])):
+        v, n, batch, _, _ = key
+        rec = info.get(v)
+        name = f"{rec['package']} {rec['package_version']}" if rec else "?"
+        if key not in xa or key not in pkg:
+            why = "; ".join(sorted(failed.get(key, {"missing on one side"})))
+            print(f"| {v} | {name} | {n} | {batch} | {why} | | | | | |")
+            continue
+        typ = [statistics.median(l["median_s"] for l in side[key]) for side in (xa, pkg)]
+        best = [min(l["p10_s"] for l in side[key]) for side in (xa, pkg)]
+        compared += 1
+        faster += typ[0] <= typ[1]
+        print(f"| {v} | {name} | {n} | {batch} | {ms(typ[0])} | {ms(typ[1])} "
+              f"| {typ[0] / typ[1]:.3f} | {ms(best[0])} | {ms(best[1])} "
+              f"| {best[0] / best[1]:.3f} |")
+    print(f"\nxarena's typical time is at most the package's in {faster} of {compared} cases.")
+    print("\nPackage settings (xarena's projections around each core; sizes at the N "
+          "shown, the records have every N):\n")
+    for v in sorted(info):
+        s = info[v].get("settings")
+        if s:
+            kwargs = ", ".join(f"{k}={val}" for k, val in s["kwargs"].items())
+            print(f"- {v}, N={info[v]['seq_len']}: {s['core']}({kwargs})")
+
+
+if __name__ == "__main__":
+    main()
