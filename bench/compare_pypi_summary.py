@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Sets xarena and the PyPI packages side by side after bench/compare_pypi.sh.
 
-bench/compare_summary.py does the same for PyTorch, but reads `pytorch-<r>.jsonl` and
-keys on fields the package records share only in part, so this is its counterpart for
-`pypi-<r>.jsonl`. The statistics are the same, per case and side, over the rounds:
+bench/compare_summary.py does the same for PyTorch, but it reads `pytorch-<r>.jsonl`,
+labels its columns PyTorch and has no place for a package's name or failures, so this is
+its counterpart for `pypi-<r>.jsonl`. The statistics are the same, per case and side,
+over the rounds:
 * typical: the median of the rounds' medians, the time the tables report;
 * best: the smallest p10 of any round, the time with the least interference (on a
   shared VM noise only ever adds time).
@@ -31,7 +32,8 @@ def collect(out: Path, rounds: int):
             if rec["status"] == "ok":
                 xa.setdefault(key, []).append(rec["latency"])
             else:
-                failed.setdefault(key, set()).add(f"xarena {rec['status']}")
+                why = f"xarena {rec['status']}: {rec.get('message') or ''}".rstrip(": ")
+                failed.setdefault(key, set()).add(why)
         for line in open(out / f"pypi-{r}.jsonl"):
             rec = json.loads(line)
             key = tuple(rec[f] for f in FIELDS)
@@ -75,6 +77,9 @@ def main() -> None:
               f"| {typ[0] / typ[1]:.3f} | {ms(best[0])} | {ms(best[1])} "
               f"| {best[0] / best[1]:.3f} |")
     print(f"\nxarena's typical time is at most the package's in {faster} of {compared} cases.")
+    # Failures in only some rounds leave a row computed from the others: list them all.
+    for key in sorted(failed):
+        print(f"- failed at {dict(zip(FIELDS, key))}: {'; '.join(sorted(failed[key]))}")
     print("\nPackage settings (xarena's projections around each core; sizes at the N "
           "shown, the records have every N):\n")
     for v in sorted(info):

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import inspect
 import json
 import math
 import os
@@ -149,10 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     seconds = protocol.non_negative_float
     p.add_argument("--variants", type=comma(variant_name), default=list(VARIANTS),
                    help="comma list of local,reformer,routing,sinkhorn (default: all)")
-    p.add_argument("--seq", type=comma(positive), default=[1024, 2048, 4096],
-                   help="comma list of sequence lengths (default: 1024,2048,4096)")
-    p.add_argument("--batch", type=comma(positive), default=[1],
-                   help="comma list of batch sizes (default: 1)")
+    # The shape defaults are `xarena run`'s, so that bench/compare_pypi.sh's two sides
+    # agree when the caller leaves them out.
+    p.add_argument("--seq", type=comma(positive), default=[256, 512, 1024, 2048],
+                   help="comma list of sequence lengths (default: 256,512,1024,2048)")
+    p.add_argument("--batch", type=comma(positive), default=[2],
+                   help="comma list of batch sizes (default: 2)")
     p.add_argument("--heads", type=positive, default=8)
     p.add_argument("--head-dim", type=positive, default=64)
     p.add_argument("--threads", type=positive, default=None,
@@ -206,6 +209,16 @@ class KmeansCore(nn.Module):
         return out
 
 
+def changed_defaults(cls, kwargs: dict) -> dict:
+    """The constructor arguments set here that differ from the package's own defaults."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        name: {"package_default": params[name].default, "used": value}
+        for name, value in kwargs.items()
+        if name in params and params[name].default is not inspect.Parameter.empty
+        and params[name].default != value
+    }
+
 
 def local_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, dict]:
     from local_attention import LocalAttention
@@ -225,7 +238,8 @@ def local_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, dict
         differences.append("autopad pads keys with zeros that are not masked, so the "
                            "last block also attends to padding")
     settings = {"core": "local_attention.LocalAttention", "kwargs": kwargs,
-                "window": min(LOCAL_WINDOW, n), "block": block,
+                "changed_defaults": changed_defaults(LocalAttention, kwargs),
+                "window": block, "block": block,
                 "differences_from_xarena": differences}
     return core, settings
 
@@ -240,6 +254,7 @@ def reformer_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, d
     core = LSHCore(LSHAttention(**kwargs))
     settings = {
         "core": "reformer_pytorch.LSHAttention", "kwargs": kwargs,
+        "changed_defaults": changed_defaults(LSHAttention, kwargs),
         "buckets": n // REFORMER_BUCKET, "shared_qk": True,
         "input": "q and v reshaped to [batch * heads, N, head_dim]",
         "differences_from_xarena": [
@@ -264,6 +279,7 @@ def routing_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, di
     core = KmeansCore(KmeansAttention(**kwargs))
     settings = {
         "core": "routing_transformer.KmeansAttention", "kwargs": kwargs,
+        "changed_defaults": changed_defaults(KmeansAttention, kwargs),
         "clusters": clusters, "window": window, "local_heads": 0,
         "differences_from_xarena": [
             "every call also computes the k-means commitment loss (an MSE between the "
@@ -294,6 +310,7 @@ def sinkhorn_core(n: int, heads: int, head_dim: int, args) -> tuple[nn.Module, d
                 "AttentionSortNet: ReLU(mean q block . mean k block / sqrt(head_dim))")
     settings = {
         "core": "sinkhorn_transformer.SinkhornAttention", "kwargs": kwargs,
+        "changed_defaults": changed_defaults(SinkhornAttention, kwargs),
         "block": block, "sort_net": sort_net,
         "differences_from_xarena": [
             "Gumbel noise is added to the log sort scores on every call, in eval mode "

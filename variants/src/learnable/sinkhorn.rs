@@ -49,8 +49,10 @@ pub struct Sinkhorn {
     /// `[d, blocks]`: the sorting network, one linear map from a block summary to its
     /// scores over destinations.
     sorter: Tensor,
-    /// `[blocks, b, 2b]`: keys hidden from each query, own block then sorted block.
-    hidden: Tensor,
+    /// `[blocks, b, 2b]`: keys hidden from each query, own block then sorted block;
+    /// `None` when nothing is (not causal, and b divides N), which saves a full pass
+    /// over the scores.
+    hidden: Option<Tensor>,
     /// `[blocks, blocks]`, causal only: true where block j may not be sorted into place i
     /// (j >= i).
     future_blocks: Option<Tensor>,
@@ -135,7 +137,9 @@ impl AttentionVariant for Sinkhorn {
         };
         // Padding keys are zero; in the own block they are hidden, in the sorted block
         // they are mixed in at most at the weight P gives the last block's padding.
-        let hidden = Tensor::cat(&[own, sorted], 2).to_device(vs.device());
+        let hidden = Tensor::cat(&[own, sorted], 2);
+        let any = bool::try_from(hidden.any()).unwrap_or(true);
+        let hidden = any.then(|| hidden.to_device(vs.device()));
         Ok(Sinkhorn {
             shape: *shape,
             block,
@@ -181,9 +185,10 @@ impl Attention for Sinkhorn {
         let keys = Tensor::cat(&[&kb, &sort(&kb)], 3); // [b, h, nb, 2b, d]
         let values = Tensor::cat(&[&vb, &sort(&vb)], 3);
         let q = self.blocks_of(&(q * (d as f64).powf(-0.5)));
-        let scores = q
-            .matmul(&keys.transpose(-2, -1))
-            .masked_fill(&self.hidden, f64::NEG_INFINITY);
+        let mut scores = q.matmul(&keys.transpose(-2, -1));
+        if let Some(hidden) = &self.hidden {
+            scores = scores.masked_fill(hidden, f64::NEG_INFINITY);
+        }
         scores
             .softmax(-1, scores.kind())
             .matmul(&values)
