@@ -1,11 +1,12 @@
 //! Running one case inside a worker: build, warm up, measure memory, time.
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 use xarena_reports::schema::{Latency, Memory, Mode, Status};
-use xarena_variants::{build_layer, Layer, VariantSpec};
+use xarena_variants::{build_layer, Layer, LayerDecoder, VariantSpec};
 
 use crate::measure::{memory, timing, timing::TimingConfig};
 use crate::sweep::{tch_device, tch_kind, variant_scope, Case};
@@ -29,6 +30,7 @@ pub struct Outcome {
     pub flops: Option<u64>,
     pub params: Option<u64>,
     pub backend: Option<String>,
+    pub state_bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -98,6 +100,8 @@ pub fn run(req: &Request) -> Outcome {
 /// Shared by the worker and the criterion benches, so both run the same step.
 pub struct Prepared {
     layer: Box<dyn Layer>,
+    /// Decode mode: the layer's decoding state after the context, and the next token.
+    decoder: Option<(RefCell<Box<dyn LayerDecoder>>, Tensor)>,
     /// Owns the parameters the layer uses.
     _vs: nn::VarStore,
     mode: Mode,
@@ -139,8 +143,26 @@ impl Prepared {
         let params = vs.trainable_variables();
         let n_params = params.iter().map(|p| p.numel() as u64).sum();
         let mut static_bytes = vs.variables().values().map(bytes).sum::<u64>() + bytes(&x);
+        let mut decoder = None;
         let (x, g, wrt) = match key.mode {
             Mode::Forward => (x, None, Vec::new()),
+            Mode::Decode => {
+                // x is the context; the state after it is built once, untimed, and every
+                // timed step starts from it again (one token after exactly N).
+                let state = tch::no_grad(|| layer.decoder(&x, 1))
+                    .ok_or_else(|| format!("variant `{}` has no decoder", key.variant))?;
+                let token = xarena_datasets::inputs::hidden_states(
+                    key.batch,
+                    1,
+                    shape.d_model(),
+                    kind,
+                    device,
+                    seed.wrapping_add(1),
+                );
+                static_bytes += bytes(&token);
+                decoder = Some((RefCell::new(state), token));
+                (x, None, Vec::new())
+            }
             Mode::Train => {
                 let g = Tensor::randn(x.size(), (kind, device));
                 static_bytes += bytes(&g);
@@ -152,6 +174,7 @@ impl Prepared {
         };
         Ok(Prepared {
             layer,
+            decoder,
             _vs: vs,
             mode: key.mode,
             x,
@@ -167,15 +190,42 @@ impl Prepared {
     /// gradients returned rather than accumulated, so every iteration does the same work.
     /// Outputs are dropped inside the step, so each iteration allocates what it needs.
     pub fn step(&self) {
-        match (self.mode, &self.g) {
-            (Mode::Train, Some(g)) => {
+        match (self.mode, &self.g, &self.decoder) {
+            (Mode::Train, Some(g), _) => {
                 let y = self.layer.forward(&self.x);
                 let loss = (y * g).sum(Kind::Float);
                 let _ = Tensor::run_backward(&[loss], &self.wrt, false, false);
             }
+            (Mode::Decode, _, Some((state, token))) => tch::no_grad(|| {
+                let _ = state.borrow_mut().step(token);
+            }),
             _ => tch::no_grad(|| {
                 let _ = self.layer.forward(&self.x);
             }),
+        }
+    }
+
+    /// Before each step, outside the timed region: decode mode returns its state to the
+    /// end of the context.
+    pub fn setup(&self) {
+        if let Some((state, _)) = &self.decoder {
+            state.borrow_mut().reset();
+        }
+    }
+
+    /// Decode mode: bytes of the decoding state after the context.
+    pub fn state_bytes(&self) -> Option<u64> {
+        self.decoder
+            .as_ref()
+            .map(|(state, _)| state.borrow().state_bytes())
+    }
+
+    /// FLOPs of one step in this case's mode.
+    pub fn step_flops(&self, context: i64) -> Option<u64> {
+        match self.mode {
+            Mode::Forward => Some(self.layer.flops().forward),
+            Mode::Train => Some(self.layer.flops().train()),
+            Mode::Decode => self.layer.decode_flops(context).map(|f| f.forward),
         }
     }
 
@@ -192,20 +242,20 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
     let prepared = Prepared::new(case)?;
     let device = prepared.device;
     let mut step = || prepared.step();
+    let mut setup = || prepared.setup();
 
-    let (per_iter, warmup) = timing::warm_up(device, &req.timing, &mut step);
+    let (per_iter, warmup) = timing::warm_up(device, &req.timing, &mut setup, &mut step);
+    prepared.setup();
     let probe = memory::probe(device, || prepared.step())?;
     let iterations = timing::iterations_for(&req.timing, per_iter);
-    let latency = timing::measure(device, iterations, warmup, &mut step);
+    let latency = timing::measure(device, iterations, warmup, &mut setup, &mut step);
 
-    let flops = prepared.layer().flops();
+    prepared.setup();
     Ok(Outcome {
         status: Some(Status::Ok),
         message: None,
-        flops: Some(match case.key.mode {
-            Mode::Forward => flops.forward,
-            Mode::Train => flops.train(),
-        }),
+        flops: prepared.step_flops(case.key.seq_len),
+        state_bytes: prepared.state_bytes(),
         latency: Some(latency),
         memory: Some(Memory {
             peak_bytes: probe.peak_bytes,

@@ -127,8 +127,8 @@ macro_rules! value_enum {
     };
 }
 value_enum!(DtypeArg => Dtype { F32, Bf16, F16 });
-value_enum!(ModeArg => Mode { Forward, Train });
-value_enum!(ScopeArg => Scope { Attention, Block });
+value_enum!(ModeArg => Mode { Forward, Train, Decode });
+value_enum!(ScopeArg => Scope { Attention, Block, Model });
 
 fn convert<A: Copy + Into<T>, T>(v: Option<Vec<A>>) -> Option<Vec<T>> {
     v.map(|v| v.into_iter().map(Into::into).collect())
@@ -231,7 +231,7 @@ fn cmd_list(format: Format) -> Result<()> {
         UTF8_FULL_CONDENSED
     });
     t.set_header([
-        "variant", "family", "time", "memory", "causal", "defaults", "paper",
+        "variant", "family", "time", "memory", "causal", "decode", "scopes", "defaults", "paper",
     ]);
     for e in &entries {
         let i = &e.info;
@@ -241,6 +241,12 @@ fn cmd_list(format: Format) -> Result<()> {
             i.time.to_string(),
             i.memory.to_string(),
             if i.supports_causal { "yes" } else { "no" }.to_string(),
+            i.decode.map_or("no".into(), |d| d.state.to_string()),
+            i.scopes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             e.defaults().to_string(),
             i.paper.to_string(),
         ]);

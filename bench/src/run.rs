@@ -121,6 +121,7 @@ pub fn run(
             flops: outcome.flops,
             flops_per_s,
             params: outcome.params,
+            state_bytes: outcome.state_bytes,
             backend: outcome.backend,
             started_at,
             wall_s: t0.elapsed().as_secs_f64(),

@@ -48,6 +48,8 @@ struct Row<'a> {
     params_count: Option<u64>,
     backend: &'a str,
     started_at: &'a str,
+    /// Decode mode's state; last, so older files' columns keep their places.
+    state_bytes: Option<u64>,
 }
 
 impl<'a> Row<'a> {
@@ -84,6 +86,7 @@ impl<'a> Row<'a> {
             params_count: r.params,
             backend: r.backend.as_deref().unwrap_or(""),
             started_at: &r.started_at,
+            state_bytes: r.state_bytes,
         }
     }
 }

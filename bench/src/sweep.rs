@@ -8,7 +8,7 @@ use itertools::iproduct;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use xarena_reports::schema::{CaseKey, Claims, Dtype, Mode, Scope};
-use xarena_variants::{find, Shape, VariantSpec};
+use xarena_variants::{find, Shape, VariantError, VariantSpec};
 
 use crate::measure::timing::TimingConfig;
 
@@ -23,10 +23,12 @@ pub enum SweepError {
     },
     #[error(transparent)]
     Variant(#[from] xarena_variants::VariantError),
-    #[error("{case}: {source}")]
+    // The source is in the message, so it is not also a `#[source]` that anyhow's chain
+    // would print a second time.
+    #[error("{case}: {error}")]
     Case {
         case: String,
-        source: xarena_variants::VariantError,
+        error: xarena_variants::VariantError,
     },
     #[error("device `{0}` was asked for, but CUDA is not available to this binary (no GPU or driver, or LibTorch without CUDA)")]
     NoCuda(String),
@@ -348,6 +350,7 @@ pub fn variant_scope(s: Scope) -> xarena_variants::Scope {
     match s {
         Scope::Attention => xarena_variants::Scope::Attention,
         Scope::Block => xarena_variants::Scope::Block,
+        Scope::Model => xarena_variants::Scope::Model,
     }
 }
 
@@ -363,28 +366,55 @@ pub struct Case {
 impl Case {
     fn new(key: CaseKey, spec: &VariantSpec) -> Result<Case, SweepError> {
         let entry = find(&spec.name)?;
+        let info = &entry.info;
+        let mut claims = Claims {
+            family: info.family.to_string(),
+            time: info.time.to_string(),
+            memory: info.memory.to_string(),
+            time_exponent: info.time_exponent,
+            memory_exponent: info.memory_exponent,
+            exact: info.exact,
+        };
+        // A decode case claims what one token costs: the state's growth with N.
+        if let (Mode::Decode, Some(d)) = (key.mode, &info.decode) {
+            claims.time = format!("per token: O(N^{})", d.exponent);
+            claims.memory = d.state.to_string();
+            claims.time_exponent = d.exponent;
+            claims.memory_exponent = d.exponent;
+        }
         let case = Case {
             id: key.id(),
             label: spec.label(),
-            claims: Claims {
-                family: entry.info.family.to_string(),
-                time: entry.info.time.to_string(),
-                memory: entry.info.memory.to_string(),
-                time_exponent: entry.info.time_exponent,
-                memory_exponent: entry.info.memory_exponent,
-                exact: entry.info.exact,
-            },
+            claims,
             key,
+        };
+        let invalid = |error| SweepError::Case {
+            case: case.describe(),
+            error,
         };
         entry
             .check(
                 &serde_json::Value::Object(spec.params.clone()),
                 &case.shape(),
             )
-            .map_err(|source| SweepError::Case {
-                case: case.describe(),
-                source,
-            })?;
+            .map_err(invalid)?;
+        entry
+            .check_scope(variant_scope(case.key.scope))
+            .map_err(invalid)?;
+        if case.key.mode == Mode::Decode {
+            if entry.info.decode.is_none() {
+                return Err(invalid(VariantError::config(
+                    &spec.name,
+                    "it has no token-by-token decoder (`xarena list` shows which do)",
+                )));
+            }
+            if !case.key.causal {
+                return Err(invalid(VariantError::config(
+                    &spec.name,
+                    "decode mode generates causally: set causal = [true] (--causal)",
+                )));
+            }
+        }
         Ok(case)
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::schema::{Latency, Record, Setting, Status};
+use crate::schema::{Latency, Mode, Record, Setting, Status};
 
 /// The value at quantile `q` (0..=1) of sorted samples, interpolating linearly between
 /// the closest ranks (numpy's default).
@@ -171,7 +171,12 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
 
     let ok = |r: &Record| r.status == Status::Ok;
     let latency = |r: &Record| r.latency.as_ref().filter(|_| ok(r)).map(|l| l.median_s);
-    let peak = |r: &Record| r.memory.as_ref().filter(|_| ok(r)).map(|m| m.peak_bytes);
+    // Decode's memory column is the decoding state (what grows with the context or does
+    // not); the step's own working memory is a few rows and says little.
+    let peak = |r: &Record| match r.key.mode {
+        Mode::Decode => r.state_bytes.filter(|_| ok(r)),
+        _ => r.memory.as_ref().filter(|_| ok(r)).map(|m| m.peak_bytes),
+    };
 
     let rows = labels
         .iter()

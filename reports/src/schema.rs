@@ -22,6 +22,9 @@ pub enum Mode {
     Forward,
     /// Forward and backward (gradients of the parameters and the input).
     Train,
+    /// Causal generation: one token after a context of `seq_len` tokens, with the
+    /// variant's decoding state (KV cache, window, recurrent state). Latency is per token.
+    Decode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +34,8 @@ pub enum Scope {
     Attention,
     /// A pre-norm encoder block: attention + FFN.
     Block,
+    /// A whole model: the variant's stack of blocks (downsampling, recurrence).
+    Model,
 }
 
 macro_rules! display_as_serde {
@@ -221,6 +226,10 @@ pub struct Record {
     pub flops_per_s: Option<f64>,
     /// Trainable parameters.
     pub params: Option<u64>,
+    /// Decode mode: bytes of the decoding state (KV cache, window, recurrent sums) after
+    /// the context, which is what grows with N or does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_bytes: Option<u64>,
     /// The kernel the library chose, where it chooses (fused SDPA).
     pub backend: Option<String>,
     /// When the case started (RFC 3339, UTC) and how long it took end to end.

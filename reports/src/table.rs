@@ -6,7 +6,7 @@ use comfy_table::{CellAlignment, Table};
 use crate::analysis::{
     Cell, Crossover, EfficiencyTable, Fit, Row, CROSSOVER_REFERENCES, REFERENCE,
 };
-use crate::schema::Status;
+use crate::schema::{Mode, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -139,10 +139,14 @@ pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
 
 /// The memory table: peak working memory and its ratio to the reference's.
 pub fn memory_table(table: &EfficiencyTable, style: Style) -> String {
+    let title = match table.setting.mode {
+        Mode::Decode => "decode state (ratio)",
+        _ => "peak memory (ratio)",
+    };
     render(
         table,
         style,
-        "peak memory (ratio)",
+        title,
         |c| match (c.peak_bytes, c.memory_ratio) {
             (Some(b), Some(r)) => format!("{} ({r:.2}x)", format_bytes(b)),
             (Some(b), None) => format_bytes(b),
@@ -173,7 +177,9 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
          variant's / {REFERENCE}'s. Exponent: least-squares slope of log(y) on log(N) over the \
          lengths shown, with the paper's claim in brackets. Faster from N: the length from which \
          the variant's latency stays below the reference's (interpolated in log-log between \
-         the lengths around the last crossing; < or > the range measured otherwise).\n"
+         the lengths around the last crossing; < or > the range measured otherwise). \
+         Decode tables: latency per generated token after a context of N, and the bytes of \
+         the decoding state (KV cache, window, recurrent sums) instead of peak memory.\n"
     ));
     out
 }

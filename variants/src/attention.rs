@@ -45,6 +45,47 @@ pub trait Attention: Send {
     fn backend(&self) -> Option<String> {
         None
     }
+
+    /// Causal decoding: the state after a context whose keys and values are `k`, `v`
+    /// (`[batch, heads, N, head_dim]`), able to take `capacity` more tokens; `None` for
+    /// a variant that cannot decode token by token. Called only on variants built
+    /// causal.
+    fn decoder(&self, _k: &Tensor, _v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
+        None
+    }
+
+    /// FLOPs of one decoding step after a context of `context` tokens, per the shape's
+    /// batch and heads; `None` when the variant cannot decode.
+    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
+        None
+    }
+}
+
+/// Incremental causal decoding of an attention core: what a generating model keeps
+/// between tokens (a KV cache, a window of it, a recurrent state).
+pub trait Decoder: Send {
+    /// `q`, `k`, `v` `[batch, heads, 1, head_dim]` of the next token; returns its output
+    /// `[batch, heads, 1, head_dim]`, equal to the causal forward's row for that position,
+    /// and takes the token into the state.
+    fn step(&mut self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor;
+    /// Back to the state right after the context, so that every timed step is the token
+    /// after a context of exactly N (the runner calls it outside the timed region).
+    fn reset(&mut self);
+    /// Bytes the state holds now (what grows, or does not, with the context).
+    fn state_bytes(&self) -> u64;
+}
+
+/// Incremental decoding of a whole [`Layer`]: one `[batch, 1, d_model]` token at a time.
+pub trait LayerDecoder: Send {
+    fn step(&mut self, x: &Tensor) -> Tensor;
+    /// See [`Decoder::reset`].
+    fn reset(&mut self);
+    fn state_bytes(&self) -> u64;
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as u64
 }
 
 /// A sequence layer: `[batch, seq_len, d_model] -> [batch, seq_len, d_model]`. What the
@@ -55,6 +96,17 @@ pub trait Layer: Send {
     fn forward(&self, x: &Tensor) -> Tensor;
     fn flops(&self) -> FlopCount;
     fn backend(&self) -> Option<String> {
+        None
+    }
+
+    /// Causal decoding after the context `x` (`[batch, N, d_model]`), with room for
+    /// `capacity` more tokens; `None` when the layer cannot decode.
+    fn decoder(&self, _x: &Tensor, _capacity: i64) -> Option<Box<dyn LayerDecoder>> {
+        None
+    }
+
+    /// FLOPs of one decoding step after `context` tokens.
+    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
         None
     }
 }
@@ -108,5 +160,60 @@ impl Layer for MultiHeadAttention {
 
     fn backend(&self) -> Option<String> {
         self.core.backend()
+    }
+
+    fn decoder(&self, x: &Tensor, capacity: i64) -> Option<Box<dyn LayerDecoder>> {
+        let (_, k, v) = self.split_heads(x);
+        let core = self.core.decoder(&k, &v, capacity)?;
+        Some(Box::new(MhaDecoder {
+            qkv: share(&self.qkv),
+            out: share(&self.out),
+            shape: self.shape,
+            core,
+        }))
+    }
+
+    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        let (b, d) = (s.batch as u64, s.d_model() as u64);
+        let projections = flops::matmul(b, 1, d, 3 * d) + flops::matmul(b, 1, d, d);
+        Some(FlopCount::forward(projections) + self.core.decode_flops(context)?)
+    }
+}
+
+/// The same parameters, not a copy.
+pub(crate) fn share(l: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: l.ws.shallow_clone(),
+        bs: l.bs.as_ref().map(Tensor::shallow_clone),
+    }
+}
+
+/// [`MultiHeadAttention`]'s projections around a core's [`Decoder`].
+struct MhaDecoder {
+    qkv: nn::Linear,
+    out: nn::Linear,
+    shape: Shape,
+    core: Box<dyn Decoder>,
+}
+
+impl LayerDecoder for MhaDecoder {
+    fn step(&mut self, x: &Tensor) -> Tensor {
+        let (b, n, d) = x.size3().expect("token must be [batch, 1, d_model]");
+        let s = &self.shape;
+        let qkv = x
+            .apply(&self.qkv)
+            .view([b, n, 3, s.heads, s.head_dim])
+            .permute([2, 0, 3, 1, 4]);
+        let y = self.core.step(&qkv.get(0), &qkv.get(1), &qkv.get(2));
+        y.transpose(1, 2).reshape([b, n, d]).apply(&self.out)
+    }
+
+    fn reset(&mut self) {
+        self.core.reset()
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.core.state_bytes()
     }
 }

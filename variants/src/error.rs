@@ -12,8 +12,12 @@ pub enum VariantError {
     Config { variant: String, message: String },
     #[error("variant `{variant}` does not support causal masking")]
     NoCausal { variant: String },
-    #[error("variant `{variant}` cannot run at scope `{scope}`")]
-    Scope { variant: String, scope: String },
+    #[error("variant `{variant}` cannot run at scope `{scope}` (it runs at: {supported})")]
+    Scope {
+        variant: String,
+        scope: String,
+        supported: String,
+    },
 }
 
 impl VariantError {

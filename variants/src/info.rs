@@ -28,21 +28,27 @@ impl std::fmt::Display for Family {
     }
 }
 
-/// What a case measures: the attention module alone (with its projections) or a whole
-/// pre-norm encoder block (attention + FFN). Records carry it so that reports never
-/// compare an attention alone against a block.
+/// What a case measures: the attention module alone (with its projections), a whole
+/// pre-norm encoder block (attention + FFN), or a whole model (a stack of blocks, for
+/// variants such as Funnel whose point is what happens between blocks). Records carry it
+/// so that reports never compare an attention alone against a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scope {
     Attention,
     Block,
+    Model,
 }
+
+/// The scopes of an attention core: alone, or inside an encoder block.
+pub const CORE_SCOPES: &[Scope] = &[Scope::Attention, Scope::Block];
 
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Scope::Attention => "attention",
             Scope::Block => "block",
+            Scope::Model => "model",
         })
     }
 }
@@ -67,4 +73,19 @@ pub struct VariantInfo {
     pub supports_causal: bool,
     /// Computes exact softmax attention (up to floating point).
     pub exact: bool,
+    /// Decodes causally token by token with a state (a KV cache, a window, a recurrent
+    /// state): the runner's `decode` mode. `None`: no decoder.
+    pub decode: Option<DecodeInfo>,
+    /// The scopes it can be measured at.
+    pub scopes: &'static [Scope],
+}
+
+/// What decoding one token costs, as the paper (or the survey's "decode" column) claims.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DecodeInfo {
+    /// The state kept between tokens and its size.
+    pub state: &'static str,
+    /// The exponent of the context length N in both the per-token time and the state:
+    /// 1 for a KV cache, 0 for a window or a recurrent state.
+    pub exponent: f64,
 }

@@ -27,6 +27,11 @@ pub trait AttentionVariant: Attention + Sized + 'static {
 pub trait LayerVariant: Layer + Sized + 'static {
     type Config: Serialize + DeserializeOwned + Default;
     const INFO: VariantInfo;
+    /// Rejects a configuration that cannot run at `shape`, before any tensor is made.
+    fn check(_config: &Self::Config, _shape: &Shape) -> Result<(), VariantError> {
+        Ok(())
+    }
+    /// Builds the layer for `scope`, one of `INFO.scopes`.
     fn new(
         config: Self::Config,
         shape: &Shape,
@@ -55,6 +60,11 @@ impl Entry {
     /// parameters, causal support, the variant's own limits.
     pub fn check(&self, params: &Value, shape: &Shape) -> Result<(), VariantError> {
         (self.check)(params, shape)
+    }
+
+    /// Whether the variant can be measured at `scope`.
+    pub fn check_scope(&self, scope: Scope) -> Result<(), VariantError> {
+        scope_support(&self.info, scope)
     }
 
     /// The default parameters.
@@ -97,6 +107,18 @@ fn causal_support(info: &VariantInfo, shape: &Shape) -> Result<(), VariantError>
     Ok(())
 }
 
+fn scope_support(info: &VariantInfo, scope: Scope) -> Result<(), VariantError> {
+    if !info.scopes.contains(&scope) {
+        let supported: Vec<String> = info.scopes.iter().map(|s| s.to_string()).collect();
+        return Err(VariantError::Scope {
+            variant: info.name.into(),
+            scope: scope.to_string(),
+            supported: supported.join(", "),
+        });
+    }
+    Ok(())
+}
+
 fn check_attention<V: AttentionVariant>(params: &Value, shape: &Shape) -> Result<(), VariantError> {
     causal_support(&V::INFO, shape)?;
     V::check(&parse(V::INFO.name, params)?, shape)
@@ -104,7 +126,7 @@ fn check_attention<V: AttentionVariant>(params: &Value, shape: &Shape) -> Result
 
 fn check_layer<V: LayerVariant>(params: &Value, shape: &Shape) -> Result<(), VariantError> {
     causal_support(&V::INFO, shape)?;
-    parse::<V::Config>(V::INFO.name, params).map(|_| ())
+    V::check(&parse(V::INFO.name, params)?, shape)
 }
 
 fn build_attention<V: AttentionVariant>(
@@ -114,11 +136,13 @@ fn build_attention<V: AttentionVariant>(
     vs: nn::Path,
 ) -> Result<Box<dyn Layer>, VariantError> {
     check_attention::<V>(params, shape)?;
+    scope_support(&V::INFO, scope)?;
     let core = V::new(parse(V::INFO.name, params)?, shape, &vs / "core")?;
     let mha = MultiHeadAttention::new(&vs / "attn", *shape, Box::new(core));
     Ok(match scope {
         Scope::Attention => Box::new(mha),
         Scope::Block => Box::new(EncoderBlock::new(&vs / "block", *shape, Box::new(mha))),
+        Scope::Model => unreachable!("checked: attention cores have no model scope"),
     })
 }
 
@@ -129,6 +153,7 @@ fn build_whole<V: LayerVariant>(
     vs: nn::Path,
 ) -> Result<Box<dyn Layer>, VariantError> {
     check_layer::<V>(params, shape)?;
+    scope_support(&V::INFO, scope)?;
     Ok(Box::new(V::new(
         parse(V::INFO.name, params)?,
         shape,

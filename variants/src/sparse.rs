@@ -8,6 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::flops::{self, FlopCount};
+use crate::fused::block_softmax;
 
 /// A block-sparse pattern for one sequence length, ready to apply.
 pub struct BlockPattern {
@@ -21,8 +22,9 @@ pub struct BlockPattern {
     key_blocks: Tensor,
     /// Global key positions appended to every query block's keys (g).
     globals: Option<Tensor>,
-    /// `[blocks, b, slots * b + g]`, true where a key is not attended.
-    hidden: Tensor,
+    /// `[1, blocks, b, slots * b + g]`, true where a key is attended (the layout the
+    /// fused kernel takes, see [`crate::fused`]).
+    visible: Tensor,
 }
 
 /// What a pattern says about one (query, key) pair of positions, beyond the block lists.
@@ -113,8 +115,9 @@ impl BlockPattern {
                 row[0] = false;
             }
         }
-        let hidden = Tensor::from_slice(&hidden)
-            .view([blocks, block, width as i64])
+        let visible = Tensor::from_slice(&hidden)
+            .logical_not()
+            .view([1, blocks, block, width as i64])
             .to_device(device);
         let key_blocks = Tensor::from_slice(&key_blocks).to_device(device);
         let globals = (!globals.is_empty()).then(|| Tensor::from_slice(globals).to_device(device));
@@ -125,7 +128,7 @@ impl BlockPattern {
             slots,
             key_blocks,
             globals,
-            hidden,
+            visible,
         }
     }
 
@@ -163,15 +166,10 @@ impl BlockPattern {
         let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
         assert_eq!(n, self.n, "built for N = {}", self.n);
         let padded = self.blocks * self.block;
-        let q = (q * (d as f64).powf(-0.5))
+        let q = q
             .constant_pad_nd([0, 0, 0, padded - n])
             .view([b, h, self.blocks, self.block, d]);
-        let scores = q
-            .matmul(&self.gather(k).transpose(-2, -1))
-            .masked_fill(&self.hidden, f64::NEG_INFINITY);
-        scores
-            .softmax(-1, scores.kind())
-            .matmul(&self.gather(v))
+        block_softmax(&q, &self.gather(k), &self.gather(v), Some(&self.visible))
             .view([b, h, padded, d])
             .narrow(2, 0, n)
     }
@@ -179,8 +177,8 @@ impl BlockPattern {
     /// The dense pattern, `[N, N]`, true where hidden: for tests and documentation only.
     pub fn dense_hidden(&self) -> Tensor {
         let (n, b, s) = (self.n, self.block, self.slots);
-        let width = self.hidden.size()[2];
-        let hidden = self.hidden.to_device(Device::Cpu);
+        let width = self.width();
+        let hidden = self.visible.get(0).logical_not().to_device(Device::Cpu);
         let key_blocks = Vec::<i64>::try_from(&self.key_blocks.to_device(Device::Cpu)).unwrap();
         let globals = self
             .globals
@@ -212,14 +210,14 @@ impl BlockPattern {
     /// Scores computed per head: every gathered entry, hidden or not.
     pub fn flops(&self, bh: u64, head_dim: i64) -> FlopCount {
         let rows = (self.blocks * self.block) as u64;
-        let cols = self.hidden.size()[2] as u64;
+        let cols = self.width() as u64;
         let d = head_dim as u64;
         FlopCount::forward(flops::matmul(bh, rows, d, cols) + flops::matmul(bh, rows, cols, d))
     }
 
     /// Keys each query block sees (s * b + g).
     pub fn width(&self) -> i64 {
-        self.hidden.size()[2]
+        self.visible.size()[3]
     }
 }
 

@@ -47,6 +47,13 @@ pub fn synchronize(device: Device) {
 
 /// One iteration's wall time, the device idle before and after it.
 pub fn time_once(device: Device, f: &mut impl FnMut()) -> f64 {
+    time_after(device, &mut || {}, f)
+}
+
+/// `f`'s wall time, with `setup` run first outside the timed region (decode mode puts its
+/// state back to the end of the context there).
+pub fn time_after(device: Device, setup: &mut impl FnMut(), f: &mut impl FnMut()) -> f64 {
+    setup();
     synchronize(device);
     let start = Instant::now();
     f();
@@ -55,12 +62,17 @@ pub fn time_once(device: Device, f: &mut impl FnMut()) -> f64 {
 }
 
 /// Warm-up; returns the typical iteration time (median after the first) and the count.
-pub fn warm_up(device: Device, config: &TimingConfig, f: &mut impl FnMut()) -> (f64, u64) {
+pub fn warm_up(
+    device: Device,
+    config: &TimingConfig,
+    setup: &mut impl FnMut(),
+    f: &mut impl FnMut(),
+) -> (f64, u64) {
     let start = Instant::now();
     let budget = Duration::from_secs_f64(config.warmup_s);
     let mut times = Vec::new();
     while times.len() < config.warmup_iters.max(1) as usize || start.elapsed() < budget {
-        times.push(time_once(device, f));
+        times.push(time_after(device, setup, f));
     }
     let mut steady: Vec<f64> = times.iter().skip(1).copied().collect();
     if steady.is_empty() {
@@ -83,9 +95,17 @@ pub fn iterations_for(config: &TimingConfig, per_iter: f64) -> u64 {
     )
 }
 
-/// The timed iterations after warm-up.
-pub fn measure(device: Device, iterations: u64, warmup: u64, f: &mut impl FnMut()) -> Latency {
-    let samples: Vec<f64> = (0..iterations).map(|_| time_once(device, f)).collect();
+/// The timed iterations after warm-up, each after `setup`.
+pub fn measure(
+    device: Device,
+    iterations: u64,
+    warmup: u64,
+    setup: &mut impl FnMut(),
+    f: &mut impl FnMut(),
+) -> Latency {
+    let samples: Vec<f64> = (0..iterations)
+        .map(|_| time_after(device, setup, f))
+        .collect();
     summarise(&samples, warmup)
 }
 
@@ -115,7 +135,8 @@ mod tests {
             warmup_iters: 3,
             ..Default::default()
         };
-        let (_, count) = warm_up(Device::Cpu, &c, &mut || n += 1);
-        assert_eq!((count, n), (3, 3));
+        let mut setups = 0;
+        let (_, count) = warm_up(Device::Cpu, &c, &mut || setups += 1, &mut || n += 1);
+        assert_eq!((count, n, setups), (3, 3, 3));
     }
 }

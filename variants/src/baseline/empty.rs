@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::attention::{Layer, Shape};
+use crate::attention::{Layer, LayerDecoder, Shape};
 use crate::error::VariantError;
 use crate::flops::FlopCount;
 use crate::info::{Family, Scope, VariantInfo};
@@ -28,6 +28,11 @@ impl LayerVariant for Empty {
         paper: "none: the harness overhead (an identity layer)",
         supports_causal: true,
         exact: false,
+        decode: Some(crate::info::DecodeInfo {
+            state: "none",
+            exponent: 0.0,
+        }),
+        scopes: &[Scope::Attention, Scope::Block, Scope::Model],
     };
 
     fn new(_: Config, _: &Shape, _: Scope, _: nn::Path) -> Result<Self, VariantError> {
@@ -42,5 +47,26 @@ impl Layer for Empty {
 
     fn flops(&self) -> FlopCount {
         FlopCount::default()
+    }
+
+    fn decoder(&self, _: &Tensor, _: i64) -> Option<Box<dyn LayerDecoder>> {
+        Some(Box::new(Empty))
+    }
+
+    fn decode_flops(&self, _: i64) -> Option<FlopCount> {
+        Some(FlopCount::default())
+    }
+}
+
+/// The identity decoder: the decode mode's harness floor.
+impl LayerDecoder for Empty {
+    fn step(&mut self, x: &Tensor) -> Tensor {
+        x.shallow_clone()
+    }
+
+    fn reset(&mut self) {}
+
+    fn state_bytes(&self) -> u64 {
+        0
     }
 }

@@ -12,6 +12,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
+use crate::fused::block_softmax;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -26,10 +27,10 @@ pub struct Axial {
     shape: Shape,
     rows: i64,
     cols: i64,
-    /// `[r, c, c]` / `[c, r, r]`: true for keys hidden along a row / a column (padding;
-    /// the future when causal).
-    row_hidden: Tensor,
-    col_hidden: Tensor,
+    /// `[1, r, c, c]` / `[1, c, r, r]`: true for keys attended along a row / a column
+    /// (not padding; not the future when causal).
+    row_visible: Tensor,
+    col_visible: Tensor,
 }
 
 impl Axial {
@@ -51,6 +52,8 @@ impl AttentionVariant for Axial {
                 (arXiv:1912.12180)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
@@ -87,32 +90,28 @@ impl AttentionVariant for Axial {
             }
         };
         // [rows, 1, cols] padding with [cols, cols] future; likewise along columns.
-        let row_hidden = pad
+        let row_visible = pad
             .view([rows, 1, cols])
             .logical_or(&future(cols).unsqueeze(0))
+            .logical_not()
+            .unsqueeze(0)
             .to_device(vs.device());
-        let col_hidden = pad
+        let col_visible = pad
             .transpose(0, 1)
             .contiguous()
             .view([cols, 1, rows])
             .logical_or(&future(rows).unsqueeze(0))
+            .logical_not()
+            .unsqueeze(0)
             .to_device(vs.device());
         Ok(Axial {
             shape: *shape,
             rows,
             cols,
-            row_hidden,
-            col_hidden,
+            row_visible,
+            col_visible,
         })
     }
-}
-
-/// Softmax attention over the last two axes with a key mask.
-fn attend_axis(q: &Tensor, k: &Tensor, v: &Tensor, hidden: &Tensor) -> Tensor {
-    let scores = q
-        .matmul(&k.transpose(-2, -1))
-        .masked_fill(hidden, f64::NEG_INFINITY);
-    scores.softmax(-1, scores.kind()).matmul(v)
 }
 
 impl Attention for Axial {
@@ -123,11 +122,11 @@ impl Attention for Axial {
             t.constant_pad_nd([0, 0, 0, r * c - n])
                 .view([b, h, r, c, d])
         };
-        let (q, k, v) = (grid(&(q * (d as f64).powf(-0.5))), grid(k), grid(v));
-        let along_rows = attend_axis(&q, &k, &v, &self.row_hidden);
+        let (q, k, v) = (grid(q), grid(k), grid(v));
+        let along_rows = block_softmax(&q, &k, &v, Some(&self.row_visible));
         let cols = |t: &Tensor| t.transpose(2, 3);
         let along_cols =
-            attend_axis(&cols(&q), &cols(&k), &cols(&v), &self.col_hidden).transpose(2, 3);
+            block_softmax(&cols(&q), &cols(&k), &cols(&v), Some(&self.col_visible)).transpose(2, 3);
         (along_rows + along_cols)
             .reshape([b, h, r * c, d])
             .narrow(2, 0, n)

@@ -69,6 +69,8 @@ impl AttentionVariant for BigBird {
         paper: "Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences (NeurIPS)",
         supports_causal: false,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {

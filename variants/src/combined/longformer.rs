@@ -65,6 +65,8 @@ impl AttentionVariant for Longformer {
                 (arXiv:2004.05150)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {

@@ -51,6 +51,8 @@ impl AttentionVariant for SparseTransformer {
                 (arXiv:1904.10509), strided factorisation on split heads",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {

@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::attention::{Attention, Shape};
+use crate::attention::{Attention, Decoder, Shape};
+use crate::decode::KvCache;
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
 use crate::info::{Family, VariantInfo};
@@ -46,6 +47,11 @@ impl AttentionVariant for Sdpa {
                 Self-attention Does Not Need O(n^2) Memory (arXiv:2112.05682)",
         supports_causal: true,
         exact: true,
+        decode: Some(crate::info::DecodeInfo {
+            state: "O(N d): the KV cache",
+            exponent: 1.0,
+        }),
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn new(_: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
@@ -101,5 +107,18 @@ impl Attention for Sdpa {
 
     fn backend(&self) -> Option<String> {
         Some(self.backend.clone())
+    }
+
+    fn decoder(&self, k: &Tensor, v: &Tensor, capacity: i64) -> Option<Box<dyn Decoder>> {
+        Some(Box::new(KvCache::new(k, v, capacity, true)))
+    }
+
+    /// One query against the N + 1 cached keys.
+    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        let (n, d) = (context as u64 + 1, s.head_dim as u64);
+        Some(FlopCount::forward(
+            flops::matmul(s.bh(), 1, d, n) + flops::matmul(s.bh(), 1, n, d),
+        ))
     }
 }

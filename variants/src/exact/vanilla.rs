@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::attention::{Attention, Shape};
+use crate::attention::{Attention, Decoder, Shape};
+use crate::decode::KvCache;
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
 use crate::info::{Family, VariantInfo};
@@ -32,6 +33,11 @@ impl AttentionVariant for Vanilla {
         paper: "Vaswani et al. 2017, Attention Is All You Need (NeurIPS)",
         supports_causal: true,
         exact: true,
+        decode: Some(crate::info::DecodeInfo {
+            state: "O(N d): the KV cache",
+            exponent: 1.0,
+        }),
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn new(_: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
@@ -69,5 +75,18 @@ impl Attention for Vanilla {
         let s = &self.shape;
         let (n, d) = (s.seq_len as u64, s.head_dim as u64);
         FlopCount::forward(flops::matmul(s.bh(), n, d, n) + flops::matmul(s.bh(), n, n, d))
+    }
+
+    fn decoder(&self, k: &Tensor, v: &Tensor, capacity: i64) -> Option<Box<dyn Decoder>> {
+        Some(Box::new(KvCache::new(k, v, capacity, false)))
+    }
+
+    /// One query against the N + 1 cached keys.
+    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        let (n, d) = (context as u64 + 1, s.head_dim as u64);
+        Some(FlopCount::forward(
+            flops::matmul(s.bh(), 1, d, n) + flops::matmul(s.bh(), 1, n, d),
+        ))
     }
 }

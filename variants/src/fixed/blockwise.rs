@@ -50,6 +50,8 @@ impl AttentionVariant for Blockwise {
                 (arXiv:1911.02972)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {

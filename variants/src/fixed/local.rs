@@ -12,9 +12,11 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::attention::{Attention, Shape};
+use crate::attention::{Attention, Decoder, Shape};
+use crate::decode::WindowCache;
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
+use crate::fused::block_softmax;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -37,10 +39,12 @@ pub struct Local {
     block: i64,
     /// Blocks visible on each side, L.
     reach: i64,
+    /// Keys visible on each side, w.
+    window: i64,
     blocks: i64,
-    /// `[blocks, b, span * b]`, true where a key is outside the window, in the padding
-    /// or (causal) in the future.
-    hidden: Tensor,
+    /// `[1, blocks, b, span * b]`, true where a key is inside the window: not in the
+    /// padding and (causal) not in the future.
+    visible: Tensor,
 }
 
 impl Local {
@@ -54,16 +58,8 @@ impl Local {
     }
 }
 
-/// The band mask, built on the CPU from positions and moved to the device.
-fn band_mask(
-    n: i64,
-    block: i64,
-    blocks: i64,
-    reach: i64,
-    window: i64,
-    causal: bool,
-    device: Device,
-) -> Tensor {
+/// The band mask, true where a key is hidden, built on the CPU from positions.
+fn band_mask(n: i64, block: i64, blocks: i64, reach: i64, window: i64, causal: bool) -> Tensor {
     let span = if causal { reach + 1 } else { 2 * reach + 1 };
     let opts = (Kind::Int64, Device::Cpu);
     // Query positions [blocks, b, 1] and key positions [blocks, 1, span * b].
@@ -82,7 +78,7 @@ fn band_mask(
     if causal {
         hidden = hidden.logical_or(&dist.lt(0));
     }
-    hidden.to_device(device)
+    hidden
 }
 
 impl AttentionVariant for Local {
@@ -98,6 +94,11 @@ impl AttentionVariant for Local {
                 Beltagy et al. 2020, Longformer (arXiv:2004.05150)",
         supports_causal: true,
         exact: false,
+        decode: Some(crate::info::DecodeInfo {
+            state: "O(w d): the window's keys and values",
+            exponent: 0.0,
+        }),
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
@@ -110,21 +111,17 @@ impl AttentionVariant for Local {
         let block = config.window.min(n);
         let blocks = (n + block - 1) / block;
         let reach = ((config.window + block - 1) / block).min(blocks - 1);
-        let hidden = band_mask(
-            n,
-            block,
-            blocks,
-            reach,
-            config.window,
-            shape.causal,
-            vs.device(),
-        );
+        let visible = band_mask(n, block, blocks, reach, config.window, shape.causal)
+            .logical_not()
+            .unsqueeze(0)
+            .to_device(vs.device());
         Ok(Local {
             shape: *shape,
             block,
             reach,
+            window: config.window,
             blocks,
-            hidden,
+            visible,
         })
     }
 }
@@ -152,16 +149,16 @@ impl Attention for Local {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
         let padded_len = self.blocks * self.block;
-        let scale = (d as f64).powf(-0.5);
-        let q = (q * scale)
-            .constant_pad_nd([0, 0, 0, padded_len - n])
-            .view([b, h, self.blocks, self.block, d]);
-        let keys = self.neighbourhood(k);
-        let values = self.neighbourhood(v);
-        let scores = q
-            .matmul(&keys.transpose(-2, -1))
-            .masked_fill(&self.hidden, f64::NEG_INFINITY);
-        let out = scores.softmax(-1, scores.kind()).matmul(&values);
+        let q =
+            q.constant_pad_nd([0, 0, 0, padded_len - n])
+                .view([b, h, self.blocks, self.block, d]);
+        // Every query sees itself (padding queries the last real key), so no row is empty.
+        let out = block_softmax(
+            &q,
+            &self.neighbourhood(k),
+            &self.neighbourhood(v),
+            Some(&self.visible),
+        );
         out.view([b, h, padded_len, d]).narrow(2, 0, n)
     }
 
@@ -173,5 +170,18 @@ impl Attention for Local {
         let d = s.head_dim as u64;
         let per_block = flops::matmul(s.bh(), rows, d, cols) + flops::matmul(s.bh(), rows, cols, d);
         FlopCount::forward(per_block)
+    }
+
+    fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
+        Some(Box::new(WindowCache::new(k, v, self.window)))
+    }
+
+    /// One query against the window and itself, however long the context.
+    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        let (w, d) = (self.window.min(context) as u64 + 1, s.head_dim as u64);
+        Some(FlopCount::forward(
+            flops::matmul(s.bh(), 1, d, w) + flops::matmul(s.bh(), 1, w, d),
+        ))
     }
 }

@@ -109,6 +109,8 @@ impl AttentionVariant for MemoryCompressed {
                 memory-compressed and local attention",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {

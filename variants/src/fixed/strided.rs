@@ -10,6 +10,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
+use crate::fused::block_softmax;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -25,8 +26,9 @@ pub struct Strided {
     stride: i64,
     /// Tokens per residue group, m = ceil(N / s).
     group: i64,
-    /// `[s, m, m]`: true where hidden (padding keys; future keys when causal).
-    hidden: Tensor,
+    /// `[1, s, m, m]`: true where attended (not a padding key, not in the future when
+    /// causal).
+    visible: Tensor,
 }
 
 /// The stride a config asks for at length `n`.
@@ -58,6 +60,8 @@ impl AttentionVariant for Strided {
                 (arXiv:1904.10509), the strided pattern",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
@@ -88,7 +92,7 @@ impl AttentionVariant for Strided {
             shape: *shape,
             stride,
             group,
-            hidden: hidden.contiguous().to_device(vs.device()),
+            visible: hidden.logical_not().unsqueeze(0).to_device(vs.device()),
         })
     }
 }
@@ -106,15 +110,10 @@ impl Strided {
 impl Attention for Strided {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
-        let q = self.regroup(&(q * (d as f64).powf(-0.5)));
-        let scores = q
-            .matmul(&self.regroup(k).transpose(-2, -1))
-            .masked_fill(&self.hidden, f64::NEG_INFINITY);
         // Every query sees its group's first member (position r < s <= N), so no row is
         // fully hidden.
-        scores
-            .softmax(-1, scores.kind())
-            .matmul(&self.regroup(v))
+        let g = |x: &Tensor| self.regroup(x);
+        block_softmax(&g(q), &g(k), &g(v), Some(&self.visible))
             .transpose(2, 3)
             .reshape([b, h, self.stride * self.group, d])
             .narrow(2, 0, n)

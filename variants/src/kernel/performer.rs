@@ -78,6 +78,8 @@ impl AttentionVariant for Performer {
         paper: "Choromanski et al. 2021, Rethinking Attention with Performers (ICLR)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {

@@ -69,6 +69,8 @@ impl AttentionVariant for Reformer {
         paper: "Kitaev et al. 2020, Reformer: The Efficient Transformer (ICLR)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {

@@ -16,6 +16,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
+use crate::fused::block_softmax;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -63,6 +64,8 @@ impl AttentionVariant for Routing {
                 Transformers (TACL)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {
@@ -165,21 +168,26 @@ impl Attention for Routing {
             )
             .view([b, h, c, w, d])
         };
-        let qc = gather(&(q * (d as f64).powf(-0.5)), &iq);
-        let (kc, vc) = (gather(k, &ik), gather(v, &ik));
-        let mut scores = qc.matmul(&kc.transpose(-2, -1)); // [b, h, k, w, w]
+        let (qc, kc, vc) = (gather(q, &iq), gather(k, &ik), gather(v, &ik));
         let mut sees_any = None;
+        let mut visible = None;
         if self.shape.causal {
-            let future = ik.unsqueeze(-2).gt_tensor(&iq.unsqueeze(-1));
-            // A query that meets only later keys is unmasked and its output zeroed.
+            let future = ik.unsqueeze(-2).gt_tensor(&iq.unsqueeze(-1)); // [b, h, k, w, w]
+                                                                        // A query that meets only later keys is unmasked and its output zeroed.
             let any = future.logical_not().any_dim(-1, true);
-            scores = scores.masked_fill(&future.logical_and(&any), f64::NEG_INFINITY);
+            visible = Some(
+                future
+                    .logical_and(&any)
+                    .logical_not()
+                    .view([b * h, c, w, w]),
+            );
             sees_any = Some(any);
         }
-        let mut out = scores.softmax(-1, scores.kind()).matmul(&vc); // [b, h, k, w, d]
+        let mut out = block_softmax(&qc, &kc, &vc, visible.as_ref()); // [b, h, k, w, d]
         let mut weight = Tensor::ones([b, h, c, w, 1], (q.kind(), q.device()));
         if let Some(any) = sees_any {
-            out *= any.to_kind(q.kind());
+            // Not `*=`: that is in place, and backward needs `out` as it was.
+            out = out.multiply(&any.to_kind(q.kind()));
             weight *= any.to_kind(q.kind());
         }
         // Scatter back; a query in several clusters averages them.

@@ -16,6 +16,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
+use crate::fused::block_softmax;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -49,10 +50,10 @@ pub struct Sinkhorn {
     /// `[d, blocks]`: the sorting network, one linear map from a block summary to its
     /// scores over destinations.
     sorter: Tensor,
-    /// `[blocks, b, 2b]`: keys hidden from each query, own block then sorted block;
-    /// `None` when nothing is (not causal, and b divides N), which saves a full pass
-    /// over the scores.
-    hidden: Option<Tensor>,
+    /// `[1, blocks, b, 2b]`: keys each query attends, own block then sorted block;
+    /// `None` when it sees all (not causal, and b divides N), which lets the fused
+    /// kernel skip the mask.
+    visible: Option<Tensor>,
     /// `[blocks, blocks]`, causal only: true where block j may not be sorted into place i
     /// (j >= i).
     future_blocks: Option<Tensor>,
@@ -94,6 +95,8 @@ impl AttentionVariant for Sinkhorn {
         paper: "Tay et al. 2020, Sparse Sinkhorn Attention (ICML)",
         supports_causal: true,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
@@ -139,7 +142,7 @@ impl AttentionVariant for Sinkhorn {
         // they are mixed in at most at the weight P gives the last block's padding.
         let hidden = Tensor::cat(&[own, sorted], 2);
         let any = bool::try_from(hidden.any()).unwrap_or(true);
-        let hidden = any.then(|| hidden.to_device(vs.device()));
+        let visible = any.then(|| hidden.logical_not().unsqueeze(0).to_device(vs.device()));
         Ok(Sinkhorn {
             shape: *shape,
             block,
@@ -147,7 +150,7 @@ impl AttentionVariant for Sinkhorn {
             iterations: config.iterations,
             temperature: config.temperature,
             sorter,
-            hidden,
+            visible,
             future_blocks,
         })
     }
@@ -163,7 +166,12 @@ impl Sinkhorn {
     /// The soft permutation of key blocks, `[b, h, blocks, blocks]`: row i says which
     /// blocks are sorted into place i.
     pub fn permutation(&self, k: &Tensor) -> Tensor {
-        let summary = self.blocks_of(k).sum_dim_intlist(3, false, None); // [b, h, nb, d]
+        self.permutation_of_blocks(&self.blocks_of(k))
+    }
+
+    /// [`Self::permutation`] from keys already cut into blocks, `[b, h, blocks, b, d]`.
+    fn permutation_of_blocks(&self, kb: &Tensor) -> Tensor {
+        let summary = kb.sum_dim_intlist(3, false, None); // [b, h, nb, d]
         let logits = summary.matmul(&self.sorter).transpose(-2, -1) / self.temperature;
         match &self.future_blocks {
             Some(future) => causal_sort(&logits, future),
@@ -176,22 +184,15 @@ impl Attention for Sinkhorn {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (b, h, n, d) = q.size4().expect("[batch, heads, seq, head_dim]");
         let (nb, bl) = (self.blocks, self.block);
-        let p = self.permutation(k);
+        let (kb, vb) = (self.blocks_of(k), self.blocks_of(v));
+        let p = self.permutation_of_blocks(&kb);
         let sort = |x: &Tensor| {
             p.matmul(&x.reshape([b, h, nb, bl * d]))
                 .view([b, h, nb, bl, d])
         };
-        let (kb, vb) = (self.blocks_of(k), self.blocks_of(v));
         let keys = Tensor::cat(&[&kb, &sort(&kb)], 3); // [b, h, nb, 2b, d]
         let values = Tensor::cat(&[&vb, &sort(&vb)], 3);
-        let q = self.blocks_of(&(q * (d as f64).powf(-0.5)));
-        let mut scores = q.matmul(&keys.transpose(-2, -1));
-        if let Some(hidden) = &self.hidden {
-            scores = scores.masked_fill(hidden, f64::NEG_INFINITY);
-        }
-        scores
-            .softmax(-1, scores.kind())
-            .matmul(&values)
+        block_softmax(&self.blocks_of(q), &keys, &values, self.visible.as_ref())
             .view([b, h, nb * bl, d])
             .narrow(2, 0, n)
     }

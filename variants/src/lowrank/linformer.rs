@@ -50,6 +50,8 @@ impl AttentionVariant for Linformer {
                 (arXiv:2006.04768)",
         supports_causal: false,
         exact: false,
+        decode: None,
+        scopes: crate::info::CORE_SCOPES,
     };
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
