@@ -7,6 +7,7 @@
 
 pub mod case;
 pub mod measure;
+pub mod quality;
 pub mod run;
 pub mod store;
 pub mod sweep;

@@ -42,6 +42,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Terminal)]
         format: Format,
     },
+    /// Approximation error against exact attention on the same inputs and projections
+    /// (a quality proxy that needs no training; see bench/src/quality.rs).
+    Quality(QualityArgs),
     /// Print the environment a run would record, as JSON.
     Env,
     /// Serve cases on stdin (started by `run`; not for direct use).
@@ -115,6 +118,36 @@ struct RunArgs {
     /// Don't print the table at the end.
     #[arg(long)]
     no_report: bool,
+}
+
+#[derive(Args)]
+struct QualityArgs {
+    /// Variants (attention scope), comma separated, with parameters as in `run`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    variants: Vec<VariantSpec>,
+    #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096])]
+    seq: Vec<i64>,
+    #[arg(long, default_value_t = 1)]
+    batch: i64,
+    #[arg(long, default_value_t = 8)]
+    heads: i64,
+    #[arg(long, default_value_t = 64)]
+    head_dim: i64,
+    #[arg(long)]
+    causal: bool,
+    /// The variant's dtype (the reference is always float64).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    /// Score multipliers: 1 is the random projections' flat attention, larger is peakier.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0])]
+    qk_scale: Vec<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Also append the records to this JSON-lines file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Terminal)]
+    format: Format,
 }
 
 macro_rules! value_enum {
@@ -255,12 +288,119 @@ fn cmd_list(format: Format) -> Result<()> {
     Ok(())
 }
 
+fn cmd_quality(args: QualityArgs) -> Result<()> {
+    use xarena_bench::quality::{measure, QualityCase};
+    use xarena_variants::Shape;
+    for (what, v) in [
+        ("batch", args.batch),
+        ("heads", args.heads),
+        ("head-dim", args.head_dim),
+    ] {
+        anyhow::ensure!(v >= 1, "--{what} must be at least 1, got {v}");
+    }
+    if let Some(n) = args.seq.iter().find(|&&n| n < 1) {
+        anyhow::bail!("--seq: lengths must be at least 1, got {n}");
+    }
+    if let Some(s) = args.qk_scale.iter().find(|&&s| !(s.is_finite() && s > 0.0)) {
+        anyhow::bail!("--qk-scale: scales must be positive, got {s}");
+    }
+    // Every variant is checked before anything runs, so a typo costs nothing.
+    for spec in &args.variants {
+        spec.normalized()?;
+    }
+    let kind = xarena_bench::sweep::tch_kind(args.dtype.into());
+    let mut out = match &args.out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut records = Vec::new();
+    for &qk_scale in &args.qk_scale {
+        for &seq_len in &args.seq {
+            for spec in &args.variants {
+                let case = QualityCase {
+                    spec: spec.clone(),
+                    shape: Shape {
+                        batch: args.batch,
+                        seq_len,
+                        heads: args.heads,
+                        head_dim: args.head_dim,
+                        causal: args.causal,
+                    },
+                    kind,
+                    qk_scale,
+                    seed: args.seed,
+                };
+                let r = measure(&case)
+                    .map_err(|e| anyhow::anyhow!("{} at N={seq_len}: {e}", spec.name))?;
+                if let Some(f) = out.as_mut() {
+                    use std::io::Write;
+                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                    f.flush()?;
+                }
+                eprintln!(
+                    "{} N={seq_len} qk_scale={qk_scale}: error {:.3e} of the output, \
+                     {:.3e} of a value",
+                    r.label, r.rel_error, r.value_error
+                );
+                records.push(r);
+            }
+        }
+    }
+    if let Format::Json = args.format {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(if let Format::Markdown = args.format {
+        ASCII_MARKDOWN
+    } else {
+        UTF8_FULL_CONDENSED
+    });
+    let columns: Vec<(f64, i64)> = args
+        .qk_scale
+        .iter()
+        .flat_map(|&q| args.seq.iter().map(move |&n| (q, n)))
+        .collect();
+    let mut header = vec!["error: output (value)".to_string()];
+    header.extend(columns.iter().map(|(q, n)| format!("N={n}, qk x{q}")));
+    t.set_header(header);
+    for spec in &args.variants {
+        let label = spec.normalized()?.label();
+        let mut row = vec![label.clone()];
+        for (q, n) in &columns {
+            let r = records
+                .iter()
+                .find(|r| r.label == label && r.seq_len == *n && r.qk_scale == *q);
+            row.push(r.map_or("-".into(), |r| {
+                format!("{:.2e} ({:.2e})", r.rel_error, r.value_error)
+            }));
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+    println!(
+        "Error: ||y - y_exact|| / ||y_exact||, and in brackets / ||y_self|| (each token's own \
+         value through the output projection: the error in units of a value vector, which \
+         flat attention does not inflate). Reference: vanilla in float64, same projections \
+         and inputs. Random weights: a proxy for approximation quality, not task accuracy; \
+         learned parts (linformer's projections, sinkhorn's sorter) are untrained here."
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(*args),
         Command::List { format } => cmd_list(format),
         Command::Report { results, format } => print_report(&results, format),
+        Command::Quality(args) => cmd_quality(args),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));
             serde_json::to_string_pretty(&env)

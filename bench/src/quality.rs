@@ -1,0 +1,217 @@
+//! The approximation-quality proxy: how far each attention variant's output is from exact
+//! softmax attention on the same inputs and the same projections, at its default budget.
+//!
+//! It costs no training, and it is only a proxy: the weights are random, so it says how
+//! well a mechanism reproduces exact attention for these score distributions, not how a
+//! trained model using it would score on a task (the LRA track measures that). Random
+//! projections give flat attention (score standard deviation about 0.3 at d = 512), which
+//! flatters methods that approximate the average; `qk_scale` multiplies the scores (the
+//! Q and K projections by its square root each) to test peaked attention too.
+//!
+//! Both layers are built from the same seed and then share every parameter they have in
+//! common (the Q/K/V and output projections), copied from the reference, so the only
+//! difference is the mechanism. The reference runs in float64; the variant in the dtype
+//! asked for. Error = ||y - y_exact|| / ||y_exact|| over the whole output.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+use xarena_variants::{build_layer, find, Scope, Shape, VariantSpec};
+
+/// One measured error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QualityRecord {
+    pub variant: String,
+    pub label: String,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub seq_len: i64,
+    pub batch: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub causal: bool,
+    pub dtype: String,
+    pub qk_scale: f64,
+    /// ||y - y_exact|| / ||y_exact||.
+    pub rel_error: f64,
+    /// ||y - y_exact|| / ||y_self||, where y_self is each token's own value through the
+    /// output projection: the error in units of a value vector. With flat attention
+    /// y_exact is close to the mean value and its norm small, which inflates
+    /// `rel_error`; this one stays comparable across score scales.
+    pub value_error: f64,
+    /// Whether the variant claims to be exact (its error should be rounding only).
+    pub exact: bool,
+    pub reference: String,
+}
+
+/// What to compare.
+#[derive(Debug, Clone)]
+pub struct QualityCase {
+    pub spec: VariantSpec,
+    pub shape: Shape,
+    pub kind: Kind,
+    pub qk_scale: f64,
+    pub seed: i64,
+}
+
+fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "f16",
+        Kind::Double => "f64",
+        _ => "other",
+    }
+}
+
+/// Scales the Q and K thirds of the fused QKV weight (and bias) by sqrt(scale) each.
+fn sharpen(vs: &nn::VarStore, d: i64, scale: f64) {
+    let factor = scale.sqrt();
+    for (name, t) in vs.variables() {
+        if name.ends_with("qkv.weight") || name.ends_with("qkv.bias") {
+            tch::no_grad(|| {
+                let mut qk = t.narrow(0, 0, 2 * d);
+                qk *= factor;
+            });
+        }
+    }
+}
+
+/// Each token's value through the output projection, from the reference's parameters:
+/// what attention returns when every token attends only to itself.
+fn own_values(vs: &nn::VarStore, x: &Tensor, d: i64) -> Result<Tensor, String> {
+    let vars = vs.variables();
+    let get = |suffix: &str| {
+        vars.iter()
+            .find(|(name, _)| name.ends_with(suffix))
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| format!("reference has no parameter `*{suffix}`"))
+    };
+    let (w, b) = (get("qkv.weight")?, get("qkv.bias")?);
+    let (wo, bo) = (get("out.weight")?, get("out.bias")?);
+    let v = x.linear(&w.narrow(0, 2 * d, d), Some(&b.narrow(0, 2 * d, d)));
+    Ok(v.linear(&wo, Some(&bo)))
+}
+
+/// The relative error of one variant against exact attention.
+pub fn measure(case: &QualityCase) -> Result<QualityRecord, String> {
+    let spec = case.spec.normalized().map_err(|e| e.to_string())?;
+    let entry = find(&spec.name).map_err(|e| e.to_string())?;
+    entry
+        .check_scope(Scope::Attention)
+        .map_err(|e| format!("{e}: the proxy compares attention modules"))?;
+    entry
+        .check(&serde_json::Value::Object(spec.params.clone()), &case.shape)
+        .map_err(|e| e.to_string())?;
+    let s = case.shape;
+    let build = |spec: &VariantSpec, kind: Kind| {
+        tch::manual_seed(case.seed);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        vs.set_kind(kind);
+        let layer = build_layer(spec, &s, Scope::Attention, vs.root()).map_err(|e| e.to_string());
+        layer.map(|l| (l, vs))
+    };
+    let reference = VariantSpec::new("vanilla");
+    let (exact, exact_vs) = build(&reference, Kind::Double)?;
+    let (layer, vs) = build(&spec, case.kind)?;
+    // Share the projections: copy every parameter both have, by name.
+    let source = exact_vs.variables();
+    for (name, t) in vs.variables() {
+        if let Some(src) = source.get(&name) {
+            if src.size() == t.size() {
+                tch::no_grad(|| {
+                    let mut dst = t;
+                    dst.copy_(src);
+                });
+            }
+        }
+    }
+    sharpen(&exact_vs, s.d_model(), case.qk_scale);
+    sharpen(&vs, s.d_model(), case.qk_scale);
+    let x = xarena_datasets::inputs::hidden_states(
+        s.batch,
+        s.seq_len,
+        s.d_model(),
+        Kind::Double,
+        Device::Cpu,
+        case.seed,
+    );
+    let (y, want) = tch::no_grad(|| {
+        (
+            layer.forward(&x.to_kind(case.kind)).to_kind(Kind::Double),
+            exact.forward(&x),
+        )
+    });
+    let norm = |t: &Tensor| f64::try_from(t.norm()).map_err(|e| e.to_string());
+    let err = norm(&(&y - &want))?;
+    let y_self = tch::no_grad(|| own_values(&exact_vs, &x, s.d_model()))?;
+    let (rel, value_error) = (err / norm(&want)?, err / norm(&y_self)?);
+    Ok(QualityRecord {
+        variant: spec.name.clone(),
+        label: spec.label(),
+        params: spec.params.clone(),
+        seq_len: s.seq_len,
+        batch: s.batch,
+        heads: s.heads,
+        head_dim: s.head_dim,
+        causal: s.causal,
+        dtype: dtype_name(case.kind).into(),
+        qk_scale: case.qk_scale,
+        rel_error: rel,
+        value_error,
+        exact: entry.info.exact,
+        reference: "vanilla in float64, same projections".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str, n: i64) -> QualityCase {
+        QualityCase {
+            spec: name.parse().unwrap(),
+            shape: Shape {
+                batch: 1,
+                seq_len: n,
+                heads: 2,
+                head_dim: 16,
+                causal: false,
+            },
+            kind: Kind::Float,
+            qk_scale: 1.0,
+            seed: 5,
+        }
+    }
+
+    #[test]
+    fn exact_variants_have_rounding_error_only() {
+        for name in ["vanilla", "sdpa", "local:window=64"] {
+            let r = measure(&case(name, 64)).unwrap();
+            assert!(r.rel_error < 1e-5, "{name}: {}", r.rel_error);
+        }
+    }
+
+    #[test]
+    fn approximations_have_an_error() {
+        // A window of 4 at N = 64 cannot equal full attention.
+        let r = measure(&case("local:window=4", 64)).unwrap();
+        assert!(r.rel_error > 1e-3, "{}", r.rel_error);
+    }
+
+    #[test]
+    fn the_scale_changes_the_scores_not_exactness() {
+        let mut sharp = case("sdpa", 64);
+        sharp.qk_scale = 100.0;
+        assert!(measure(&sharp).unwrap().rel_error < 1e-5);
+        // If the scale did nothing, a window's error would not move.
+        let flat = case("local:window=4", 64);
+        let mut peaked = flat.clone();
+        peaked.qk_scale = 100.0;
+        let (a, b) = (measure(&flat).unwrap(), measure(&peaked).unwrap());
+        assert!(
+            (a.rel_error - b.rel_error).abs() > 0.1 * a.rel_error,
+            "{} vs {}",
+            a.rel_error,
+            b.rel_error
+        );
+    }
+}
