@@ -214,6 +214,34 @@ fn bad_input_exits_non_zero_names_the_problem_and_writes_nothing() {
         (vec!["--device".into(), "tpu".into()], "`device`: `tpu`"),
         (
             vec![
+                "--variants".into(),
+                "sdpa".into(),
+                "--mode".into(),
+                "decode".into(),
+            ],
+            "decode mode generates causally",
+        ),
+        (
+            vec![
+                "--variants".into(),
+                "blockwise".into(),
+                "--mode".into(),
+                "decode".into(),
+                "--causal".into(),
+            ],
+            "no token-by-token decoder",
+        ),
+        (
+            vec![
+                "--variants".into(),
+                "sdpa".into(),
+                "--scope".into(),
+                "model".into(),
+            ],
+            "cannot run at scope `model` (it runs at: attention, block)",
+        ),
+        (
+            vec![
                 "--min-iters".into(),
                 "5".into(),
                 "--max-iters".into(),
@@ -331,5 +359,69 @@ fn list_names_every_variant_with_its_family() {
         "kernels",
     ] {
         assert!(text.contains(needle), "{needle}");
+    }
+}
+
+#[test]
+fn decode_records_per_token_latency_and_the_state() {
+    let out = tmp("decode");
+    let o = run(
+        &[
+            "--variants",
+            "vanilla,local:window=8",
+            "--seq",
+            "32,64",
+            "--mode",
+            "decode",
+            "--causal",
+        ],
+        &out,
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records = read_results(&out).unwrap().records;
+    assert_eq!(records.len(), 4);
+    let state = |variant: &str, n: i64| {
+        records
+            .iter()
+            .find(|r| r.key.variant == variant && r.key.seq_len == n)
+            .and_then(|r| r.state_bytes)
+            .unwrap()
+    };
+    // The KV cache doubles with the context; the window's does not move.
+    assert_eq!(state("vanilla", 64), 2 * state("vanilla", 32));
+    assert_eq!(state("local", 64), state("local", 32));
+    for r in &records {
+        assert_eq!(r.status, Status::Ok, "{:?}", r.message);
+        assert!(r.flops.unwrap() > 0);
+    }
+}
+
+#[test]
+fn quality_measures_and_rejects_bad_input() {
+    let o = xarena()
+        .args([
+            "quality",
+            "--variants",
+            "sdpa,local:window=4",
+            "--seq",
+            "32",
+        ])
+        .args(["--heads", "2", "--head-dim", "8", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = |i: usize| records[i]["rel_error"].as_f64().unwrap();
+    assert!(err(0) < 1e-5, "sdpa is exact: {}", err(0));
+    assert!(err(1) > 1e-3, "a window of 4 at N = 32 is not: {}", err(1));
+    for (args, needle) in [
+        (vec!["--variants", "nosuch"], "unknown variant `nosuch`"),
+        (vec!["--variants", "sdpa", "--seq", "0"], "--seq"),
+        (vec!["--variants", "sdpa", "--qk-scale", "0"], "--qk-scale"),
+    ] {
+        let o = xarena().arg("quality").args(&args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
 }
