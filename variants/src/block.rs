@@ -142,3 +142,87 @@ impl LayerDecoder for BlockDecoder {
         self.mixer.state_bytes()
     }
 }
+
+/// Blocks in a `model`-scope stack of an attention core: the depth of Funnel's default
+/// encoder (three stages of two), so model-scope tables compare like with like.
+pub const MODEL_LAYERS: usize = 6;
+
+/// A stack of blocks: the `model` scope of an attention core.
+pub struct Stack {
+    blocks: Vec<Box<dyn Layer>>,
+    /// The length the blocks were built for.
+    seq_len: i64,
+}
+
+impl Stack {
+    pub fn new(blocks: Vec<Box<dyn Layer>>, shape: &Shape) -> Self {
+        Stack {
+            blocks,
+            seq_len: shape.seq_len,
+        }
+    }
+}
+
+impl Layer for Stack {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.blocks
+            .iter()
+            .fold(x.shallow_clone(), |h, block| block.forward(&h))
+    }
+
+    fn flops(&self) -> FlopCount {
+        self.blocks
+            .iter()
+            .fold(FlopCount::default(), |acc, b| acc + b.flops())
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.blocks.first().and_then(|b| b.backend())
+    }
+
+    /// Each block's state is built from the context as it reaches that block. Blocks are
+    /// built for one length, so a shorter context is padded to it for the forward pass
+    /// that feeds the next block: decoders are causal, so the padding never reaches the
+    /// context's rows.
+    fn decoder(&self, x: &Tensor, capacity: i64) -> Option<Box<dyn LayerDecoder>> {
+        let n = x.size()[1];
+        if n > self.seq_len {
+            return None;
+        }
+        let mut h = x.shallow_clone();
+        let mut states = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            states.push(block.decoder(&h, capacity)?);
+            h = block
+                .forward(&h.constant_pad_nd([0, 0, 0, self.seq_len - n]))
+                .narrow(1, 0, n);
+        }
+        Some(Box::new(StackDecoder { states }))
+    }
+
+    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
+        self.blocks.iter().try_fold(FlopCount::default(), |acc, b| {
+            Some(acc + b.decode_flops(context)?)
+        })
+    }
+}
+
+struct StackDecoder {
+    states: Vec<Box<dyn LayerDecoder>>,
+}
+
+impl LayerDecoder for StackDecoder {
+    fn step(&mut self, x: &Tensor) -> Tensor {
+        self.states
+            .iter_mut()
+            .fold(x.shallow_clone(), |h, state| state.step(&h))
+    }
+
+    fn reset(&mut self) {
+        self.states.iter_mut().for_each(|s| s.reset());
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.states.iter().map(|s| s.state_bytes()).sum()
+    }
+}

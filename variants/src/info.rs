@@ -40,8 +40,9 @@ pub enum Scope {
     Model,
 }
 
-/// The scopes of an attention core: alone, or inside an encoder block.
-pub const CORE_SCOPES: &[Scope] = &[Scope::Attention, Scope::Block];
+/// The scopes of an attention core: alone, inside an encoder block, or in a stack of
+/// them (`block::MODEL_LAYERS`).
+pub const CORE_SCOPES: &[Scope] = &[Scope::Attention, Scope::Block, Scope::Model];
 
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

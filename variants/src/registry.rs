@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use tch::nn;
 
 use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
-use crate::block::EncoderBlock;
+use crate::block::{EncoderBlock, Stack, MODEL_LAYERS};
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
 use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank};
@@ -137,12 +137,31 @@ fn build_attention<V: AttentionVariant>(
 ) -> Result<Box<dyn Layer>, VariantError> {
     check_attention::<V>(params, shape)?;
     scope_support(&V::INFO, scope)?;
-    let core = V::new(parse(V::INFO.name, params)?, shape, &vs / "core")?;
-    let mha = MultiHeadAttention::new(&vs / "attn", *shape, Box::new(core));
+    let block = |vs: nn::Path| -> Result<Box<dyn Layer>, VariantError> {
+        let core = V::new(parse(V::INFO.name, params)?, shape, &vs / "core")?;
+        let mha = MultiHeadAttention::new(&vs / "attn", *shape, Box::new(core));
+        Ok(Box::new(EncoderBlock::new(
+            &vs / "block",
+            *shape,
+            Box::new(mha),
+        )))
+    };
     Ok(match scope {
-        Scope::Attention => Box::new(mha),
-        Scope::Block => Box::new(EncoderBlock::new(&vs / "block", *shape, Box::new(mha))),
-        Scope::Model => unreachable!("checked: attention cores have no model scope"),
+        Scope::Attention => {
+            let core = V::new(parse(V::INFO.name, params)?, shape, &vs / "core")?;
+            Box::new(MultiHeadAttention::new(
+                &vs / "attn",
+                *shape,
+                Box::new(core),
+            ))
+        }
+        Scope::Block => block(vs)?,
+        Scope::Model => Box::new(Stack::new(
+            (0..MODEL_LAYERS)
+                .map(|i| block(&vs / format!("layer{i}")))
+                .collect::<Result<_, _>>()?,
+            shape,
+        )),
     })
 }
 
