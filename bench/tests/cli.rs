@@ -233,15 +233,6 @@ fn bad_input_exits_non_zero_names_the_problem_and_writes_nothing() {
         ),
         (
             vec![
-                "--variants".into(),
-                "sdpa".into(),
-                "--scope".into(),
-                "model".into(),
-            ],
-            "cannot run at scope `model` (it runs at: attention, block)",
-        ),
-        (
-            vec![
                 "--min-iters".into(),
                 "5".into(),
                 "--max-iters".into(),
