@@ -610,3 +610,93 @@ fn flops_follow_the_budgets() {
         assert!(b > 3 * a, "{spec}: {a} -> {b}");
     }
 }
+
+// ---------------------------------------------------------------- precision
+
+/// Builds `V` with the weights of `seed`, in float64 and then converted to each kind;
+/// every kind's output stays near the float64 output, and the backward pass gives finite
+/// gradients for the inputs it uses and every parameter. Returns the errors per kind.
+fn precision_errors<V: AttentionVariant>(config: impl Fn() -> V::Config, s: &Shape) -> Vec<f64> {
+    let (q, k, v) = qkv(s, 19);
+    let build = || {
+        seeded(20, || {
+            let vs = store();
+            let core = V::new(config(), s, vs.root()).unwrap();
+            (core, vs)
+        })
+    };
+    let (core, _vs) = build();
+    let want = tch::no_grad(|| core.attend(&q, &k, &v));
+    [Kind::Float, Kind::BFloat16, Kind::Half]
+        .iter()
+        .map(|&kind| {
+            let (core, mut vs) = build();
+            vs.set_kind(kind);
+            let inputs: Vec<Tensor> = [&q, &k, &v]
+                .iter()
+                .map(|t| t.to_kind(kind).set_requires_grad(true))
+                .collect();
+            let out = core.attend(&inputs[0], &inputs[1], &inputs[2]);
+            assert_eq!(out.kind(), kind);
+            let loss = out.to_kind(Kind::Float).square().mean(Kind::Float);
+            let mut wrt = vs.trainable_variables();
+            let params = wrt.len();
+            wrt.extend(inputs.iter().map(Tensor::shallow_clone));
+            let grads = Tensor::run_backward(&[loss], &wrt, false, false);
+            for (i, g) in grads.iter().enumerate() {
+                // An input the core ignores (the synthesizer's keys) gets no gradient.
+                if i >= params && !g.defined() {
+                    continue;
+                }
+                assert!(bool::try_from(g.isfinite().all()).unwrap(), "{kind:?}");
+            }
+            rel_err(&out, &want)
+        })
+        .collect()
+}
+
+fn assert_precise(what: &str, errs: &[f64]) {
+    assert!(errs[0] < 1e-4, "{what}: f32 error {errs:?}");
+    assert!(
+        errs[1] < 5e-2 && errs[2] < 2e-2,
+        "{what}: half errors {errs:?}"
+    );
+}
+
+/// The configurations the registry-wide precision test does not reach: ragged landmark
+/// segments, every synthesizer mode, causal and not.
+#[test]
+fn every_configuration_trains_near_float64_in_each_precision() {
+    let s = shape(45, false);
+    for (landmarks, conv_kernel) in [(8, 33), (45, 0), (7, 3)] {
+        let errs = precision_errors::<nystromformer::Nystromformer>(
+            || nystrom(landmarks, 6, conv_kernel),
+            &s,
+        );
+        assert_precise(&format!("nystromformer m={landmarks}"), &errs);
+    }
+    for causal in [false, true] {
+        let s = shape(45, causal);
+        for mode in [Mode::Dense, Mode::Random, Mode::FactorizedRandom] {
+            for trainable in [true, false] {
+                let config = || synthesizer::Config {
+                    mode,
+                    rank: 8,
+                    trainable,
+                };
+                let errs = precision_errors::<synthesizer::Synthesizer>(config, &s);
+                assert_precise(&format!("synthesizer {mode:?} causal={causal}"), &errs);
+            }
+        }
+    }
+    let errs = precision_errors::<set_transformer::SetTransformer>(Default::default, &s);
+    assert_precise("set-transformer", &errs);
+    let config = || perceiver::Config {
+        latents: 16,
+        latent_layers: 2,
+    };
+    assert_precise(
+        "perceiver",
+        &precision_errors::<perceiver::Perceiver>(config, &s),
+    );
+}

@@ -80,7 +80,8 @@ impl Perceiver {
                 &z.matmul(&layer.w_v),
                 None,
             );
-            z = z + update;
+            // Not `+=`: on a tensor that is in place, and z is saved for the backward pass.
+            z = z.g_add(&update);
         }
         z
     }
