@@ -24,6 +24,7 @@ pub mod info;
 pub mod kernel;
 pub mod learnable;
 pub mod lowrank;
+pub mod memory;
 pub mod registry;
 pub mod sparse;
 

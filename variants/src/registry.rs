@@ -9,7 +9,7 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::{EncoderBlock, Stack, MODEL_LAYERS};
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank};
+use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank, memory};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -218,6 +218,10 @@ pub fn registry() -> Vec<Entry> {
         attention::<learnable::sinkhorn::Sinkhorn>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),
+        attention::<lowrank::nystromformer::Nystromformer>(),
+        attention::<lowrank::synthesizer::Synthesizer>(),
+        attention::<memory::set_transformer::SetTransformer>(),
+        attention::<memory::perceiver::Perceiver>(),
     ]
 }
 
