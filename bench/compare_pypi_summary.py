@@ -9,7 +9,9 @@ over the rounds:
 * best: the smallest p10 of any round, the time with the least interference (on a
   shared VM noise only ever adds time).
 Ratios are xarena / package: below 1, xarena is faster. A case that failed on a side is
-listed with the reason, so that nothing drops out silently.
+listed with the reason, so that nothing drops out silently. The scope is part of a case's
+key: xarena's results of a round are read from xarena-<r> and, where there is one,
+xarena-<r>-block (bench/compare_pypi.sh runs xarena once per scope).
 
     python3 bench/compare_pypi_summary.py docs/results/pypi-compare 3
 """
@@ -19,14 +21,19 @@ import statistics
 import sys
 from pathlib import Path
 
-FIELDS = ("variant", "seq_len", "batch", "heads", "head_dim")
+FIELDS = ("variant", "scope", "seq_len", "batch", "heads", "head_dim")
 
 
 def collect(out: Path, rounds: int):
     """Latencies per case and side, failures per case, and one package record per variant."""
     xa, pkg, failed, info = {}, {}, {}, {}
     for r in range(1, rounds + 1):
-        for line in open(out / f"xarena-{r}" / "results.jsonl"):
+        runs = [out / name / "results.jsonl" for name in (f"xarena-{r}", f"xarena-{r}-block")]
+        runs = [path for path in runs if path.is_file()]
+        if not runs:
+            sys.exit(f"compare_pypi_summary: no xarena-{r}/results.jsonl or "
+                     f"xarena-{r}-block/results.jsonl in {out}")
+        for line in (line for path in runs for line in open(path)):
             rec = json.loads(line)
             key = tuple(rec["key"][f] for f in FIELDS)
             if rec["status"] == "ok":
@@ -57,36 +64,39 @@ def main() -> None:
     print(f"{rounds} interleaved rounds, forward, f32, CPU. Typical: median of the rounds' "
           "medians. Best: smallest p10 of any round. Times in ms; ratio = xarena / "
           "package (below 1: xarena faster).\n")
-    print("| variant | package | N | batch | xarena typical | package typical | ratio "
-          "| xarena best | package best | ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | scope | package | N | batch | xarena typical | package typical "
+          "| ratio | xarena best | package best | ratio |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     faster = compared = 0
-    for key in sorted(set(xa) | set(pkg) | set(failed), key=lambda k: (k[0], k[1], k[2])):
-        v, n, batch, _, _ = key
+    for key in sorted(set(xa) | set(pkg) | set(failed)):
+        v, scope, n, batch, _, _ = key
         rec = info.get(v)
         name = f"{rec['package']} {rec['package_version']}" if rec else "?"
         if key not in xa or key not in pkg:
             why = "; ".join(sorted(failed.get(key, {"missing on one side"})))
-            print(f"| {v} | {name} | {n} | {batch} | {why} | | | | | |")
+            print(f"| {v} | {scope} | {name} | {n} | {batch} | {why} | | | | | |")
             continue
         typ = [statistics.median(l["median_s"] for l in side[key]) for side in (xa, pkg)]
         best = [min(l["p10_s"] for l in side[key]) for side in (xa, pkg)]
         compared += 1
         faster += typ[0] <= typ[1]
-        print(f"| {v} | {name} | {n} | {batch} | {ms(typ[0])} | {ms(typ[1])} "
+        print(f"| {v} | {scope} | {name} | {n} | {batch} | {ms(typ[0])} | {ms(typ[1])} "
               f"| {typ[0] / typ[1]:.3f} | {ms(best[0])} | {ms(best[1])} "
               f"| {best[0] / best[1]:.3f} |")
     print(f"\nxarena's typical time is at most the package's in {faster} of {compared} cases.")
     # Failures in only some rounds leave a row computed from the others: list them all.
     for key in sorted(failed):
         print(f"- failed at {dict(zip(FIELDS, key))}: {'; '.join(sorted(failed[key]))}")
-    print("\nPackage settings (xarena's projections around each core; sizes at the N "
-          "shown, the records have every N):\n")
+    print("\nPackage settings (sizes at the N shown, the records have every N; "
+          "`differences_from_xarena` in the records lists what still differs):\n")
     for v in sorted(info):
         s = info[v].get("settings")
         if s:
             kwargs = ", ".join(f"{k}={val}" for k, val in s["kwargs"].items())
-            print(f"- {v}, N={info[v]['seq_len']}: {s['core']}({kwargs})")
+            print(f"- {v} (scope {info[v]['scope']}), N={info[v]['seq_len']}: "
+                  f"{s['core']}({kwargs})")
+            if s.get("timed"):
+                print(f"  timed: {s['timed']}")
 
 
 if __name__ == "__main__":

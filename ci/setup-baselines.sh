@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Installs the public PyTorch implementations that bench/pypi_patterns.py times against
-# xarena's local, reformer, routing and sinkhorn variants, once, into a cache outside the
-# repository, and prints that directory (put it on PYTHONPATH after `.libtorch-site`).
+# Installs the public PyTorch implementations that bench/pypi_baselines.py times against
+# xarena's variants (local, reformer, routing, sinkhorn, linformer, performer,
+# nystromformer, linear-transformer, set-transformer, switch, moe-top2), once, into a
+# cache outside the repository, and prints that directory (put it on PYTHONPATH after
+# `.libtorch-site`).
 #
 #   bash ci/setup-baselines.sh            # install if missing, print the directory
 #   XARENA_CACHE=/big/disk bash ci/setup-baselines.sh
 #
 # Every package is pinned and installed with --no-deps, so pip never pulls in a second
 # torch (torch comes from `.libtorch-site`, written by ci/setup.sh) or numpy. The list
-# below is the closure of what the four packages import, found by importing them.
+# below is the closure of what the baselines import, found by installing each with
+# --no-deps into a scratch directory and importing it.
 set -euo pipefail
 
 PACKAGES=(
-  # The four baselines.
+  # The baselines.
   local-attention==1.11.2
   reformer-pytorch==1.4.4
   routing-transformer==1.6.1
   sinkhorn-transformer==0.11.4
+  linformer==0.2.3
+  performer-pytorch==1.1.4    # also imports distutils (3.11's, or setuptools' shim)
+  nystrom-attention==0.0.14
+  linear-attention-transformer==0.19.1
+  isab-pytorch==0.3.0
   # What they import (all pure Python).
   einops==0.8.2
   hyper-connections==0.4.11   # imported by local_attention.transformer
@@ -24,7 +32,7 @@ PACKAGES=(
   axial-positional-embedding==0.3.12
   product-key-memory==0.3.0
   colt5-attention==0.11.2     # imported by product_key_memory
-  mixture-of-experts==0.2.3
+  mixture-of-experts==0.2.3   # a baseline (switch, moe-top2) and imported by routing
   packaging==26.3             # imported by product_key_memory
 )
 
