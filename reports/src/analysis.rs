@@ -85,7 +85,11 @@ pub struct Cell {
     pub speedup: Option<f64>,
     /// This peak memory over the reference's (below 1: smaller).
     pub memory_ratio: Option<f64>,
+    /// FLOPs of one iteration, as computed.
+    pub flops: Option<u64>,
     pub flops_per_s: Option<f64>,
+    /// Trainable parameters.
+    pub params: Option<u64>,
 }
 
 /// Where a variant's latency crosses a reference's, over the lengths measured.
@@ -206,7 +210,9 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
                         peak_bytes: mem,
                         speedup,
                         memory_ratio,
+                        flops: r.flops,
                         flops_per_s: r.flops_per_s.filter(|_| ok(r)),
+                        params: r.params,
                     },
                 );
             }

@@ -157,6 +157,60 @@ pub fn memory_table(table: &EfficiencyTable, style: Style) -> String {
     )
 }
 
+/// FLOPs with the achieved rate, and parameters: what conditional computation trades
+/// (FLOPs flat while parameters grow with the experts).
+pub fn compute_table(table: &EfficiencyTable, style: Style) -> String {
+    let mut header = vec!["FLOPs (achieved)".to_string()];
+    header.extend(table.seq_lens.iter().map(|n| format!("N={n}")));
+    header.push("parameters".into());
+    let mut t = new_table(style, header);
+    for row in &table.rows {
+        let mut line = vec![row.label.clone()];
+        line.extend(table.seq_lens.iter().map(|n| match row.cells.get(n) {
+            Some(c) => match (c.flops, c.flops_per_s) {
+                (Some(f), Some(r)) => format!("{} ({}/s)", format_count(f as f64), format_count(r)),
+                (Some(f), None) => format_count(f as f64),
+                _ => "-".into(),
+            },
+            None => String::new(),
+        }));
+        // Parameters of a shape-independent variant are the same at every N; where they
+        // depend on N (Linformer's projections), the range is shown.
+        let params: Vec<u64> = row.cells.values().filter_map(|c| c.params).collect();
+        line.push(match (params.iter().min(), params.iter().max()) {
+            (Some(lo), Some(hi)) if lo == hi => format_count(*lo as f64),
+            (Some(lo), Some(hi)) => {
+                format!("{}-{}", format_count(*lo as f64), format_count(*hi as f64))
+            }
+            _ => "-".into(),
+        });
+        t.add_row(line);
+    }
+    t.to_string()
+}
+
+/// A count with an SI prefix: 1.23 G, 456 M, 12.3 k.
+pub fn format_count(x: f64) -> String {
+    let (v, unit) = if x >= 1e12 {
+        (x / 1e12, "T")
+    } else if x >= 1e9 {
+        (x / 1e9, "G")
+    } else if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "k")
+    } else {
+        (x, "")
+    };
+    if v >= 100.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.3} {unit}")
+    }
+    .trim_end()
+    .to_string()
+}
+
 /// Both tables for every setting, with a heading each.
 pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
     let mut out = String::new();
@@ -170,6 +224,8 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
         out.push_str("\n\n");
         out.push_str(&memory_table(t, style));
         out.push_str("\n\n");
+        out.push_str(&compute_table(t, style));
+        out.push_str("\n\n");
     }
     out.push_str(&format!(
         "Latency: median per iteration; speed-up = {REFERENCE}'s latency / the variant's. \
@@ -178,7 +234,8 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
          lengths shown, with the paper's claim in brackets. Faster from N: the length from which \
          the variant's latency stays below the reference's (interpolated in log-log between \
          the lengths around the last crossing; < or > the range measured otherwise). \
-         Decode tables: latency per generated token after a context of N, and the bytes of \
+         FLOPs: of one iteration as computed (conventions in variants/src/flops.rs), with the \
+         achieved rate; parameters: trainable, at each N. Decode tables: latency per generated token after a context of N, and the bytes of \
          the decoding state (KV cache, window, recurrent sums) instead of peak memory.\n"
     ));
     out
