@@ -9,7 +9,7 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::EncoderBlock;
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank};
+use crate::{baseline, combined, conditional, exact, fixed, kernel, learnable, lowrank};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -199,6 +199,8 @@ pub fn registry() -> Vec<Entry> {
         attention::<learnable::sinkhorn::Sinkhorn>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),
+        layer::<conditional::switch::Switch>(),
+        layer::<conditional::moe_top2::MoeTop2>(),
     ]
 }
 
