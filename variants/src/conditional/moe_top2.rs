@@ -136,7 +136,7 @@ impl LayerVariant for MoeBlock<Top2> {
     const INFO: VariantInfo = VariantInfo {
         name: "moe-top2",
         family: Family::Conditional,
-        time: "O(N^2 d + N d E + c N d^2) for capacity factor c, constant in E",
+        time: "O(N^2 d + N d E + c N d^2), c the capacity factor: expert work independent of E",
         memory: "O(N d + c N d): fused attention and the [E, capacity, d] dispatch buffer",
         time_exponent: 2.0,
         memory_exponent: 1.0,
