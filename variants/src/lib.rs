@@ -14,6 +14,7 @@ pub mod attention;
 pub mod baseline;
 pub mod block;
 pub mod combined;
+pub mod conditional;
 pub mod decode;
 pub mod error;
 pub mod exact;

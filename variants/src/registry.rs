@@ -9,7 +9,7 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::{EncoderBlock, Stack, MODEL_LAYERS};
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank, memory};
+use crate::{baseline, combined, conditional, exact, fixed, kernel, learnable, lowrank, memory};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -222,6 +222,8 @@ pub fn registry() -> Vec<Entry> {
         attention::<lowrank::synthesizer::Synthesizer>(),
         attention::<memory::set_transformer::SetTransformer>(),
         attention::<memory::perceiver::Perceiver>(),
+        layer::<conditional::switch::Switch>(),
+        layer::<conditional::moe_top2::MoeTop2>(),
     ]
 }
 

@@ -37,8 +37,13 @@ fn causal_outputs_ignore_the_future() {
             other => other,
         };
         let spec: VariantSpec = spec.parse().unwrap();
-        let layer =
-            build_layer(&spec.normalized().unwrap(), &s, Scope::Attention, vs.root()).unwrap();
+        // Variants that replace the whole block run at their first scope.
+        let scope = if entry.info.scopes.contains(&Scope::Attention) {
+            Scope::Attention
+        } else {
+            entry.info.scopes[0]
+        };
+        let layer = build_layer(&spec.normalized().unwrap(), &s, scope, vs.root()).unwrap();
         let x = Tensor::randn([2, n, 16], (Kind::Double, Device::Cpu));
         for t in [1, 17, 32] {
             let changed = x.copy();
