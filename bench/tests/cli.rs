@@ -232,6 +232,10 @@ fn bad_input_exits_non_zero_names_the_problem_and_writes_nothing() {
             "no token-by-token decoder",
         ),
         (
+            vec!["--variants".into(), "switch".into()],
+            "cannot run at scope `attention` (it runs at: block)",
+        ),
+        (
             vec![
                 "--min-iters".into(),
                 "5".into(),
