@@ -15,6 +15,7 @@ pub mod baseline;
 pub mod block;
 pub mod combined;
 pub mod decode;
+pub mod downsampling;
 pub mod error;
 pub mod exact;
 pub mod fixed;
@@ -24,6 +25,7 @@ pub mod info;
 pub mod kernel;
 pub mod learnable;
 pub mod lowrank;
+pub mod recurrence;
 pub mod registry;
 pub mod sparse;
 

@@ -9,7 +9,9 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::EncoderBlock;
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, combined, exact, fixed, kernel, learnable, lowrank};
+use crate::{
+    baseline, combined, downsampling, exact, fixed, kernel, learnable, lowrank, recurrence,
+};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -199,6 +201,9 @@ pub fn registry() -> Vec<Entry> {
         attention::<learnable::sinkhorn::Sinkhorn>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),
+        layer::<recurrence::transformer_xl::TransformerXl>(),
+        layer::<recurrence::compressive::Compressive>(),
+        layer::<downsampling::funnel::Funnel>(),
     ]
 }
 

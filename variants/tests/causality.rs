@@ -34,11 +34,18 @@ fn causal_outputs_ignore_the_future() {
             "reformer" => "reformer:bucket_size=8",
             "sinkhorn" => "sinkhorn:block=8",
             "performer" => "performer:features=16:chunk=8",
+            "transformer-xl" => "transformer-xl:segment=8:memory=6:layers=2",
+            "compressive" => "compressive:segment=8:memory=6:compressed=3:compression=2",
             other => other,
         };
         let spec: VariantSpec = spec.parse().unwrap();
-        let layer =
-            build_layer(&spec.normalized().unwrap(), &s, Scope::Attention, vs.root()).unwrap();
+        // Attention scope where there is one, else the variant's first scope.
+        let scope = if entry.info.scopes.contains(&Scope::Attention) {
+            Scope::Attention
+        } else {
+            entry.info.scopes[0]
+        };
+        let layer = build_layer(&spec.normalized().unwrap(), &s, scope, vs.root()).unwrap();
         let x = Tensor::randn([2, n, 16], (Kind::Double, Device::Cpu));
         for t in [1, 17, 32] {
             let changed = x.copy();
