@@ -163,7 +163,7 @@ impl PoolQueryBlock {
 }
 
 /// One full-length pre-norm block with SDPA, named as the registry names an `sdpa` block
-/// (`attn/...`, `block/...`, under `vs`).
+/// (`attn.*`, `block.*`, under `vs`).
 fn sdpa_block(vs: &nn::Path, shape: Shape) -> Result<EncoderBlock, VariantError> {
     let core = Sdpa::new(Default::default(), &shape, vs / "core")?;
     let mha = MultiHeadAttention::new(vs / "attn", shape, Box::new(core));
@@ -235,9 +235,9 @@ impl LayerVariant for Funnel {
         Ok(())
     }
 
-    /// Stage k's blocks under `stage{k}/block{j}` (block 0 of a pooled stage is the
+    /// Stage k's blocks under `stage{k}.block{j}` (block 0 of a pooled stage is the
     /// pool-query-only block: `ln1`, `q`, `kv`, `out`, `ln2`, `ff1`, `ff2`), the decoder's
-    /// under `decoder/block{j}`.
+    /// under `decoder.block{j}`.
     fn new(config: Config, shape: &Shape, _: Scope, vs: nn::Path) -> Result<Self, VariantError> {
         let lengths = stage_lengths(shape.seq_len, config.blocks.len());
         let mut stages = Vec::new();

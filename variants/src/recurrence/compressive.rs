@@ -134,7 +134,7 @@ impl LayerVariant for Compressive {
         Ok(())
     }
 
-    /// Parameters as Transformer-XL's, plus `layer{i}/compressor` (the convolution) when
+    /// Parameters as Transformer-XL's, plus `layer{i}.compressor` (the convolution) when
     /// `compressed` > 0.
     fn new(
         config: Config,

@@ -395,8 +395,8 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
-    /// `layers` layers under `vs / "layer{i}"`; compressors under
-    /// `vs / "layer{i}" / "compressor"` when the plan has compressed memory.
+    /// `layers` layers under `layer{i}`; compressors under
+    /// `layer{i}.compressor` when the plan has compressed memory.
     pub fn new(vs: &nn::Path, layers: i64, heads: i64, head_dim: i64, plan: Plan) -> Stack {
         let d = heads * head_dim;
         let mut stack = Stack {

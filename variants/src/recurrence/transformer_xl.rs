@@ -14,8 +14,8 @@
 //! with the keys by the "relative shift" (pad a column, read the buffer with shorter
 //! rows; see [`super::rel_shift`]), so no query-key-distance tensor is gathered.
 //!
-//! Each layer is pre-norm, like [`crate::EncoderBlock`]: x + RelAttn(LN(x)), then
-//! + FFN(LN(.)) (4x, GELU). Block scope is one layer; model scope stacks `layers` layers,
+//! Each layer is pre-norm, like [`crate::EncoderBlock`]: x + RelAttn(LN(x)), then the
+//! FFN's residual (4x, GELU). Block scope is one layer; model scope stacks `layers` layers,
 //! each with its own memory.
 //!
 //! Time O(N (segment + memory) d) per layer; the live scores of one segment are
@@ -136,7 +136,7 @@ impl LayerVariant for TransformerXl {
         )
     }
 
-    /// Parameters under `layer{i}/`: `ln1`, `q`, `kv`, `r`, `u`, `v`, `out`, `ln2`,
+    /// Parameters under `layer{i}.`: `ln1`, `q`, `kv`, `r`, `u`, `v`, `out`, `ln2`,
     /// `ff1`, `ff2`.
     fn new(
         config: Config,
