@@ -16,6 +16,7 @@ pub mod block;
 pub mod combined;
 pub mod conditional;
 pub mod decode;
+pub mod downsampling;
 pub mod error;
 pub mod exact;
 pub mod fixed;
@@ -26,6 +27,7 @@ pub mod kernel;
 pub mod learnable;
 pub mod lowrank;
 pub mod memory;
+pub mod recurrence;
 pub mod registry;
 pub mod sparse;
 

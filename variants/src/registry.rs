@@ -9,7 +9,10 @@ use crate::attention::{Attention, Layer, MultiHeadAttention, Shape};
 use crate::block::{EncoderBlock, Stack, MODEL_LAYERS};
 use crate::error::VariantError;
 use crate::info::{Scope, VariantInfo};
-use crate::{baseline, combined, conditional, exact, fixed, kernel, learnable, lowrank, memory};
+use crate::{
+    baseline, combined, conditional, downsampling, exact, fixed, kernel, learnable, lowrank,
+    memory, recurrence,
+};
 
 /// An attention core with its config and metadata.
 pub trait AttentionVariant: Attention + Sized + 'static {
@@ -224,6 +227,9 @@ pub fn registry() -> Vec<Entry> {
         attention::<memory::perceiver::Perceiver>(),
         layer::<conditional::switch::Switch>(),
         layer::<conditional::moe_top2::MoeTop2>(),
+        layer::<recurrence::transformer_xl::TransformerXl>(),
+        layer::<recurrence::compressive::Compressive>(),
+        layer::<downsampling::funnel::Funnel>(),
     ]
 }
 

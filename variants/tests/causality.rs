@@ -34,10 +34,12 @@ fn causal_outputs_ignore_the_future() {
             "reformer" => "reformer:bucket_size=8",
             "sinkhorn" => "sinkhorn:block=8",
             "performer" => "performer:features=16:chunk=8",
+            "transformer-xl" => "transformer-xl:segment=8:memory=6:layers=2",
+            "compressive" => "compressive:segment=8:memory=6:compressed=3:compression=2",
             other => other,
         };
         let spec: VariantSpec = spec.parse().unwrap();
-        // Variants that replace the whole block run at their first scope.
+        // Attention scope where there is one, else the variant's first scope.
         let scope = if entry.info.scopes.contains(&Scope::Attention) {
             Scope::Attention
         } else {

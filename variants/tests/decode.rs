@@ -11,6 +11,9 @@ fn spec(name: &str) -> VariantSpec {
     let s = match name {
         "local" => "local:window=5",
         "performer" => "performer:features=16",
+        // Segment boundaries inside the context and inside the generated tokens.
+        "transformer-xl" => "transformer-xl:segment=10:memory=7",
+        "compressive" => "compressive:segment=10:memory=7:compressed=3:compression=2",
         other => other,
     };
     s.parse::<VariantSpec>().unwrap().normalized().unwrap()
