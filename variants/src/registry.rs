@@ -199,6 +199,8 @@ pub fn registry() -> Vec<Entry> {
         attention::<learnable::sinkhorn::Sinkhorn>(),
         attention::<lowrank::linformer::Linformer>(),
         attention::<kernel::performer::Performer>(),
+        attention::<kernel::linear_transformer::LinearTransformer>(),
+        attention::<kernel::cosformer::Cosformer>(),
     ]
 }
 

@@ -11,6 +11,8 @@ fn spec(name: &str) -> VariantSpec {
     let s = match name {
         "local" => "local:window=5",
         "performer" => "performer:features=16",
+        "linear-transformer" => "linear-transformer:chunk=8",
+        "cosformer" => "cosformer:chunk=8",
         other => other,
     };
     s.parse::<VariantSpec>().unwrap().normalized().unwrap()
