@@ -189,16 +189,33 @@ impl LinearState {
     /// Takes one token's features `phi_k` `[b, h, 1, m]` and value, then reads the
     /// state with `phi_q` `[b, h, 1, m]`; `eps` guards the denominator.
     pub fn step(&mut self, phi_q: &Tensor, phi_k: &Tensor, v: &Tensor, eps: f64) -> Tensor {
-        let kind = phi_q.kind();
+        self.update(phi_k, v);
+        let (num, den) = self.read(phi_q);
+        (num / den.clamp_min(eps)).to_kind(phi_q.kind())
+    }
+
+    /// Adds one token's key features `phi_k` `[b, h, 1, m]` and value `[b, h, 1, d]`.
+    pub fn update(&mut self, phi_k: &Tensor, v: &Tensor) {
         let acc = self.s.kind();
-        let (pq, pk, v) = (phi_q.to_kind(acc), phi_k.to_kind(acc), v.to_kind(acc));
+        let (pk, v) = (phi_k.to_kind(acc), v.to_kind(acc));
         self.s += pk.transpose(-2, -1).matmul(&v);
         self.z += pk.squeeze_dim(2);
-        let num = pq.matmul(&self.s); // [b, h, 1, d]
-        let den = pq
-            .matmul(&self.z.unsqueeze(-1)) // [b, h, 1, 1]
-            .clamp_min(eps);
-        (num / den).to_kind(kind)
+    }
+
+    /// The state read by query features `phi_q` `[b, h, 1, m]`: the numerator
+    /// `phi_q S` `[b, h, 1, d]` and the unguarded denominator `phi_q z` `[b, h, 1, 1]`,
+    /// in the state's kind.
+    pub fn read(&self, phi_q: &Tensor) -> (Tensor, Tensor) {
+        let pq = phi_q.to_kind(self.s.kind());
+        (pq.matmul(&self.s), pq.matmul(&self.z.unsqueeze(-1)))
+    }
+
+    /// Multiplies the sums by `factor` `[b, h]` (a change of a feature map's constant
+    /// stabiliser, which cancels between numerator and denominator).
+    pub fn scale(&mut self, factor: &Tensor) {
+        let f = factor.to_kind(self.s.kind());
+        self.s *= f.unsqueeze(-1).unsqueeze(-1);
+        self.z *= f.unsqueeze(-1);
     }
 
     pub fn reset(&mut self) {

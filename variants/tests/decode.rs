@@ -14,6 +14,8 @@ fn spec(name: &str) -> VariantSpec {
         // Segment boundaries inside the context and inside the generated tokens.
         "transformer-xl" => "transformer-xl:segment=10:memory=7",
         "compressive" => "compressive:segment=10:memory=7:compressed=3:compression=2",
+        "linear-transformer" => "linear-transformer:chunk=8",
+        "cosformer" => "cosformer:chunk=8",
         other => other,
     };
     s.parse::<VariantSpec>().unwrap().normalized().unwrap()

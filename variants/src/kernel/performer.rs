@@ -2,14 +2,17 @@
 //! positive orthogonal random features, phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m), so that
 //! attention factorises as phi(Q) (phi(K)^T V) in O(N m d) time and O(N m) memory.
 //!
-//! The causal form computes the prefix sums chunk by chunk: a running m x d state for the
-//! chunks before, and a small masked c x c product inside the chunk, so nothing grows as
-//! N x N and the state never grows as N x m x d.
+//! The causal form is the family's chunked prefix sum ([`super::causal`]): a running
+//! m x d state for the chunks before, and a small masked c x c product inside the chunk,
+//! so nothing grows as N x N and the state never grows as N x m x d. Decoding keeps the
+//! running sums (O(m d), constant in N) with a running key stabiliser.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::attention::{Attention, Shape};
+use super::{Guard, KernelDecoder, TokenFeatures};
+use crate::attention::{tensor_bytes, Attention, Decoder, Shape};
+use crate::decode::LinearState;
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
 use crate::info::{Family, VariantInfo};
@@ -78,7 +81,7 @@ impl AttentionVariant for Performer {
         paper: "Choromanski et al. 2021, Rethinking Attention with Performers (ICLR)",
         supports_causal: true,
         exact: false,
-        decode: None,
+        decode: Some(super::DECODE),
         scopes: crate::info::CORE_SCOPES,
     };
 
@@ -96,10 +99,19 @@ impl AttentionVariant for Performer {
         Ok(Performer {
             shape: *shape,
             m: config.features,
-            chunk: config.chunk.min(shape.seq_len),
+            chunk: super::effective_chunk(config.chunk, shape),
             w,
         })
     }
+}
+
+/// w.x - |x|^2 / 2 for `x` of `[.., n, d]` scaled by d^(-1/4) (softmax's temperature
+/// split between queries and keys), for the `[m, d]` projection `w` -> `[.., n, m]`.
+fn exponent(x: &Tensor, w: &Tensor) -> Tensor {
+    let d = *x.size().last().expect("[.., head_dim]") as f64;
+    let x = x * d.powf(-0.25);
+    let half_norm = x.square().sum_dim_intlist(-1, true, None) / 2.0;
+    x.matmul(&w.transpose(0, 1)) - half_norm
 }
 
 impl Performer {
@@ -112,72 +124,58 @@ impl Performer {
     /// it would not cancel with the per-head stabiliser, which (causal) would let later
     /// keys change earlier outputs.
     pub fn features(&self, x: &Tensor, query: bool) -> Tensor {
-        let d = self.shape.head_dim as f64;
-        let x = x * d.powf(-0.25);
-        let half_norm = x.square().sum_dim_intlist(-1, true, None) / 2.0;
-        let exponent = x.matmul(&self.w.transpose(0, 1)) - half_norm;
-        let stab = if query {
-            exponent.amax(-1, true)
-        } else {
-            exponent.amax([-2, -1], true)
-        }
-        .detach();
-        let f = (exponent - stab).exp();
+        let exponent = exponent(x, &self.w);
         if query {
-            f + EPS
+            query_features(&exponent)
         } else {
-            f
+            let stab = exponent.amax([-2, -1], true).detach();
+            (exponent - stab).exp()
         }
     }
+}
 
-    /// num / den, divided in f32 when the inputs are half precision: the normaliser can be
-    /// small, and its gradient goes as 1 / den^2.
-    fn normalise(num: &Tensor, den: &Tensor) -> Tensor {
-        match num.kind() {
-            Kind::Half | Kind::BFloat16 => (num.to_kind(Kind::Float)
-                / den.to_kind(Kind::Float).clamp_min(MIN_DEN))
-            .to_kind(num.kind()),
-            _ => num / den.clamp_min(MIN_DEN),
-        }
+/// Query features from their exponents: stabilised per row, so they do not depend on
+/// any other token.
+fn query_features(exponent: &Tensor) -> Tensor {
+    let stab = exponent.amax(-1, true).detach();
+    (exponent - stab).exp() + EPS
+}
+
+/// Decoding features: queries as in the forward pass; keys against a running stabiliser
+/// (the largest key exponent so far, per head) that replaces the forward pass's
+/// per-head maximum. When a new key raises it, the sums are rescaled by
+/// exp(old - new), so no feature ever exceeds 1; the constant cancels as before.
+struct PerformerTokens {
+    shape: Shape,
+    w: Tensor,
+    /// `[b, h, 1, 1]`: the stabiliser now, and after the context (for reset).
+    stab: Tensor,
+    start: Tensor,
+}
+
+impl TokenFeatures for PerformerTokens {
+    fn token(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        _pos: i64,
+        state: &mut LinearState,
+    ) -> (Tensor, Tensor) {
+        let ek = exponent(k, &self.w);
+        let stab = self.stab.maximum(&ek.amax([-2, -1], true));
+        let (b, h) = (self.shape.batch, self.shape.heads);
+        state.scale(&(&self.stab - &stab).exp().view([b, h]));
+        let kf = (ek - &stab).exp();
+        self.stab = stab;
+        (query_features(&exponent(q, &self.w)), kf)
     }
 
-    fn bidirectional(&self, qf: &Tensor, kf: &Tensor, v: &Tensor) -> Tensor {
-        let kv = kf.transpose(-2, -1).matmul(v);
-        let z = kf.sum_dim_intlist(-2, false, None).unsqueeze(-1);
-        Self::normalise(&qf.matmul(&kv), &qf.matmul(&z))
+    fn reset(&mut self) {
+        self.stab = self.start.copy();
     }
 
-    /// Chunked prefix sums: state before each chunk plus the masked product inside it.
-    fn causal(&self, qf: &Tensor, kf: &Tensor, v: &Tensor) -> Tensor {
-        let (b, h, n, m) = qf.size4().expect("[batch, heads, seq, features]");
-        let d = v.size()[3];
-        let c = self.chunk;
-        let nc = (n + c - 1) / c;
-        let pad = nc * c - n;
-        // Padding goes at the end, where only padded queries can see it.
-        let chunks = |t: &Tensor, w: i64| t.constant_pad_nd([0, 0, 0, pad]).view([b, h, nc, c, w]);
-        let (qf, kf, v) = (chunks(qf, m), chunks(kf, m), chunks(v, d));
-        let kind = v.kind();
-        // Exclusive prefix over chunks, accumulated in f32 for half precision inputs.
-        let acc = match kind {
-            Kind::Half | Kind::BFloat16 => Kind::Float,
-            other => other,
-        };
-        let exclusive = |t: &Tensor| {
-            t.cumsum(2, acc)
-                .to_kind(kind)
-                .narrow(2, 0, nc - 1)
-                .constant_pad_nd([0, 0, 0, 0, 1, 0])
-        };
-        let kv = exclusive(&kf.transpose(-2, -1).matmul(&v)); // [b, h, nc, m, d]
-        let z = exclusive(&kf.sum_dim_intlist(-2, false, None).unsqueeze(-1)); // [b, h, nc, m, 1]
-        let tril = Tensor::ones([c, c], (Kind::Bool, v.device())).tril(0);
-        let a = qf.matmul(&kf.transpose(-2, -1)) * tril.to_kind(kind); // [b, h, nc, c, c]
-        let num = qf.matmul(&kv) + a.matmul(&v);
-        let den = qf.matmul(&z) + a.sum_dim_intlist(-1, true, None);
-        Self::normalise(&num, &den)
-            .view([b, h, nc * c, d])
-            .narrow(2, 0, n)
+    fn bytes(&self) -> u64 {
+        tensor_bytes(&self.stab)
     }
 }
 
@@ -185,27 +183,46 @@ impl Attention for Performer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let qf = self.features(q, true);
         let kf = self.features(k, false);
+        let guard = Guard::Floor(MIN_DEN);
         if self.shape.causal {
-            self.causal(&qf, &kf, v)
+            super::causal(&qf, &kf, v, self.chunk, guard)
         } else {
-            self.bidirectional(&qf, &kf, v)
+            super::bidirectional(&qf, &kf, v, guard)
         }
     }
 
+    /// The two feature projections (n x d x m each), plus the family's products
+    /// ([`super::product_flops`]). The exp, norms and stabilisers are element-wise.
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
         let (n, d, m) = (s.seq_len as u64, s.head_dim as u64, self.m as u64);
-        let bh = s.bh();
-        let features = 2 * flops::matmul(bh, n, d, m);
-        let rest = if s.causal {
-            let c = self.chunk as u64;
-            let np = n.div_ceil(c) * c;
-            flops::matmul(bh, m, np, d) // chunk states
-                + flops::matmul(bh, np, m, d) + flops::matmul(bh, np, m, 1) // across chunks
-                + flops::matmul(bh, np, m, c) + flops::matmul(bh, np, c, d) // inside chunks
-        } else {
-            flops::matmul(bh, m, n, d) + flops::matmul(bh, n, m, d) + flops::matmul(bh, n, m, 1)
+        let features = 2 * flops::matmul(s.bh(), n, d, m);
+        let chunk = s.causal.then_some(self.chunk);
+        FlopCount::forward(features + super::product_flops(s, self.m, chunk))
+    }
+
+    fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
+        let ek = exponent(k, &self.w);
+        let stab = ek.amax([-2, -1], true);
+        let kf = (ek - &stab).exp();
+        let tokens = PerformerTokens {
+            shape: self.shape,
+            w: self.w.shallow_clone(),
+            start: stab.copy(),
+            stab,
         };
-        FlopCount::forward(features + rest)
+        let guard = Guard::Floor(MIN_DEN);
+        Some(Box::new(KernelDecoder::new(&kf, v, tokens, guard)))
+    }
+
+    /// The new token's two feature projections (1 x d x m each) and one step of the
+    /// running sums ([`super::decode_product_flops`]), whatever the context.
+    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        let (d, m) = (s.head_dim as u64, self.m as u64);
+        let features = 2 * flops::matmul(s.bh(), 1, d, m);
+        Some(FlopCount::forward(
+            features + super::decode_product_flops(s, self.m),
+        ))
     }
 }

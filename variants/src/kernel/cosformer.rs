@@ -1,0 +1,183 @@
+//! `cosformer`: cosFormer (Qin et al. 2022). Softmax's exp(q.k) is replaced by ReLU
+//! features re-weighted by the cosine of the tokens' distance,
+//!
+//!   s(i, j) = relu(q_i).relu(k_j) cos(theta_i - theta_j),  theta_i = pi i / (2 M),
+//!
+//! for positions i = 1..M, which favours nearby tokens (a locality bias) while staying
+//! non-negative for every |i - j| < M. Since cos(a - b) = cos a cos b + sin a sin b, the
+//! score is the dot product of the 2d-dimensional features
+//!
+//!   phi(x_i) = [relu(x_i) cos(theta_i), relu(x_i) sin(theta_i)],
+//!
+//! so attention factorises as linear attention with m = 2d features, normalised by
+//! max(phi(q_i) . sum_j phi(k_j), eps) (the reference code's floor). Time O(N d^2),
+//! memory O(N d); the causal form is the family's chunked prefix sum
+//! ([`super::causal`]), and decoding keeps the running sums (O(d^2), constant in N).
+//!
+//! Choices: M is the sequence length, as in the authors' reference code (which uses the
+//! input's length). A causal model must fix M before it sees the sequence, so it is the
+//! built shape's `seq_len`, for the forward pass and for decoding alike; a decoder that
+//! runs past M continues the same angles (theta > pi / 2), where the weights of keys M or
+//! more tokens back turn negative and the floor guards the denominator.
+//!
+//! In f16 the floor is at least 2^-10 ([`HALF_MIN_EPS`]). A query whose ReLU features
+//! meet no key's (disjoint supports, routine at small head sizes) has a zero
+//! denominator; the gradient reaching its numerator is then g / floor, which with the
+//! paper's 1e-6 overflows f16 (65504) for any |g| above 0.07 and turns into NaN further
+//! back. At 2^-10 it stays finite for |g| < 64; bf16 and f32 have the range to keep eps.
+
+use std::f64::consts::FRAC_PI_2;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::{Guard, KernelDecoder, TokenFeatures};
+use crate::attention::{Attention, Decoder, Shape};
+use crate::decode::LinearState;
+use crate::error::VariantError;
+use crate::flops::FlopCount;
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Chunk length of the causal prefix sums (an implementation choice, not the
+    /// paper's).
+    pub chunk: i64,
+    /// Floor of the denominator; the paper's code uses 1e-6.
+    pub eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            chunk: 64,
+            eps: 1e-6,
+        }
+    }
+}
+
+/// The smallest floor used in f16 (see the module doc).
+pub const HALF_MIN_EPS: f64 = 1.0 / 1024.0;
+
+pub struct Cosformer {
+    shape: Shape,
+    chunk: i64,
+    eps: f64,
+}
+
+/// theta for the `n` positions from `start` (0-based; the paper counts from 1), for a
+/// sequence of `m` tokens: `[n, 1]`, computed in f64 and cast to `kind`.
+fn angles(start: i64, n: i64, m: i64, kind: Kind, device: Device) -> Tensor {
+    let pos = Tensor::arange_start(start + 1, start + n + 1, (Kind::Double, device));
+    (pos * (FRAC_PI_2 / m as f64)).to_kind(kind).unsqueeze(-1)
+}
+
+/// phi(x) for `x` `[.., n, d]` at the angles `theta` `[n, 1]` -> `[.., n, 2d]`.
+fn features_at(x: &Tensor, theta: &Tensor) -> Tensor {
+    let r = x.relu();
+    Tensor::cat(&[&r * theta.cos(), r * theta.sin()], -1)
+}
+
+impl Cosformer {
+    /// The denominator's guard for inputs of `kind`.
+    fn guard(&self, kind: Kind) -> Guard {
+        match kind {
+            Kind::Half => Guard::Floor(self.eps.max(HALF_MIN_EPS)),
+            _ => Guard::Floor(self.eps),
+        }
+    }
+
+    /// phi(x) for `x` `[.., n, d]` at positions 0..n of the built sequence -> `[.., n, 2d]`.
+    pub fn features(&self, x: &Tensor) -> Tensor {
+        let n = x.size()[x.dim() - 2];
+        let theta = angles(0, n, self.shape.seq_len, x.kind(), x.device());
+        features_at(x, &theta)
+    }
+}
+
+impl AttentionVariant for Cosformer {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "cosformer",
+        family: Family::Kernels,
+        time: "O(N d^2)",
+        memory: "O(N d)",
+        time_exponent: 1.0,
+        memory_exponent: 1.0,
+        paper: "Qin, Sun, Deng, Li, Wei, Lv, Yan, Kong & Zhong 2022, cosFormer: Rethinking \
+                Softmax in Attention (ICLR, arXiv:2202.08791)",
+        supports_causal: true,
+        exact: false,
+        decode: Some(super::DECODE),
+        scopes: crate::info::CORE_SCOPES,
+    };
+
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
+        VariantError::positive("cosformer", "chunk", config.chunk)?;
+        super::check_eps("cosformer", config.eps)
+    }
+
+    fn new(config: Config, shape: &Shape, _vs: nn::Path) -> Result<Self, VariantError> {
+        Ok(Cosformer {
+            shape: *shape,
+            chunk: super::effective_chunk(config.chunk, shape),
+            eps: config.eps,
+        })
+    }
+}
+
+/// The decoder's features: the angle of the token's position, M fixed at build time.
+struct CosTokens {
+    m: i64,
+}
+
+impl TokenFeatures for CosTokens {
+    fn token(&mut self, q: &Tensor, k: &Tensor, pos: i64, _: &mut LinearState) -> (Tensor, Tensor) {
+        let theta = angles(pos, 1, self.m, q.kind(), q.device());
+        (features_at(q, &theta), features_at(k, &theta))
+    }
+}
+
+impl Attention for Cosformer {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (qf, kf) = (self.features(q), self.features(k));
+        let guard = self.guard(v.kind());
+        if self.shape.causal {
+            super::causal(&qf, &kf, v, self.chunk, guard)
+        } else {
+            super::bidirectional(&qf, &kf, v, guard)
+        }
+    }
+
+    /// The family's products with m = 2d ([`super::product_flops`]); the ReLU and the
+    /// cos / sin weights are element-wise and not counted (see [`crate::flops`]).
+    fn flops(&self) -> FlopCount {
+        let s = &self.shape;
+        let chunk = s.causal.then_some(self.chunk);
+        FlopCount::forward(super::product_flops(s, 2 * s.head_dim, chunk))
+    }
+
+    fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
+        let tokens = CosTokens {
+            m: self.shape.seq_len,
+        };
+        let guard = self.guard(v.kind());
+        Some(Box::new(KernelDecoder::new(
+            &self.features(k),
+            v,
+            tokens,
+            guard,
+        )))
+    }
+
+    /// One step of the running sums with m = 2d ([`super::decode_product_flops`]).
+    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        Some(FlopCount::forward(super::decode_product_flops(
+            s,
+            2 * s.head_dim,
+        )))
+    }
+}

@@ -1,0 +1,136 @@
+//! `linear-transformer`: linear attention (Katharopoulos et al. 2020). Softmax's
+//! exp(q.k) is replaced by the kernel phi(q).phi(k) with phi(x) = elu(x) + 1, a positive
+//! feature map of the same size as the head (m = d), so attention factorises:
+//!
+//!   out_i = phi(q_i) (sum_j phi(k_j) v_j^T) / (phi(q_i) . sum_j phi(k_j) + eps).
+//!
+//! Bidirectional: the m x d sum is formed once, O(N d^2) time and O(N d) memory.
+//! Causal: the sums run over j <= i only, which makes the model an RNN with an m x d
+//! state. The parallel form is the family's chunked prefix sum ([`super::causal`]): a
+//! running state between chunks of c tokens and a masked c x c product inside each, so
+//! O(N d^2 + N c d) time and O(N c + N d^2 / c) memory, never N x N nor N x d x d.
+//! Decoding keeps the running sums: O(d^2) per token and in state, constant in N.
+//!
+//! Choices: eps is added to the denominator, as in the authors' reference code (rather
+//! than a floor); the feature map has no parameters and no scaling (phi is applied to q
+//! and k as they are, as in the paper).
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use super::{Guard, KernelDecoder, TokenFeatures};
+use crate::attention::{Attention, Decoder, Shape};
+use crate::decode::LinearState;
+use crate::error::VariantError;
+use crate::flops::FlopCount;
+use crate::info::{Family, VariantInfo};
+use crate::registry::AttentionVariant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Chunk length of the causal prefix sums (an implementation choice, not the
+    /// paper's: it trades the c x c products inside a chunk against the number of
+    /// states kept).
+    pub chunk: i64,
+    /// Added to the denominator; the paper's code uses 1e-6.
+    pub eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            chunk: 64,
+            eps: 1e-6,
+        }
+    }
+}
+
+pub struct LinearTransformer {
+    shape: Shape,
+    chunk: i64,
+    eps: f64,
+}
+
+/// phi(x) = elu(x) + 1, element-wise: positive, and the identity plus one for x > 0.
+pub fn features(x: &Tensor) -> Tensor {
+    x.elu() + 1.0
+}
+
+impl AttentionVariant for LinearTransformer {
+    type Config = Config;
+    const INFO: VariantInfo = VariantInfo {
+        name: "linear-transformer",
+        family: Family::Kernels,
+        time: "O(N d^2)",
+        memory: "O(N d)",
+        time_exponent: 1.0,
+        memory_exponent: 1.0,
+        paper: "Katharopoulos, Vyas, Pappas & Fleuret 2020, Transformers are RNNs: Fast \
+                Autoregressive Transformers with Linear Attention (ICML, arXiv:2006.16236)",
+        supports_causal: true,
+        exact: false,
+        decode: Some(super::DECODE),
+        scopes: crate::info::CORE_SCOPES,
+    };
+
+    fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
+        VariantError::positive("linear-transformer", "chunk", config.chunk)?;
+        super::check_eps("linear-transformer", config.eps)
+    }
+
+    fn new(config: Config, shape: &Shape, _vs: nn::Path) -> Result<Self, VariantError> {
+        Ok(LinearTransformer {
+            shape: *shape,
+            chunk: super::effective_chunk(config.chunk, shape),
+            eps: config.eps,
+        })
+    }
+}
+
+/// The decoder's features: the same element-wise map, whatever the position.
+struct EluTokens;
+
+impl TokenFeatures for EluTokens {
+    fn token(&mut self, q: &Tensor, k: &Tensor, _: i64, _: &mut LinearState) -> (Tensor, Tensor) {
+        (features(q), features(k))
+    }
+}
+
+impl Attention for LinearTransformer {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (qf, kf) = (features(q), features(k));
+        let guard = Guard::Offset(self.eps);
+        if self.shape.causal {
+            super::causal(&qf, &kf, v, self.chunk, guard)
+        } else {
+            super::bidirectional(&qf, &kf, v, guard)
+        }
+    }
+
+    /// The family's products with m = d ([`super::product_flops`]); the feature map is
+    /// element-wise and not counted (see [`crate::flops`]).
+    fn flops(&self) -> FlopCount {
+        let s = &self.shape;
+        let chunk = s.causal.then_some(self.chunk);
+        FlopCount::forward(super::product_flops(s, s.head_dim, chunk))
+    }
+
+    fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
+        let guard = Guard::Offset(self.eps);
+        Some(Box::new(KernelDecoder::new(
+            &features(k),
+            v,
+            EluTokens,
+            guard,
+        )))
+    }
+
+    /// One step of the running sums with m = d ([`super::decode_product_flops`]).
+    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
+        let s = &self.shape;
+        Some(FlopCount::forward(super::decode_product_flops(
+            s, s.head_dim,
+        )))
+    }
+}
