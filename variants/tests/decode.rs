@@ -22,6 +22,10 @@ fn spec(name: &str) -> VariantSpec {
 }
 
 fn layer(name: &str, n: i64, scope: Scope) -> (Box<dyn Layer>, nn::VarStore) {
+    layer_of(&spec(name), n, scope)
+}
+
+fn layer_of(spec: &VariantSpec, n: i64, scope: Scope) -> (Box<dyn Layer>, nn::VarStore) {
     let s = Shape {
         batch: 2,
         seq_len: n,
@@ -31,7 +35,7 @@ fn layer(name: &str, n: i64, scope: Scope) -> (Box<dyn Layer>, nn::VarStore) {
     };
     let mut vs = nn::VarStore::new(Device::Cpu);
     vs.set_kind(Kind::Double);
-    let layer = build_layer(&spec(name), &s, scope, vs.root()).unwrap();
+    let layer = build_layer(spec, &s, scope, vs.root()).unwrap();
     (layer, vs)
 }
 
@@ -55,33 +59,51 @@ fn the_registry_has_decoders() {
     }
 }
 
+/// Generates `steps` tokens after `context` and compares each with the forward pass.
+fn check_decoding(spec: &VariantSpec, scope: Scope, context: i64, steps: i64) {
+    let n = context + steps;
+    let name = &spec.name;
+    tch::manual_seed(11);
+    let (layer, _vs) = layer_of(spec, n, scope);
+    let x = Tensor::randn([2, n, 16], (Kind::Double, Device::Cpu));
+    tch::no_grad(|| {
+        let full = layer.forward(&x);
+        let mut state = layer
+            .decoder(&x.narrow(1, 0, context), steps)
+            .unwrap_or_else(|| panic!("{name} claims a decoder"));
+        for t in context..n {
+            let y = state.step(&x.narrow(1, t, 1));
+            let want = full.narrow(1, t, 1);
+            let err = f64::try_from((&y - &want).abs().max()).unwrap();
+            assert!(err < 1e-9, "{name} at {scope}: token {t} off by {err}");
+        }
+        // Back to the end of the context: the first generated token again.
+        state.reset();
+        let again = state.step(&x.narrow(1, context, 1));
+        let err = f64::try_from((again - full.narrow(1, context, 1)).abs().max()).unwrap();
+        assert!(err < 1e-9, "{name} at {scope}: after reset off by {err}");
+    });
+}
+
 #[test]
 fn token_by_token_equals_the_causal_forward() {
-    let (context, steps) = (24, 8);
-    let n = context + steps;
     for (name, _, scopes) in decoders() {
         for &scope in scopes {
-            tch::manual_seed(11);
-            let (layer, _vs) = layer(name, n, scope);
-            let x = Tensor::randn([2, n, 16], (Kind::Double, Device::Cpu));
-            tch::no_grad(|| {
-                let full = layer.forward(&x);
-                let mut state = layer
-                    .decoder(&x.narrow(1, 0, context), steps)
-                    .unwrap_or_else(|| panic!("{name} claims a decoder"));
-                for t in context..n {
-                    let y = state.step(&x.narrow(1, t, 1));
-                    let want = full.narrow(1, t, 1);
-                    let err = f64::try_from((&y - &want).abs().max()).unwrap();
-                    assert!(err < 1e-9, "{name} at {scope}: token {t} off by {err}");
-                }
-                // Back to the end of the context: the first generated token again.
-                state.reset();
-                let again = state.step(&x.narrow(1, context, 1));
-                let err = f64::try_from((again - full.narrow(1, context, 1)).abs().max()).unwrap();
-                assert!(err < 1e-9, "{name} at {scope}: after reset off by {err}");
-            });
+            check_decoding(&spec(name), scope, 24, 8);
         }
+    }
+}
+
+/// A context shorter than one segment: nothing is in the memory or compressed yet (the
+/// benchmark's first case, N = 64 against segments of 128, once failed here).
+#[test]
+fn decoding_after_a_context_shorter_than_a_segment() {
+    for s in [
+        "transformer-xl:segment=32:memory=32",
+        "compressive:segment=32:memory=32:compressed=4:compression=2",
+    ] {
+        let spec = s.parse::<VariantSpec>().unwrap().normalized().unwrap();
+        check_decoding(&spec, Scope::Block, 20, 8);
     }
 }
 

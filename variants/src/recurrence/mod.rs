@@ -614,8 +614,11 @@ impl LayerCache {
         let mut visible = h.narrow(1, span.mem_lo, n - span.mem_lo);
         if let Some(c) = &cache.compressor {
             let slots = span.groups_hi - span.groups_lo;
-            let cm = c.compress(&h.narrow(1, span.groups_lo * plan.rate, slots * plan.rate));
-            visible = Tensor::cat(&[cm, visible], 1);
+            // Nothing compressed yet while the context fits in the memory and segment.
+            if slots > 0 {
+                let cm = c.compress(&h.narrow(1, span.groups_lo * plan.rate, slots * plan.rate));
+                visible = Tensor::cat(&[cm, visible], 1);
+            }
             cache.slots = slots;
             // Room for the memory, a segment, and up to rate - 1 evicted tokens that wait.
             let buf = Tensor::zeros([b, plan.memory + plan.segment + plan.rate, d], opts);
