@@ -82,9 +82,9 @@ The cores and modules, and their settings:
   second_policy 'none' (only the top-1 expert), capacity factor 1.25.
 * moe-top2: mixture_of_experts.MoE with 8 experts of hidden 4d, GELU,
   second_policy 'all' (both top-2 experts, subject to capacity; `--moe-second-policy
-  random` picks GShard's random second expert), capacity factor 2.5
-  (`--moe-top2-capacity-factor`): the package counts one capacity for the first and
-  second choices together, so 2.5 = 2 choices x 1.25.
+  random` picks GShard's random second expert), capacity factor 2.0
+  (`--moe-top2-capacity-factor`) as xarena's moe-top2: both count one capacity for the
+  first and second choices together (GShard's 2N/E).
 
 Every record carries these settings and the known differences from xarena's algorithm
 (`settings.differences_from_xarena`).
@@ -250,10 +250,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="moe-top2's second expert: all: always, subject to capacity, as "
                    "a deterministic top-2 (default); random: GShard's, with probability "
                    "p2 / 0.2; threshold: when p2 > 0.2")
-    p.add_argument("--moe-top2-capacity-factor", type=positive_float, default=2.5,
+    p.add_argument("--moe-top2-capacity-factor", type=positive_float, default=2.0,
                    help="moe-top2's capacity factor in the package's sense (one capacity "
                    "int(N * f / experts) for first and second choices together; default "
-                   "2.5 = 2 choices x 1.25)")
+                   "2.0, as xarena's moe-top2)")
     p.add_argument("--out", type=Path, default=None,
                    help="write one JSON line per case here (overwritten)")
     args = p.parse_args(argv)
@@ -685,7 +685,8 @@ def moe_block(variant: str, n: int, heads: int, head_dim: int,
                 ": GShard's stochastic second expert (kept with probability p2 / 0.2)"
                 if policy == "random" else ": the second expert is kept when p2 > 0.2"),
             "one capacity serves first and second choices together, first choices "
-            f"placed first: factor {capacity} = 2 choices x 1.25",
+            f"placed first: factor {capacity}, as xarena's moe-top2 (GShard's 2N/E, one "
+            "capacity for both choices)",
             "the two gate weights are renormalised to p1 / (p1 + p2), p2 / (p1 + p2)",
         ]
     else:

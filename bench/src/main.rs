@@ -344,9 +344,9 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
                     f.flush()?;
                 }
                 eprintln!(
-                    "{} N={seq_len} qk_scale={qk_scale}: error {:.3e} of the output, \
-                     {:.3e} of a value",
-                    r.label, r.rel_error, r.value_error
+                    "{} N={seq_len} qk_scale={qk_scale} (score std {:.2}): error {:.3e} of \
+                     the output, {:.3e} of a value",
+                    r.label, r.score_std, r.rel_error, r.value_error
                 );
                 records.push(r);
             }
@@ -368,7 +368,14 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
         .flat_map(|&q| args.seq.iter().map(move |&n| (q, n)))
         .collect();
     let mut header = vec!["error: output (value)".to_string()];
-    header.extend(columns.iter().map(|(q, n)| format!("N={n}, qk x{q}")));
+    // The score spread depends on the scale (and barely on N): shown per column.
+    header.extend(columns.iter().map(|(q, n)| {
+        let std = records
+            .iter()
+            .find(|r| r.seq_len == *n && r.qk_scale == *q)
+            .map_or(f64::NAN, |r| r.score_std);
+        format!("N={n}, qk x{q} (score std {std:.1})")
+    }));
     t.set_header(header);
     for spec in &args.variants {
         let label = spec.normalized()?.label();
@@ -389,7 +396,8 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
          value through the output projection: the error in units of a value vector, which \
          flat attention does not inflate). Reference: vanilla in float64, same projections \
          and inputs. Random weights: a proxy for approximation quality, not task accuracy; \
-         learned parts (linformer's projections, sinkhorn's sorter) are untrained here."
+         learned parts (linformer's projections, sinkhorn's sorter) are untrained here. Score \
+         std: the spread of the exact scores q.k / sqrt(d), how peaked the attention is."
     );
     Ok(())
 }

@@ -3,10 +3,11 @@
 //!
 //! It costs no training, and it is only a proxy: the weights are random, so it says how
 //! well a mechanism reproduces exact attention for these score distributions, not how a
-//! trained model using it would score on a task (the LRA track measures that). Random
-//! projections give flat attention (score standard deviation about 0.3 at d = 512), which
-//! flatters methods that approximate the average; `qk_scale` multiplies the scores (the
-//! Q and K projections by its square root each) to test peaked attention too.
+//! trained model using it would score on a task (the LRA track measures that). With
+//! tch's default (Kaiming-uniform) projections the exact scores q.k / sqrt(d) have a
+//! standard deviation of about 2 (recorded as `score_std`); `qk_scale` multiplies the
+//! scores (the Q and K projections by its square root each) to vary how peaked the
+//! attention is.
 //!
 //! Both layers are built from the same seed and then share every parameter they have in
 //! common (the Q/K/V and output projections), copied from the reference, so the only
@@ -37,6 +38,9 @@ pub struct QualityRecord {
     /// y_exact is close to the mean value and its norm small, which inflates
     /// `rel_error`; this one stays comparable across score scales.
     pub value_error: f64,
+    /// Standard deviation of the exact scores q.k / sqrt(d) (over up to 256 queries per
+    /// head): how peaked the attention being approximated is.
+    pub score_std: f64,
     /// Whether the variant claims to be exact (its error should be rounding only).
     pub exact: bool,
     pub reference: String,
@@ -91,6 +95,28 @@ fn own_values(vs: &nn::VarStore, x: &Tensor, d: i64) -> Result<Tensor, String> {
     Ok(v.linear(&wo, Some(&bo)))
 }
 
+/// The spread of the exact scores, from the reference's Q and K projections.
+fn score_std(vs: &nn::VarStore, x: &Tensor, s: &Shape) -> Result<f64, String> {
+    let vars = vs.variables();
+    let get = |suffix: &str| {
+        vars.iter()
+            .find(|(name, _)| name.ends_with(suffix))
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| format!("reference has no parameter `*{suffix}`"))
+    };
+    let (w, b) = (get("qkv.weight")?, get("qkv.bias")?);
+    let d = s.d_model();
+    let heads = |t: Tensor| {
+        t.view([s.batch, s.seq_len, s.heads, s.head_dim])
+            .transpose(1, 2)
+    };
+    let q = heads(x.linear(&w.narrow(0, 0, d), Some(&b.narrow(0, 0, d))));
+    let k = heads(x.linear(&w.narrow(0, d, d), Some(&b.narrow(0, d, d))));
+    let rows = s.seq_len.min(256);
+    let scores = q.narrow(2, 0, rows).matmul(&k.transpose(-2, -1)) / (s.head_dim as f64).sqrt();
+    f64::try_from(scores.std(true)).map_err(|e| e.to_string())
+}
+
 /// The relative error of one variant against exact attention.
 pub fn measure(case: &QualityCase) -> Result<QualityRecord, String> {
     let spec = case.spec.normalized().map_err(|e| e.to_string())?;
@@ -143,6 +169,7 @@ pub fn measure(case: &QualityCase) -> Result<QualityRecord, String> {
     let norm = |t: &Tensor| f64::try_from(t.norm()).map_err(|e| e.to_string());
     let err = norm(&(&y - &want))?;
     let y_self = tch::no_grad(|| own_values(&exact_vs, &x, s.d_model()))?;
+    let score_std = tch::no_grad(|| score_std(&exact_vs, &x, &s))?;
     let (rel, value_error) = (err / norm(&want)?, err / norm(&y_self)?);
     Ok(QualityRecord {
         variant: spec.name.clone(),
@@ -157,6 +184,7 @@ pub fn measure(case: &QualityCase) -> Result<QualityRecord, String> {
         qk_scale: case.qk_scale,
         rel_error: rel,
         value_error,
+        score_std,
         exact: entry.info.exact,
         reference: "vanilla in float64, same projections".into(),
     })

@@ -63,7 +63,15 @@ pub fn normalise(num: &Tensor, den: &Tensor, guard: Guard, out: Kind) -> Tensor 
         Guard::Offset(eps) => den + eps,
         Guard::Floor(eps) => den.clamp_min(eps),
     };
-    (num.to_kind(acc) / den).to_kind(out)
+    let num = num.to_kind(acc);
+    if num.requires_grad() || den.requires_grad() {
+        (num / den).to_kind(out)
+    } else {
+        // Inference: divide in place, saving an [.., n, d] allocation.
+        let mut num = num;
+        num /= den;
+        num.to_kind(out)
+    }
 }
 
 /// Bidirectional linear attention: phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(K_j)).
@@ -103,8 +111,9 @@ pub fn causal(qf: &Tensor, kf: &Tensor, v: &Tensor, chunk: i64, guard: Guard) ->
     };
     let kv = exclusive(&kf.transpose(-2, -1).matmul(&v)).to_kind(kind); // [b, h, nc, m, d]
     let z = exclusive(&kf.sum_dim_intlist(-2, false, acc).unsqueeze(-1)); // [b, h, nc, m, 1]
-                                                                          // Masked by selection, not by multiplying with 0: the gradient of a masked score can
-                                                                          // overflow half precision (a row with a tiny normaliser), and inf * 0 is NaN.
+
+    // Masked by selection, not by multiplying with 0: the gradient of a masked score can
+    // overflow half precision (a row with a tiny normaliser), and inf * 0 is NaN.
     let future = Tensor::ones([c, c], (Kind::Bool, v.device())).triu(1);
     let a = qf.matmul(&kf.transpose(-2, -1)).masked_fill(&future, 0.0); // [b, h, nc, c, c]
     let num = qf.matmul(&kv) + a.matmul(&v);
