@@ -79,16 +79,19 @@ fn sharpen(vs: &nn::VarStore, d: i64, scale: f64) {
     }
 }
 
+/// The reference's parameter whose name ends with `suffix`.
+fn param(vs: &nn::VarStore, suffix: &str) -> Result<Tensor, String> {
+    vs.variables()
+        .into_iter()
+        .find(|(name, _)| name.ends_with(suffix))
+        .map(|(_, t)| t)
+        .ok_or_else(|| format!("reference has no parameter `*{suffix}`"))
+}
+
 /// Each token's value through the output projection, from the reference's parameters:
 /// what attention returns when every token attends only to itself.
 fn own_values(vs: &nn::VarStore, x: &Tensor, d: i64) -> Result<Tensor, String> {
-    let vars = vs.variables();
-    let get = |suffix: &str| {
-        vars.iter()
-            .find(|(name, _)| name.ends_with(suffix))
-            .map(|(_, t)| t.shallow_clone())
-            .ok_or_else(|| format!("reference has no parameter `*{suffix}`"))
-    };
+    let get = |suffix: &str| param(vs, suffix);
     let (w, b) = (get("qkv.weight")?, get("qkv.bias")?);
     let (wo, bo) = (get("out.weight")?, get("out.bias")?);
     let v = x.linear(&w.narrow(0, 2 * d, d), Some(&b.narrow(0, 2 * d, d)));
@@ -97,13 +100,7 @@ fn own_values(vs: &nn::VarStore, x: &Tensor, d: i64) -> Result<Tensor, String> {
 
 /// The spread of the exact scores, from the reference's Q and K projections.
 fn score_std(vs: &nn::VarStore, x: &Tensor, s: &Shape) -> Result<f64, String> {
-    let vars = vs.variables();
-    let get = |suffix: &str| {
-        vars.iter()
-            .find(|(name, _)| name.ends_with(suffix))
-            .map(|(_, t)| t.shallow_clone())
-            .ok_or_else(|| format!("reference has no parameter `*{suffix}`"))
-    };
+    let get = |suffix: &str| param(vs, suffix);
     let (w, b) = (get("qkv.weight")?, get("qkv.bias")?);
     let d = s.d_model();
     let heads = |t: Tensor| {
