@@ -313,7 +313,9 @@ impl Report {
     /// One row per case: the key, status, latency, memory, ratios against the reference,
     /// FLOPs, parameters, claims and the software that measured it.
     pub fn csv(&self) -> Result<String, ReportError> {
-        let mut ratios: HashMap<(&Setting, &str, i64), (Option<f64>, Option<f64>)> = HashMap::new();
+        // (setting, label, N) -> (speed-up, memory ratio)
+        type Ratios = (Option<f64>, Option<f64>);
+        let mut ratios: HashMap<(&Setting, &str, i64), Ratios> = HashMap::new();
         for t in &self.tables {
             for row in &t.rows {
                 for (n, c) in &row.cells {
