@@ -18,7 +18,6 @@ pub const ACCURACY_FILE: &str = "accuracy.jsonl";
 
 /// One trained model evaluated on one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AccuracyRecord {
     pub schema: u32,
     /// The task, by LRA's names where it is one of theirs: listops, text, retrieval,

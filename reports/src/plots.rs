@@ -205,7 +205,8 @@ pub fn accuracy_plot(setting: &str, points: &[AccuracyPoint]) -> Result<Option<S
             .map_err(|e| e.to_string())?;
         for (i, p) in points.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let radius = (6.0 * p.memory_ratio.max(0.0).sqrt()).clamp(2.0, 40.0) as i32;
+            // Area proportional to the memory ratio: the reference has a radius of 20 px.
+            let radius = (20.0 * p.memory_ratio.max(0.0).sqrt()).clamp(3.0, 60.0) as i32;
             chart
                 .draw_series(std::iter::once(Circle::new(
                     (p.speedup, p.accuracy),
