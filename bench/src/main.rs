@@ -13,6 +13,7 @@ use xarena_bench::{measure, run, worker};
 use xarena_reports::analysis::efficiency_tables;
 use xarena_reports::schema::{Dtype, Mode, Scope};
 use xarena_reports::table::{efficiency_report, Style};
+use xarena_reports::Report;
 use xarena_variants::{registry, VariantSpec};
 
 #[derive(Parser)]
@@ -35,13 +36,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Terminal)]
         format: Format,
     },
-    /// Print the LRA-style efficiency table of results (run directories or .jsonl files).
-    Report {
-        #[arg(required = true)]
-        results: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Format::Terminal)]
-        format: Format,
-    },
+    /// The report of results (run directories or .jsonl files): environment, LRA-style
+    /// efficiency tables, published figures beside them, accuracy; or, with --out, all
+    /// formats and the SVG plots written into a directory.
+    Report(ReportArgs),
     /// Approximation error against exact attention on the same inputs and projections
     /// (a quality proxy that needs no training; see bench/src/quality.rs).
     Quality(QualityArgs),
@@ -56,6 +54,35 @@ enum Command {
 enum Format {
     Terminal,
     Markdown,
+    Json,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// What to print (without --out).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Terminal)]
+    format: ReportFormat,
+    /// Write report.md, report.html, report.csv, report.json and the SVG plots into
+    /// this directory (created; a non-empty one is refused unless --force).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --out: write into a non-empty directory, replacing the report's own files
+    /// (nothing else there is touched).
+    #[arg(long, requires = "out")]
+    force: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Terminal,
+    #[value(alias = "markdown")]
+    Md,
+    /// The self-contained HTML leaderboard (inline plots, sortable tables).
+    Html,
+    /// One row per case.
+    Csv,
     Json,
 }
 
@@ -218,6 +245,29 @@ fn print_report(paths: &[PathBuf], format: Format) -> Result<()> {
         Format::Terminal => print!("{}", efficiency_report(&tables, Style::Terminal)),
         Format::Markdown => print!("{}", efficiency_report(&tables, Style::Markdown)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+    }
+    Ok(())
+}
+
+fn cmd_report(args: ReportArgs) -> Result<()> {
+    let report = Report::load(&args.results)?;
+    if let Some(dir) = &args.out {
+        let written = report.write_dir(dir, args.force)?;
+        eprintln!(
+            "xarena: wrote {} file(s) into {}: report.md, report.html, report.csv, \
+             report.json and {} plot(s)",
+            written.len(),
+            dir.display(),
+            written.len().saturating_sub(4)
+        );
+        return Ok(());
+    }
+    match args.format {
+        ReportFormat::Terminal => print!("{}", report.text(Style::Terminal, false)),
+        ReportFormat::Md => print!("{}", report.text(Style::Markdown, false)),
+        ReportFormat::Html => print!("{}", report.html()?),
+        ReportFormat::Csv => print!("{}", report.csv()?),
+        ReportFormat::Json => println!("{}", report.json()?),
     }
     Ok(())
 }
@@ -407,7 +457,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd_run(*args),
         Command::List { format } => cmd_list(format),
-        Command::Report { results, format } => print_report(&results, format),
+        Command::Report(args) => cmd_report(args),
         Command::Quality(args) => cmd_quality(args),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
 use crate::schema::{Latency, Mode, Record, Setting, Status};
 
 /// The value at quantile `q` (0..=1) of sorted samples, interpolating linearly between
@@ -31,7 +33,7 @@ pub fn summarise(samples: &[f64], warmup_iterations: u64) -> Latency {
 }
 
 /// A least-squares line through (ln x, ln y): y ~ c x^exponent.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Fit {
     pub exponent: f64,
     /// Coefficient of determination of the log-log fit.
@@ -76,7 +78,7 @@ pub fn fit_power_law(points: &[(f64, f64)]) -> Option<Fit> {
 pub const REFERENCE: &str = "vanilla";
 
 /// One cell: a variant at one sequence length.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Cell {
     pub status: Status,
     pub latency_s: Option<f64>,
@@ -93,7 +95,8 @@ pub struct Cell {
 }
 
 /// Where a variant's latency crosses a reference's, over the lengths measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Crossover {
     /// Faster already at the shortest length measured, and at every length after.
     Below(i64),
@@ -125,7 +128,7 @@ pub fn crossover(ratios: &[(i64, f64)]) -> Option<Crossover> {
 /// References a crossover is reported against, when present in the table.
 pub const CROSSOVER_REFERENCES: [&str; 2] = [REFERENCE, "sdpa"];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub label: String,
     pub cells: BTreeMap<i64, Cell>,
@@ -138,7 +141,7 @@ pub struct Row {
 }
 
 /// LRA's efficiency table for one setting: variants x sequence lengths.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EfficiencyTable {
     pub setting: Setting,
     pub seq_lens: Vec<i64>,

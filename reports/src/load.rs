@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::schema::{Record, SCHEMA_VERSION};
@@ -22,11 +23,12 @@ pub enum LoadError {
         line: usize,
         message: String,
     },
-    #[error("{path}:{line}: schema version {found}, this xarena reads version {SCHEMA_VERSION}")]
+    #[error("{path}:{line}: schema version {found}, this xarena reads version {expected}")]
     Schema {
         path: PathBuf,
         line: usize,
         found: String,
+        expected: u32,
     },
 }
 
@@ -48,14 +50,30 @@ pub fn results_path(path: &Path) -> PathBuf {
 }
 
 pub fn read_results(path: &Path) -> Result<Loaded, LoadError> {
-    let path = results_path(path);
+    let (records, truncated_tail) =
+        read_versioned(&results_path(path), SCHEMA_VERSION, |_: &Record| Ok(()))?;
+    Ok(Loaded {
+        records,
+        truncated_tail,
+    })
+}
+
+/// JSON lines whose objects carry `"schema": expected` and pass `check`, and whether a
+/// last line cut short (a run killed while writing it) was left out.
+pub(crate) fn read_versioned<T: DeserializeOwned>(
+    path: &Path,
+    expected: u32,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Result<(Vec<T>, bool), LoadError> {
+    let path = path.to_path_buf();
     let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
         path: path.clone(),
         source,
     })?;
     let ends_cleanly = text.is_empty() || text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
-    let mut out = Loaded::default();
+    let mut out = Vec::new();
+    let mut truncated_tail = false;
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -64,7 +82,7 @@ pub fn read_results(path: &Path) -> Result<Loaded, LoadError> {
         let value: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(_) if last && !ends_cleanly => {
-                out.truncated_tail = true;
+                truncated_tail = true;
                 break;
             }
             Err(e) => {
@@ -76,23 +94,27 @@ pub fn read_results(path: &Path) -> Result<Loaded, LoadError> {
             }
         };
         match value.get("schema").and_then(|s| s.as_u64()) {
-            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) if v == u64::from(expected) => {}
             other => {
                 return Err(LoadError::Schema {
                     path,
                     line: i + 1,
                     found: other.map_or("missing".into(), |v| v.to_string()),
+                    expected,
                 })
             }
         }
-        let record = serde_json::from_value(value).map_err(|e| LoadError::Parse {
-            path: path.clone(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        out.records.push(record);
+        let record = serde_json::from_value(value)
+            .map_err(|e| e.to_string())
+            .and_then(|r| check(&r).map(|()| r))
+            .map_err(|message| LoadError::Parse {
+                path: path.clone(),
+                line: i + 1,
+                message,
+            })?;
+        out.push(record);
     }
-    Ok(out)
+    Ok((out, truncated_tail))
 }
 
 /// Every record of every path, in order.

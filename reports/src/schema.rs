@@ -97,7 +97,7 @@ impl CaseKey {
 }
 
 /// A table's worth of cases: everything but variant and sequence length.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Setting {
     pub device: String,
     pub dtype: Dtype,

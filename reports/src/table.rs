@@ -1,11 +1,9 @@
 //! Efficiency tables as terminal or Markdown text.
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
-use comfy_table::{CellAlignment, Table};
-
 use crate::analysis::{
     Cell, Crossover, EfficiencyTable, Fit, Row, CROSSOVER_REFERENCES, REFERENCE,
 };
+use crate::grid::{Grid, GridCell};
 use crate::schema::{Mode, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,29 +60,13 @@ fn status_text(cell: &Cell) -> Option<String> {
     (cell.status != Status::Ok).then(|| cell.status.to_string())
 }
 
-fn new_table(style: Style, header: Vec<String>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(match style {
-        Style::Terminal => UTF8_FULL_CONDENSED,
-        Style::Markdown => ASCII_MARKDOWN,
-    });
-    t.set_header(header);
-    for i in 1..t.column_count() {
-        if let Some(col) = t.column_mut(i) {
-            col.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    t
-}
-
 fn render(
     table: &EfficiencyTable,
-    style: Style,
     what: &str,
-    cell: impl Fn(&Cell) -> String,
+    cell: impl Fn(&Cell) -> GridCell,
     fit: impl Fn(&Row) -> String,
     crossovers: bool,
-) -> String {
+) -> Grid {
     let mut header = vec![what.to_string()];
     header.extend(table.seq_lens.iter().map(|n| format!("N={n}")));
     header.push("exponent (claim)".into());
@@ -104,89 +86,124 @@ fn render(
         Vec::new()
     };
     header.extend(references.iter().map(|r| format!("faster than {r} from N")));
-    let mut t = new_table(style, header);
+    let mut t = Grid::new(header);
     for row in &table.rows {
-        let mut line = vec![row.label.clone()];
+        let mut line: Vec<GridCell> = vec![row.label.clone().into()];
         line.extend(table.seq_lens.iter().map(|n| match row.cells.get(n) {
-            Some(c) => status_text(c).unwrap_or_else(|| cell(c)),
-            None => String::new(),
+            Some(c) => status_text(c).map_or_else(|| cell(c), GridCell::from),
+            None => GridCell::default(),
         }));
-        line.push(fit(row));
+        line.push(fit(row).into());
         for r in &references {
             let c = row.crossovers.iter().find(|(name, _)| name == r);
-            line.push(c.map_or(String::new(), |(_, c)| format_crossover(*c)));
+            line.push(c.map_or(GridCell::default(), |(_, c)| {
+                GridCell::new(format_crossover(*c), crossover_sort(*c))
+            }));
         }
-        t.add_row(line);
+        t.push(line);
     }
-    t.to_string()
+    t
+}
+
+fn crossover_sort(c: Option<Crossover>) -> Option<f64> {
+    match c? {
+        Crossover::Below(n) => Some(n as f64 - 0.5),
+        Crossover::At(n) => Some(n),
+        Crossover::Never(n) => Some(n as f64 + 0.5),
+    }
 }
 
 /// The latency table: median per iteration and speed-up over the reference.
-pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
+pub fn latency_grid(table: &EfficiencyTable) -> Grid {
     render(
         table,
-        style,
         "latency (speed-up)",
-        |c| match (c.latency_s, c.speedup) {
-            (Some(t), Some(s)) => format!("{} ({s:.2}x)", format_seconds(t)),
-            (Some(t), None) => format_seconds(t),
-            _ => "-".into(),
+        |c| {
+            let text = match (c.latency_s, c.speedup) {
+                (Some(t), Some(s)) => format!("{} ({s:.2}x)", format_seconds(t)),
+                (Some(t), None) => format_seconds(t),
+                _ => "-".into(),
+            };
+            GridCell::new(text, c.latency_s)
         },
         |r| format_fit(r.time_fit, r.time_claim),
         true,
     )
 }
 
+pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
+    latency_grid(table).text(style)
+}
+
 /// The memory table: peak working memory and its ratio to the reference's.
-pub fn memory_table(table: &EfficiencyTable, style: Style) -> String {
+pub fn memory_grid(table: &EfficiencyTable) -> Grid {
     let title = match table.setting.mode {
         Mode::Decode => "decode state (ratio)",
         _ => "peak memory (ratio)",
     };
     render(
         table,
-        style,
         title,
-        |c| match (c.peak_bytes, c.memory_ratio) {
-            (Some(b), Some(r)) => format!("{} ({r:.2}x)", format_bytes(b)),
-            (Some(b), None) => format_bytes(b),
-            _ => "-".into(),
+        |c| {
+            let text = match (c.peak_bytes, c.memory_ratio) {
+                (Some(b), Some(r)) => format!("{} ({r:.2}x)", format_bytes(b)),
+                (Some(b), None) => format_bytes(b),
+                _ => "-".into(),
+            };
+            GridCell::new(text, c.peak_bytes.map(|b| b as f64))
         },
         |r| format_fit(r.memory_fit, r.memory_claim),
         false,
     )
 }
 
+pub fn memory_table(table: &EfficiencyTable, style: Style) -> String {
+    memory_grid(table).text(style)
+}
+
 /// FLOPs with the achieved rate, and parameters: what conditional computation trades
 /// (FLOPs flat while parameters grow with the experts).
-pub fn compute_table(table: &EfficiencyTable, style: Style) -> String {
+pub fn compute_grid(table: &EfficiencyTable) -> Grid {
     let mut header = vec!["FLOPs (achieved)".to_string()];
     header.extend(table.seq_lens.iter().map(|n| format!("N={n}")));
     header.push("parameters".into());
-    let mut t = new_table(style, header);
+    let mut t = Grid::new(header);
     for row in &table.rows {
-        let mut line = vec![row.label.clone()];
+        let mut line: Vec<GridCell> = vec![row.label.clone().into()];
         line.extend(table.seq_lens.iter().map(|n| match row.cells.get(n) {
-            Some(c) => match (c.flops, c.flops_per_s) {
-                (Some(f), Some(r)) => format!("{} ({}/s)", format_count(f as f64), format_count(r)),
-                (Some(f), None) => format_count(f as f64),
-                _ => "-".into(),
-            },
-            None => String::new(),
+            Some(c) => {
+                let text = match (c.flops, c.flops_per_s) {
+                    (Some(f), Some(r)) => {
+                        format!("{} ({}/s)", format_count(f as f64), format_count(r))
+                    }
+                    (Some(f), None) => format_count(f as f64),
+                    _ => "-".into(),
+                };
+                GridCell::new(text, c.flops.map(|f| f as f64))
+            }
+            None => GridCell::default(),
         }));
         // Parameters of a shape-independent variant are the same at every N; where they
         // depend on N (Linformer's projections), the range is shown.
         let params: Vec<u64> = row.cells.values().filter_map(|c| c.params).collect();
-        line.push(match (params.iter().min(), params.iter().max()) {
-            (Some(lo), Some(hi)) if lo == hi => format_count(*lo as f64),
-            (Some(lo), Some(hi)) => {
-                format!("{}-{}", format_count(*lo as f64), format_count(*hi as f64))
-            }
-            _ => "-".into(),
-        });
-        t.add_row(line);
+        let (lo, hi) = (params.iter().min(), params.iter().max());
+        line.push(GridCell::new(
+            match (lo, hi) {
+                (Some(lo), Some(hi)) if lo == hi => format_count(*lo as f64),
+                (Some(lo), Some(hi)) => {
+                    format!("{}-{}", format_count(*lo as f64), format_count(*hi as f64))
+                }
+                _ => "-".into(),
+            },
+            hi.map(|p| *p as f64),
+        ));
+        t.push(line);
     }
-    t.to_string()
+    t
+}
+
+pub fn compute_table(table: &EfficiencyTable, style: Style) -> String {
+    compute_grid(table).text(style)
 }
 
 /// A count with an SI prefix: 1.23 G, 456 M, 12.3 k.
@@ -227,7 +244,13 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
         out.push_str(&compute_table(t, style));
         out.push_str("\n\n");
     }
-    out.push_str(&format!(
+    out.push_str(&efficiency_notes());
+    out
+}
+
+/// What the efficiency tables' columns mean.
+pub fn efficiency_notes() -> String {
+    format!(
         "Latency: median per iteration; speed-up = {REFERENCE}'s latency / the variant's. \
          Memory: peak working memory of one iteration above what it began with; ratio = the \
          variant's / {REFERENCE}'s. Exponent: least-squares slope of log(y) on log(N) over the \
@@ -237,6 +260,5 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
          FLOPs: of one iteration as computed (conventions in variants/src/flops.rs), with the \
          achieved rate; parameters: trainable, at each N. Decode tables: latency per generated token after a context of N, and the bytes of \
          the decoding state (KV cache, window, recurrent sums) instead of peak memory.\n"
-    ));
-    out
+    )
 }

@@ -1,0 +1,659 @@
+//! The full report of one or more runs, in every output format: terminal, Markdown, a
+//! self-contained HTML leaderboard, CSV (one row per case), JSON; and the SVG plots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::accuracy::{self, AccuracyRecord};
+use crate::analysis::{efficiency_tables, EfficiencyTable};
+use crate::anchors::{comparisons, Comparison};
+use crate::grid::{Grid, GridCell};
+use crate::load::{load_records, LoadError};
+use crate::lra::{lra_views, LraView};
+use crate::plots;
+use crate::schema::{Environment, Record, Setting};
+use crate::table::{compute_grid, efficiency_notes, latency_grid, memory_grid, Style};
+
+/// Version of the layout of `report.json`.
+pub const REPORT_JSON_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("no records in {0}")]
+    Empty(String),
+    #[error("drawing a plot: {0}")]
+    Plot(String),
+    #[error(
+        "{0} is not empty: refusing to write the report there (--force overwrites the \
+         report's own files in it; nothing else in it is touched)"
+    )]
+    NotEmpty(PathBuf),
+    #[error("{0} exists and is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serialising the report: {0}")]
+    Serialise(String),
+}
+
+/// A plot: its file name in a report directory and its SVG.
+#[derive(Debug, Clone)]
+pub struct Plot {
+    pub file: String,
+    pub title: String,
+    pub svg: String,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    /// One per case (a case recorded twice, by merged or resumed runs: the last record).
+    pub records: Vec<Record>,
+    pub accuracy: Vec<AccuracyRecord>,
+    pub tables: Vec<EfficiencyTable>,
+    pub lra: Vec<LraView>,
+    pub published: Vec<Comparison>,
+    pub environments: Grid,
+}
+
+impl Report {
+    /// Records of every path (run directories or results files), and the accuracy
+    /// records of the run directories that have them.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, ReportError> {
+        let records = load_records(paths)?;
+        if records.is_empty() {
+            return Err(ReportError::Empty(
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        Ok(Report::new(records, accuracy::load_accuracy(paths)?))
+    }
+
+    pub fn new(records: Vec<Record>, accuracy: Vec<AccuracyRecord>) -> Self {
+        let records = last_per_case(records);
+        let tables = efficiency_tables(&records);
+        Report {
+            lra: lra_views(&tables),
+            published: comparisons(&tables),
+            environments: environment_grid(&records, &accuracy),
+            records,
+            accuracy,
+            tables,
+        }
+    }
+
+    /// Plot file names for each table, unique within the report.
+    fn plot_names(&self) -> Vec<String> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        self.tables
+            .iter()
+            .map(|t| {
+                let base = slug(&t.setting);
+                let k = seen.entry(base.clone()).or_default();
+                *k += 1;
+                if *k == 1 {
+                    base
+                } else {
+                    format!("{base}-{k}")
+                }
+            })
+            .collect()
+    }
+
+    /// Every plot: latency and memory per setting, and accuracy vs speed when there are
+    /// accuracy records to place.
+    pub fn plots(&self) -> Result<Vec<Plot>, ReportError> {
+        let mut out = Vec::new();
+        for (t, name) in self.tables.iter().zip(self.plot_names()) {
+            let (latency, memory) = plots::setting_plots(t).map_err(ReportError::Plot)?;
+            for (what, svg) in [("latency", latency), ("memory", memory)] {
+                if let Some(svg) = svg {
+                    out.push(Plot {
+                        file: format!("{what}-{name}.svg"),
+                        title: format!("{what}: {}", t.setting),
+                        svg,
+                    });
+                }
+            }
+        }
+        if let Some(svg) = self.accuracy_plot()? {
+            out.push(Plot {
+                file: "accuracy-vs-speed.svg".into(),
+                title: "accuracy vs speed".into(),
+                svg,
+            });
+        }
+        Ok(out)
+    }
+
+    fn accuracy_plot(&self) -> Result<Option<String>, ReportError> {
+        if self.accuracy.is_empty() {
+            return Ok(None);
+        }
+        let means = accuracy::means(&self.accuracy);
+        let per_variant: Vec<(String, f64)> = accuracy::variants(&self.accuracy)
+            .into_iter()
+            .map(|v| {
+                let got: Vec<f64> = means
+                    .iter()
+                    .filter(|((x, _), _)| *x == v)
+                    .map(|(_, (m, _))| *m)
+                    .collect();
+                (v, got.iter().sum::<f64>() / got.len() as f64)
+            })
+            .collect();
+        match plots::accuracy_points(&self.tables, &per_variant) {
+            Some((setting, points)) => {
+                plots::accuracy_plot(&setting, &points).map_err(ReportError::Plot)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn summary(&self) -> String {
+        let runs: std::collections::BTreeSet<&str> =
+            self.records.iter().map(|r| r.run_id.as_str()).collect();
+        let mut s = format!(
+            "{} case(s) from {} run(s), {} setting(s), made by xarena {}.",
+            self.records.len(),
+            runs.len(),
+            self.tables.len(),
+            env!("CARGO_PKG_VERSION")
+        );
+        if !self.accuracy.is_empty() {
+            s.push_str(&format!(" {} accuracy record(s).", self.accuracy.len()));
+        }
+        s
+    }
+
+    /// Terminal or Markdown text. With `plot_files`, the Markdown links each setting's
+    /// SVG plots (written beside it by [`Report::write_dir`]).
+    pub fn text(&self, style: Style, plot_files: bool) -> String {
+        let h = |level: usize, text: &str| match style {
+            Style::Markdown => format!("{} {text}\n\n", "#".repeat(level)),
+            Style::Terminal => {
+                let rule = if level <= 2 { "=" } else { "-" };
+                format!("{text}\n{}\n", rule.repeat(text.chars().count().min(100)))
+            }
+        };
+        let para = |text: &str| format!("{text}\n\n");
+        let grid = |g: &Grid| format!("{}\n\n", g.text(style));
+        let mut out = String::new();
+        if style == Style::Markdown {
+            out.push_str(&h(1, "xarena report"));
+        }
+        out.push_str(&para(&self.summary()));
+        out.push_str(&h(2, "Environment"));
+        out.push_str(&grid(&self.environments));
+        if !self.lra.is_empty() {
+            out.push_str(&h(
+                2,
+                "Efficiency, LRA layout: forward and training side by side",
+            ));
+            for v in &self.lra {
+                out.push_str(&h(3, &v.heading()));
+                out.push_str(&grid(&v.speed));
+                out.push_str(&grid(&v.memory));
+            }
+        }
+        out.push_str(&h(2, "Efficiency per setting"));
+        let names = self.plot_names();
+        for (t, name) in self.tables.iter().zip(&names) {
+            out.push_str(&h(3, &t.setting.to_string()));
+            if plot_files && style == Style::Markdown {
+                out.push_str(&para(&format!(
+                    "![latency](latency-{name}.svg) ![memory](memory-{name}.svg)"
+                )));
+            }
+            out.push_str(&grid(&latency_grid(t)));
+            out.push_str(&grid(&memory_grid(t)));
+            out.push_str(&grid(&compute_grid(t)));
+        }
+        out.push_str(&para(efficiency_notes().trim_end()));
+        if !self.published.is_empty() {
+            out.push_str(&h(2, "Published figures beside this run"));
+            for c in &self.published {
+                out.push_str(&para(&c.heading));
+                out.push_str(&grid(&c.grid));
+            }
+            out.push_str(&para(PUBLISHED_NOTE));
+        }
+        if !self.accuracy.is_empty() {
+            out.push_str(&h(2, "Accuracy"));
+            out.push_str(&grid(&accuracy::accuracy_grid(&self.accuracy)));
+            out.push_str(&para(ACCURACY_NOTE));
+            if plot_files && style == Style::Markdown {
+                out.push_str(&para("![accuracy vs speed](accuracy-vs-speed.svg)"));
+            }
+        }
+        out
+    }
+
+    /// One self-contained page: inline CSS, SVG and a few lines of script to sort the
+    /// tables; nothing loaded from anywhere. Every string from the records is escaped.
+    pub fn html(&self) -> Result<String, ReportError> {
+        let plots = self.plots()?;
+        let plot = |file: &str| -> Markup {
+            match plots.iter().find(|p| p.file == file) {
+                // plotters' SVG, whose text it escapes itself.
+                Some(p) => html! { figure { (PreEscaped(&p.svg)) } },
+                None => html! {},
+            }
+        };
+        let names = self.plot_names();
+        let page = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { "xarena report" }
+                    style { (PreEscaped(CSS)) }
+                }
+                body {
+                    h1 { "xarena report" }
+                    p { (self.summary()) " Click a column header to sort by it." }
+                    h2 { "Environment" }
+                    (self.environments.html())
+                    @if !self.lra.is_empty() {
+                        h2 { "Efficiency, LRA layout: forward and training side by side" }
+                        @for v in &self.lra {
+                            h3 { (v.heading()) }
+                            (v.speed.html())
+                            (v.memory.html())
+                        }
+                    }
+                    h2 { "Efficiency per setting" }
+                    @for (t, name) in self.tables.iter().zip(&names) {
+                        section.setting {
+                            h3 { (t.setting.to_string()) }
+                            div.plots {
+                                (plot(&format!("latency-{name}.svg")))
+                                (plot(&format!("memory-{name}.svg")))
+                            }
+                            (latency_grid(t).html())
+                            (memory_grid(t).html())
+                            (compute_grid(t).html())
+                        }
+                    }
+                    p.note { (efficiency_notes()) }
+                    @if !self.published.is_empty() {
+                        h2 { "Published figures beside this run" }
+                        @for c in &self.published {
+                            p { (c.heading) }
+                            (c.grid.html())
+                        }
+                        p.note { (PUBLISHED_NOTE) }
+                    }
+                    @if !self.accuracy.is_empty() {
+                        h2 { "Accuracy" }
+                        (accuracy::accuracy_grid(&self.accuracy).html())
+                        p.note { (ACCURACY_NOTE) }
+                        (plot("accuracy-vs-speed.svg"))
+                    }
+                    script { (PreEscaped(SORT_JS)) }
+                }
+            }
+        };
+        Ok(page.into_string())
+    }
+
+    /// One row per case: the key, status, latency, memory, ratios against the reference,
+    /// FLOPs, parameters, claims and the software that measured it.
+    pub fn csv(&self) -> Result<String, ReportError> {
+        // (setting, label, N) -> (speed-up, memory ratio)
+        type Ratios = (Option<f64>, Option<f64>);
+        let mut ratios: HashMap<(&Setting, &str, i64), Ratios> = HashMap::new();
+        for t in &self.tables {
+            for row in &t.rows {
+                for (n, c) in &row.cells {
+                    ratios.insert((&t.setting, &row.label, *n), (c.speedup, c.memory_ratio));
+                }
+            }
+        }
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in &self.records {
+            let setting = r.key.setting();
+            let (speedup, memory_ratio) = ratios
+                .get(&(&setting, r.label.as_str(), r.key.seq_len))
+                .copied()
+                .unwrap_or_default();
+            w.serialize(CsvRow {
+                run_id: &r.run_id,
+                case_id: &r.case_id,
+                label: &r.label,
+                variant: &r.key.variant,
+                params: serde_json::Value::Object(r.key.params.clone()).to_string(),
+                device: &r.key.device,
+                dtype: r.key.dtype.to_string(),
+                mode: r.key.mode.to_string(),
+                scope: r.key.scope.to_string(),
+                batch: r.key.batch,
+                heads: r.key.heads,
+                head_dim: r.key.head_dim,
+                causal: r.key.causal,
+                seq_len: r.key.seq_len,
+                status: r.status.to_string(),
+                message: r.message.as_deref(),
+                median_s: r.latency.as_ref().map(|l| l.median_s),
+                p10_s: r.latency.as_ref().map(|l| l.p10_s),
+                p90_s: r.latency.as_ref().map(|l| l.p90_s),
+                peak_bytes: r.memory.as_ref().map(|m| m.peak_bytes),
+                state_bytes: r.state_bytes,
+                speedup_vs_reference: speedup,
+                memory_ratio_vs_reference: memory_ratio,
+                flops: r.flops,
+                flops_per_s: r.flops_per_s,
+                parameters: r.params,
+                backend: r.backend.as_deref(),
+                time_claim: r.claims.time_exponent,
+                memory_claim: r.claims.memory_exponent,
+                started_at: &r.started_at,
+                torch_version: &r.env.torch_version,
+                git_commit: r.env.git_commit.as_deref(),
+            })
+            .map_err(|e| ReportError::Serialise(e.to_string()))?;
+        }
+        let bytes = w
+            .into_inner()
+            .map_err(|e| ReportError::Serialise(e.to_string()))?;
+        String::from_utf8(bytes).map_err(|e| ReportError::Serialise(e.to_string()))
+    }
+
+    pub fn json(&self) -> Result<String, ReportError> {
+        serde_json::to_string_pretty(&JsonReport {
+            report_version: REPORT_JSON_VERSION,
+            made_by: format!("xarena {}", env!("CARGO_PKG_VERSION")),
+            environments: &self.environments,
+            settings: &self.tables,
+            lra_layout: &self.lra,
+            published: &self.published,
+            accuracy: &self.accuracy,
+            records: &self.records,
+        })
+        .map_err(|e| ReportError::Serialise(e.to_string()))
+    }
+
+    /// Writes report.md, report.html, report.csv, report.json and the SVG plots into
+    /// `dir`, created if missing. A non-empty `dir` is refused unless `force`; even then
+    /// only these files are written, nothing is removed. Everything is rendered before
+    /// anything is written.
+    pub fn write_dir(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, ReportError> {
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(ReportError::NotADirectory(dir.to_path_buf()));
+            }
+            let mut entries = std::fs::read_dir(dir).map_err(|source| ReportError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if entries.next().is_some() && !force {
+                return Err(ReportError::NotEmpty(dir.to_path_buf()));
+            }
+        }
+        let mut files: Vec<(String, String)> = vec![
+            ("report.md".into(), self.text(Style::Markdown, true)),
+            ("report.html".into(), self.html()?),
+            ("report.csv".into(), self.csv()?),
+            ("report.json".into(), self.json()?),
+        ];
+        files.extend(self.plots()?.into_iter().map(|p| (p.file, p.svg)));
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut written = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| ReportError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+const PUBLISHED_NOTE: &str = "Published figures: reports/data/anchors (SOURCES.md there \
+    names each table). The papers' memory is a whole training step's peak per device; ours \
+    is one iteration's working memory. Their hardware, precision, batch and task differ from \
+    this run's: compare the trends (who overtakes the Transformer, from which length), not \
+    the figures.";
+
+const ACCURACY_NOTE: &str = "Accuracy: mean over seeds of the fraction of test examples \
+    correct, in percent; in brackets, the LRA paper's figure for the same task and model \
+    (Tay et al. 2021, Table 1). Average: over the tasks shown for the variant.";
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    report_version: u32,
+    made_by: String,
+    environments: &'a Grid,
+    settings: &'a [EfficiencyTable],
+    lra_layout: &'a [LraView],
+    published: &'a [Comparison],
+    accuracy: &'a [AccuracyRecord],
+    records: &'a [Record],
+}
+
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    run_id: &'a str,
+    case_id: &'a str,
+    label: &'a str,
+    variant: &'a str,
+    params: String,
+    device: &'a str,
+    dtype: String,
+    mode: String,
+    scope: String,
+    batch: i64,
+    heads: i64,
+    head_dim: i64,
+    causal: bool,
+    seq_len: i64,
+    status: String,
+    message: Option<&'a str>,
+    median_s: Option<f64>,
+    p10_s: Option<f64>,
+    p90_s: Option<f64>,
+    peak_bytes: Option<u64>,
+    state_bytes: Option<u64>,
+    speedup_vs_reference: Option<f64>,
+    memory_ratio_vs_reference: Option<f64>,
+    flops: Option<u64>,
+    flops_per_s: Option<f64>,
+    parameters: Option<u64>,
+    backend: Option<&'a str>,
+    time_claim: f64,
+    memory_claim: f64,
+    started_at: &'a str,
+    torch_version: &'a str,
+    git_commit: Option<&'a str>,
+}
+
+/// The last record of each case, in order of each case's first appearance.
+fn last_per_case(records: Vec<Record>) -> Vec<Record> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Record> = Vec::new();
+    for r in records {
+        match index.get(&r.case_id) {
+            Some(&i) => out[i] = r,
+            None => {
+                index.insert(r.case_id.clone(), out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// A file-name-safe name for a setting.
+fn slug(s: &Setting) -> String {
+    let raw = format!(
+        "{}-{}-{}-{}-b{}-h{}x{}{}",
+        s.device,
+        s.dtype,
+        s.mode,
+        s.scope,
+        s.batch,
+        s.heads,
+        s.head_dim,
+        if s.causal { "-causal" } else { "" }
+    );
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// One row per distinct machine and software: which runs, devices and dates used it.
+fn environment_grid(records: &[Record], accuracy: &[AccuracyRecord]) -> Grid {
+    struct Seen {
+        runs: Vec<String>,
+        devices: Vec<String>,
+        dates: Vec<String>,
+    }
+    let describe = |e: &Environment| -> Vec<String> {
+        let gpus: Vec<String> = e.gpus.iter().map(|g| g.name.clone()).collect();
+        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        vec![
+            format!(
+                "{} ({} logical CPUs, {:.0} GiB)",
+                e.cpu_model,
+                e.logical_cpus,
+                e.memory_bytes as f64 / (1u64 << 30) as f64
+            ),
+            e.threads.to_string(),
+            if gpus.is_empty() {
+                "-".into()
+            } else {
+                gpus.join(", ")
+            },
+            opt(&e.nvidia_driver),
+            format!("{} / {}", opt(&e.cuda_runtime), opt(&e.cuda_driver)),
+            e.torch_version.clone(),
+            opt(&e.git_commit),
+            opt(&e.os),
+        ]
+    };
+    let mut order: Vec<Vec<String>> = Vec::new();
+    let mut seen: BTreeMap<Vec<String>, Seen> = BTreeMap::new();
+    let mut add = |e: &Environment, run: &str, device: &str, date: &str| {
+        let key = describe(e);
+        let s = seen.entry(key.clone()).or_insert_with(|| {
+            order.push(key);
+            Seen {
+                runs: Vec::new(),
+                devices: Vec::new(),
+                dates: Vec::new(),
+            }
+        });
+        for (list, v) in [
+            (&mut s.runs, run),
+            (&mut s.devices, device),
+            (&mut s.dates, date),
+        ] {
+            if !v.is_empty() && !list.iter().any(|x| x == v) {
+                list.push(v.to_string());
+            }
+        }
+    };
+    for r in records {
+        // The date of an RFC 3339 time.
+        let date = r.started_at.get(..10).unwrap_or(&r.started_at);
+        add(&r.env, &r.run_id, &r.key.device, date);
+    }
+    for a in accuracy {
+        add(&a.env, "accuracy", "", "");
+    }
+    let mut grid = Grid::new(
+        [
+            "runs",
+            "devices",
+            "dates",
+            "CPU",
+            "threads",
+            "GPU",
+            "driver",
+            "CUDA runtime / driver",
+            "torch",
+            "git commit",
+            "OS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for key in order {
+        let s = &seen[&key];
+        let mut dates = s.dates.clone();
+        dates.sort();
+        let dates = match (dates.first(), dates.last()) {
+            (Some(a), Some(b)) if a != b => format!("{a} to {b}"),
+            (Some(a), _) => a.clone(),
+            _ => "-".into(),
+        };
+        let mut row: Vec<GridCell> = vec![
+            s.runs.join(", ").into(),
+            s.devices.join(", ").into(),
+            dates.into(),
+        ];
+        row.extend(key.into_iter().map(GridCell::from));
+        grid.push(row);
+    }
+    grid
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+table{border-collapse:collapse;margin:0.6em 0 1.4em;font-size:0.9em;display:block;overflow-x:auto;max-width:100%}\
+th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right;white-space:nowrap}\
+th:first-child,td:first-child{text-align:left}\
+th{background:#f3f3f3;cursor:pointer;user-select:none}\
+th[data-dir=asc]::after{content:' \\25B2'}th[data-dir=desc]::after{content:' \\25BC'}\
+tbody tr:nth-child(even){background:#fafafa}\
+.plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}\
+figure svg{max-width:100%;height:auto}.note{max-width:60em;color:#555}";
+
+/// Click a header to sort its table's rows by that column (numbers by their
+/// `data-sort` value, text otherwise); click again to reverse.
+const SORT_JS: &str = r#"
+document.querySelectorAll('table.sortable th').forEach(function (th) {
+  th.addEventListener('click', function () {
+    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var asc = th.getAttribute('data-dir') !== 'asc';
+    th.parentNode.querySelectorAll('th').forEach(function (h) { h.removeAttribute('data-dir'); });
+    th.setAttribute('data-dir', asc ? 'asc' : 'desc');
+    var body = th.closest('table').tBodies[0];
+    var key = function (tr) {
+      var td = tr.children[col];
+      if (!td) { return ''; }
+      var v = td.getAttribute('data-sort');
+      return v === null ? td.textContent : parseFloat(v);
+    };
+    Array.prototype.slice.call(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      var c = (typeof x === 'number' && typeof y === 'number')
+        ? (x === y ? 0 : (x < y ? -1 : 1)) : String(x).localeCompare(String(y));
+      return asc ? c : -c;
+    }).forEach(function (tr) { body.appendChild(tr); });
+  });
+});
+"#;
