@@ -650,6 +650,12 @@ mkdir -p "$out" && touch "$out/results.jsonl"
     }
 }
 
+impl Drop for Stub {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -670,9 +676,9 @@ fn multi_gpu_runs_one_shard_per_visible_gpu_then_merges() {
     assert_eq!(log.len(), 4, "{log:?}");
     let mut shards = log[..2].to_vec();
     shards.sort();
-    for i in 0..2 {
+    for (i, shard) in shards.iter().enumerate() {
         assert_eq!(
-            shards[i],
+            *shard,
             format!(
                 "run --sweep {SWEEP} --shard {i}/2 --device cuda:{i} --out TMP/run/shard-{i} \
                  --reuse-worker --no-report --min-time 0.1"
