@@ -1,0 +1,878 @@
+//! The CI and cluster files, checked without a GPU, GitHub or Slurm: the nightly
+//! workflow's structure; every `xarena` command line in the workflow and in ci/**/*.sh
+//! against the real CLI (`xarena <sub> --help`); the shell scripts' syntax (and
+//! shellcheck where it is installed); the nightly sweep preset; and what the cluster
+//! scripts launch, with stand-ins for xarena and sbatch.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use xarena_bench::sweep::{Sweep, SweepFile};
+use xarena_reports::schema::{Dtype, Mode};
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+const WORKFLOW: &str = ".github/workflows/nightly-gpu.yml";
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn workflow() -> Yaml {
+    let mut docs = YamlLoader::load_from_str(&read(WORKFLOW)).expect("the workflow is YAML");
+    assert_eq!(docs.len(), 1, "one YAML document");
+    docs.remove(0)
+}
+
+fn shell_scripts() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&repo().join("ci"), &mut out);
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding `xarena` command lines in shell text.
+
+/// One `xarena` command line: where it was found and its words after `xarena`, up to the
+/// end of the command.
+#[derive(Debug, Clone, PartialEq)]
+struct Invocation {
+    source: String,
+    words: Vec<String>,
+}
+
+/// Logical lines: backslash continuations joined, comment lines dropped, and GitHub
+/// `${{ ... }}` expressions replaced by one word (they hold spaces and `||`).
+fn logical_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if current.is_empty() && line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines
+        .into_iter()
+        .map(|mut l| {
+            while let Some(start) = l.find("${{") {
+                let end = l[start..].find("}}").map_or(l.len(), |e| start + e + 2);
+                l.replace_range(start..end, "EXPR");
+            }
+            l
+        })
+        .collect()
+}
+
+fn is_operator(word: &str) -> bool {
+    matches!(
+        word,
+        "|" | "||" | "&&" | ";" | "&" | "(" | "{" | "!" | "then" | "do" | "else" | "$("
+    )
+}
+
+/// Words that leave the next word in command position.
+fn is_prefix(word: &str) -> bool {
+    matches!(word, "exec" | "time" | "command" | "nohup")
+        || word
+            .split_once('=')
+            .is_some_and(|(name, _)| !name.is_empty() && !name.starts_with('-'))
+}
+
+fn ends_command(word: &str) -> bool {
+    word.starts_with(['|', ';', '&', '>', '<', ')'])
+        || word.chars().next().is_some_and(|c| c.is_ascii_digit()) && word.contains('>')
+}
+
+/// Every `xarena` (or `.../xarena`) run as a command: at the start of a command, after an
+/// operator, `$(`, `exec` or variable assignments; never inside an echo's text.
+fn invocations(text: &str, source: &str) -> Vec<Invocation> {
+    let mut found = Vec::new();
+    for line in logical_lines(text) {
+        let raw: Vec<&str> = line.split_whitespace().collect();
+        let mut command_position = true;
+        let mut i = 0;
+        while i < raw.len() {
+            let mut word = raw[i];
+            // `x=$(xarena ...)` and `(xarena ...)` start a command inside the word.
+            if let Some(at) = word.rfind("$(") {
+                word = &word[at + 2..];
+                command_position = true;
+            } else if let Some(rest) = word.strip_prefix('(') {
+                word = rest;
+                command_position = true;
+            }
+            let bare = word.trim_matches(|c| c == '"' || c == '\'');
+            if command_position && (bare == "xarena" || bare.ends_with("/xarena")) {
+                let mut words = Vec::new();
+                i += 1;
+                while i < raw.len() && !ends_command(raw[i]) {
+                    let w = raw[i];
+                    let stop = w.ends_with([';', ')']);
+                    let w = w.trim_end_matches([';', ')']);
+                    words.push(w.trim_matches(|c| c == '"' || c == '\'').to_string());
+                    if stop {
+                        break;
+                    }
+                    i += 1;
+                }
+                found.push(Invocation {
+                    source: source.to_string(),
+                    words,
+                });
+                command_position = true;
+            } else {
+                command_position = is_operator(bare)
+                    || bare.ends_with(';')
+                    || (command_position && is_prefix(bare));
+            }
+            i += 1;
+        }
+    }
+    found
+}
+
+/// Every `run:` script of every job's steps.
+fn workflow_runs(doc: &Yaml) -> Vec<String> {
+    let mut runs = Vec::new();
+    if let Some(jobs) = doc["jobs"].as_hash() {
+        for job in jobs.values() {
+            for step in job["steps"].as_vec().into_iter().flatten() {
+                if let Some(run) = step["run"].as_str() {
+                    runs.push(run.to_string());
+                }
+            }
+        }
+    }
+    runs
+}
+
+fn all_invocations() -> Vec<Invocation> {
+    let mut all = Vec::new();
+    for run in workflow_runs(&workflow()) {
+        all.extend(invocations(&run, WORKFLOW));
+    }
+    for script in shell_scripts() {
+        let rel = script.strip_prefix(repo()).unwrap().display().to_string();
+        all.extend(invocations(
+            &std::fs::read_to_string(&script).unwrap(),
+            &rel,
+        ));
+    }
+    all
+}
+
+// ---------------------------------------------------------------------------------------
+// Checking command lines against the CLI.
+
+struct Cli {
+    help: HashMap<Vec<String>, Result<String, String>>,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli {
+            help: HashMap::new(),
+        }
+    }
+
+    /// `xarena <path> --help`, or why it failed.
+    fn help(&mut self, path: &[String]) -> Result<String, String> {
+        self.help
+            .entry(path.to_vec())
+            .or_insert_with(|| {
+                let o = Command::new(env!("CARGO_BIN_EXE_xarena"))
+                    .args(path)
+                    .arg("--help")
+                    .output()
+                    .expect("xarena runs");
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                if o.status.success() {
+                    Ok(text)
+                } else {
+                    // clap's first line names the problem; the rest is usage.
+                    let err = String::from_utf8_lossy(&o.stderr);
+                    Err(err.lines().next().unwrap_or("").trim().to_string())
+                }
+            })
+            .clone()
+    }
+
+    /// What is wrong with one command line: an unknown subcommand or flags the CLI lacks.
+    fn problems(&mut self, inv: &Invocation) -> Vec<String> {
+        let Some(first) = inv.words.first() else {
+            return vec![format!("{}: `xarena` with no subcommand", inv.source)];
+        };
+        let mut path = vec![first.clone()];
+        let mut help = match self.help(&path) {
+            Ok(h) => h,
+            Err(e) => return vec![format!("{}: no subcommand `{first}` ({e})", inv.source)],
+        };
+        let mut rest = &inv.words[1..];
+        // A subcommand with its own subcommands (`history ingest`).
+        if help.contains("\nCommands:") {
+            let Some(sub) = rest.first() else {
+                return vec![format!(
+                    "{}: `xarena {first}` needs a subcommand",
+                    inv.source
+                )];
+            };
+            path.push(sub.clone());
+            help = match self.help(&path) {
+                Ok(h) => h,
+                Err(e) => {
+                    return vec![format!(
+                        "{}: no subcommand `{first} {sub}` ({e})",
+                        inv.source
+                    )]
+                }
+            };
+            rest = &rest[1..];
+        }
+        rest.iter()
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.split('=').next().unwrap())
+            .filter(|flag| !help_has_flag(&help, flag))
+            .map(|flag| {
+                format!(
+                    "{}: `xarena {}` has no flag {flag}",
+                    inv.source,
+                    path.join(" ")
+                )
+            })
+            .collect()
+    }
+}
+
+/// `flag` appears in the help as a whole flag (`--out` is not found in `--output`).
+fn help_has_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        let next = help[at + flag.len()..].chars().next();
+        !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+#[test]
+fn command_lines_are_found_where_they_run() {
+    let text = r#"
+# xarena compare A B   (a comment: not a command)
+echo "xarena shard $i of $n"
+xarena run --sweep s.toml \
+    --out "$RUN" --reuse-worker > log 2>&1
+x=$(xarena env); FOO=1 ./target/release/xarena history ingest "$DB" "$RUN" --flag=1
+if [ -n "$A" ]; then xarena report "$RUN" --format md,html --out ${{ vars.OUT || 'site' }}; fi
+cargo build -p xarena-bench && exec "$bin" list --format json | tee out
+xarena() { "$bin" "$@"; }
+"#;
+    let got: Vec<Vec<String>> = invocations(text, "t")
+        .into_iter()
+        .map(|i| i.words)
+        .collect();
+    let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            words("run --sweep s.toml --out $RUN --reuse-worker"),
+            words("env"),
+            words("history ingest $DB $RUN --flag=1"),
+            words("report $RUN --format md,html --out EXPR"),
+        ]
+    );
+}
+
+#[test]
+fn the_checker_finds_unknown_subcommands_and_flags() {
+    let mut cli = Cli::new();
+    let inv = |words: &str| Invocation {
+        source: "t".into(),
+        words: words.split(' ').map(String::from).collect(),
+    };
+    assert_eq!(
+        cli.problems(&inv("run --sweep x --out y --reuse-worker --no-report")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cli.problems(&inv("run --sweep x --no-such-flag --out=y")),
+        vec!["t: `xarena run` has no flag --no-such-flag".to_string()]
+    );
+    // `--min` is a prefix of real flags (`--min-time`), not a flag.
+    assert_eq!(cli.problems(&inv("run --min 3")).len(), 1);
+    let p = cli.problems(&inv("frobnicate --x"));
+    assert!(
+        p.len() == 1 && p[0].contains("no subcommand `frobnicate`"),
+        "{p:?}"
+    );
+}
+
+/// Every `xarena` command line of the nightly workflow and of ci/**/*.sh uses subcommands
+/// and flags the CLI has. (On a branch without `compare`, `merge`, `history`,
+/// `run --shard` and `report --out` this fails, naming each.)
+#[test]
+fn xarena_command_lines_exist_in_the_cli() {
+    let all = all_invocations();
+    let sources: BTreeSet<&str> = all.iter().map(|i| i.source.as_str()).collect();
+    for expected in [
+        WORKFLOW,
+        "ci/multi-gpu.sh",
+        "ci/slurm/sweep-array.sh",
+        "ci/slurm/merge-report.sh",
+    ] {
+        assert!(
+            sources.contains(expected),
+            "no xarena command found in {expected}"
+        );
+    }
+    let mut cli = Cli::new();
+    let mut problems: Vec<String> = all.iter().flat_map(|i| cli.problems(i)).collect();
+    // Sweep files named on a command line exist.
+    for inv in &all {
+        if let Some(at) = inv.words.iter().position(|w| w == "--sweep") {
+            let file = &inv.words[at + 1];
+            if !file.starts_with('$') && !repo().join(file).is_file() {
+                problems.push(format!("{}: no sweep file {file}", inv.source));
+            }
+        }
+    }
+    problems.dedup();
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The workflow's structure.
+
+fn steps(doc: &Yaml) -> Vec<Yaml> {
+    doc["jobs"]["bench"]["steps"]
+        .as_vec()
+        .expect("jobs.bench.steps")
+        .clone()
+}
+
+fn position(steps: &[Yaml], what: &str, pred: impl Fn(&Yaml) -> bool) -> usize {
+    steps
+        .iter()
+        .position(pred)
+        .unwrap_or_else(|| panic!("the workflow has no step that {what}"))
+}
+
+fn uses(step: &Yaml, action: &str) -> bool {
+    step["uses"]
+        .as_str()
+        .is_some_and(|u| u.starts_with(&format!("{action}@")))
+}
+
+fn runs(step: &Yaml, text: &str) -> bool {
+    step["run"].as_str().is_some_and(|r| r.contains(text))
+}
+
+#[test]
+fn the_workflow_runs_nightly_and_by_hand_on_a_gpu_runner() {
+    let doc = workflow();
+    let on = &doc["on"];
+    let cron = on["schedule"][0]["cron"]
+        .as_str()
+        .expect("on.schedule[0].cron");
+    assert_eq!(cron.split_whitespace().count(), 5, "cron `{cron}`");
+    assert!(
+        on["workflow_dispatch"].as_hash().is_some(),
+        "on.workflow_dispatch"
+    );
+    let job = &doc["jobs"]["bench"];
+    let labels: Vec<&str> = job["runs-on"]
+        .as_vec()
+        .expect("runs-on is a list of labels")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    for label in ["self-hosted", "linux", "gpu"] {
+        assert!(labels.contains(&label), "runs-on {labels:?} lacks {label}");
+    }
+    assert!(job["timeout-minutes"].as_i64().is_some(), "timeout-minutes");
+    assert_eq!(doc["permissions"]["pages"].as_str(), Some("write"));
+    assert_eq!(doc["permissions"]["id-token"].as_str(), Some("write"));
+}
+
+#[test]
+fn every_action_is_pinned_to_a_commit() {
+    let doc = workflow();
+    let mut seen = 0;
+    for step in steps(&doc) {
+        if let Some(u) = step["uses"].as_str() {
+            seen += 1;
+            let (_, rev) = u.split_once('@').unwrap_or_else(|| panic!("{u}: no @"));
+            assert!(
+                rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+                "{u}: pin a full commit hash, not `{rev}`"
+            );
+        }
+    }
+    assert!(seen >= 5, "{seen} actions");
+}
+
+#[test]
+fn the_workflow_builds_runs_compares_publishes_then_fails_on_regression() {
+    let doc = workflow();
+    let s = steps(&doc);
+    let setup = position(&s, "runs ci/setup.sh", |x| runs(x, "bash ci/setup.sh"));
+    let build = position(&s, "builds in release", |x| {
+        runs(x, "cargo build --release --locked")
+    });
+    let sweep = position(&s, "runs the nightly sweep", |x| {
+        runs(x, "xarena run --sweep ci/sweeps/nightly-gpu.toml")
+    });
+    let baseline = position(&s, "fetches the baseline", |x| {
+        x["id"].as_str() == Some("baseline")
+    });
+    let compare = position(&s, "compares", |x| runs(x, "xarena compare"));
+    let report = position(&s, "writes the report", |x| runs(x, "xarena report"));
+    let history = position(&s, "ingests into the history", |x| {
+        runs(x, "xarena history ingest")
+    });
+    let restore = position(&s, "restores the history", |x| {
+        uses(x, "actions/cache/restore")
+    });
+    let save = position(&s, "saves the history", |x| uses(x, "actions/cache/save"));
+    let artifact = position(&s, "uploads an artifact", |x| {
+        uses(x, "actions/upload-artifact")
+    });
+    let pages = position(&s, "uploads the site", |x| {
+        uses(x, "actions/upload-pages-artifact")
+    });
+    let deploy = position(&s, "deploys the site", |x| uses(x, "actions/deploy-pages"));
+    let fail = position(&s, "fails on regression", |x| {
+        x["if"]
+            .as_str()
+            .is_some_and(|c| c.contains("steps.compare.outputs.regressed"))
+            && runs(x, "exit 1")
+    });
+    assert!(setup < build && build < sweep && baseline < compare && sweep < compare);
+    assert!(compare < report && report < pages && pages < deploy);
+    assert!(restore < history && history < save);
+    // The report is out before the job fails.
+    assert!(
+        fail > deploy && fail > artifact,
+        "fail on regression comes last"
+    );
+    // A first run has no baseline: compare only when one was found.
+    let cond = s[compare]["if"].as_str().unwrap_or("");
+    assert!(
+        cond.contains("steps.baseline.outputs.found"),
+        "the compare step runs unconditionally: `{cond}`"
+    );
+    // The published site keeps a baseline for the next night.
+    let baseline_kept = s[..pages].iter().any(|x| runs(x, "nightly/site/baseline"));
+    assert!(baseline_kept, "no baseline written into the site");
+}
+
+// ---------------------------------------------------------------------------------------
+// The nightly sweep preset.
+
+#[test]
+fn the_nightly_sweep_covers_every_family_with_an_attention_scope() {
+    let path = repo().join("ci/sweeps/nightly-gpu.toml");
+    let file = SweepFile::read(&path).expect("the nightly sweep parses");
+    assert_eq!(file.device.as_deref(), Some(&["cuda".to_string()][..]));
+    let mut sweep = Sweep::default();
+    sweep.apply_file(file).unwrap();
+    assert_eq!(sweep.batch, vec![8]);
+    assert_eq!(sweep.seq.iter().max(), Some(&16384));
+    for d in [Dtype::Bf16, Dtype::F16] {
+        assert!(sweep.dtype.contains(&d), "{d:?}");
+    }
+    for m in [Mode::Forward, Mode::Train] {
+        assert!(sweep.mode.contains(&m), "{m:?}");
+    }
+    // Names, parameters and scopes are checked by building the cases, on the CPU here.
+    sweep.device = vec!["cpu".into()];
+    let cases = sweep
+        .cases()
+        .unwrap_or_else(|e| panic!("nightly sweep: {e}"));
+    assert!(!cases.is_empty());
+    let registry = xarena_variants::registry();
+    let family_of = |name: &str| {
+        registry
+            .iter()
+            .find(|e| e.info.name == name)
+            .map(|e| e.info.family)
+    };
+    let covered: BTreeSet<String> = sweep
+        .variants
+        .iter()
+        .filter_map(|v| family_of(&v.name))
+        .map(|f| f.to_string())
+        .collect();
+    let wanted: BTreeSet<String> = registry
+        .iter()
+        .filter(|e| e.info.scopes.contains(&xarena_variants::Scope::Attention))
+        .map(|e| e.info.family.to_string())
+        .collect();
+    let missing: Vec<_> = wanted.difference(&covered).collect();
+    assert!(
+        missing.is_empty(),
+        "families not in the nightly sweep: {missing:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The shell scripts.
+
+#[test]
+fn every_script_parses_and_passes_shellcheck_where_installed() {
+    let scripts = shell_scripts();
+    assert!(scripts.len() >= 9, "{scripts:?}");
+    for s in &scripts {
+        let o = Command::new("bash").arg("-n").arg(s).output().unwrap();
+        assert!(
+            o.status.success(),
+            "bash -n {}: {}",
+            s.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    match Command::new("shellcheck").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let o = Command::new("shellcheck").args(&scripts).output().unwrap();
+            assert!(
+                o.status.success(),
+                "shellcheck:\n{}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+        }
+        _ => eprintln!("shellcheck is not installed: syntax checked with bash -n only"),
+    }
+}
+
+/// A scratch directory with a stand-in `xarena` that logs its arguments, one call a line,
+/// and makes `--out DIR/results.jsonl` for `run` (failing for the shard in STUB_FAIL).
+struct Stub {
+    dir: PathBuf,
+}
+
+impl Stub {
+    fn new(name: &str) -> Stub {
+        let dir = std::env::temp_dir().join(format!("xarena-ci-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let stub = dir.join("bin/xarena");
+        std::fs::write(
+            &stub,
+            r#"#!/usr/bin/env bash
+echo "$*" >> "$STUB_LOG"
+[ "$1" = run ] || exit 0
+out=; shard=
+while [ $# -gt 0 ]; do
+  case "$1" in --out) out=$2 ;; --shard) shard=$2 ;; esac
+  shift
+done
+[ "$shard" = "${STUB_FAIL:-none}" ] && { echo "stub: shard $shard fails" >&2; exit 3; }
+mkdir -p "$out" && touch "$out/results.jsonl"
+"#,
+        )
+        .unwrap();
+        Stub::executable(&stub);
+        Stub { dir }
+    }
+
+    fn executable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.replace(&self.dir.display().to_string(), "TMP"))
+            .collect()
+    }
+
+    fn script(&self, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new("bash");
+        c.arg(repo().join(script))
+            .args(args)
+            .current_dir(repo())
+            .env("XARENA_BIN", self.dir.join("bin/xarena"))
+            .env("STUB_LOG", self.dir.join("log"))
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .env_remove("STUB_FAIL");
+        for var in [
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_ARRAY_TASK_COUNT",
+            "SLURM_ARRAY_TASK_MIN",
+            "SLURM_ARRAY_TASK_MAX",
+            "SLURM_SUBMIT_DIR",
+        ] {
+            c.env_remove(var);
+        }
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.join(rel).display().to_string()
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const SWEEP: &str = "ci/sweeps/nightly-gpu.toml";
+
+#[test]
+fn multi_gpu_runs_one_shard_per_visible_gpu_then_merges() {
+    let stub = Stub::new("multi");
+    let run = stub.path("run");
+    let o = stub.script(
+        "ci/multi-gpu.sh",
+        &[SWEEP, &run, "--min-time", "0.1"],
+        &[("CUDA_VISIBLE_DEVICES", "3,5")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stub.log();
+    assert_eq!(log.len(), 4, "{log:?}");
+    let mut shards = log[..2].to_vec();
+    shards.sort();
+    for (i, shard) in shards.iter().enumerate() {
+        assert_eq!(
+            *shard,
+            format!(
+                "run --sweep {SWEEP} --shard {i}/2 --device cuda:{i} --out TMP/run/shard-{i} \
+                 --reuse-worker --no-report --min-time 0.1"
+            )
+        );
+    }
+    assert_eq!(
+        log[2],
+        "merge TMP/run/merged TMP/run/shard-0 TMP/run/shard-1"
+    );
+    assert_eq!(
+        log[3],
+        "report TMP/run/merged --format md,html --out TMP/run/report --force"
+    );
+}
+
+#[test]
+fn multi_gpu_merges_nothing_when_a_shard_fails_and_resumes_it() {
+    let stub = Stub::new("multi-fail");
+    let run = stub.path("run");
+    let o = stub.script(
+        "ci/multi-gpu.sh",
+        &[SWEEP, &run],
+        &[("CUDA_VISIBLE_DEVICES", "0,1"), ("STUB_FAIL", "1/2")],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("shard 1 failed") && err.contains("nothing merged"),
+        "{err}"
+    );
+    assert!(!stub.log().iter().any(|l| l.starts_with("merge")));
+
+    // Again: shard 0 finished and resumes (skipping its cases), shard 1 starts afresh.
+    let o = stub.script(
+        "ci/multi-gpu.sh",
+        &[SWEEP, &run],
+        &[("CUDA_VISIBLE_DEVICES", "0,1")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stub.log();
+    let again: Vec<&String> = log[2..].iter().filter(|l| l.starts_with("run")).collect();
+    assert_eq!(again.len(), 2, "{log:?}");
+    for l in again {
+        assert_eq!(l.contains("--resume"), l.contains("--shard 0/2"), "{l}");
+    }
+    assert!(log.iter().any(|l| l.starts_with("merge")));
+}
+
+#[test]
+fn multi_gpu_refuses_bad_input() {
+    let stub = Stub::new("multi-bad");
+    let run = stub.path("run");
+    let o = stub.script("ci/multi-gpu.sh", &[SWEEP], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("usage: ci/multi-gpu.sh SWEEP RUN_DIR"));
+    let o = stub.script(
+        "ci/multi-gpu.sh",
+        &[SWEEP, &run],
+        &[("CUDA_VISIBLE_DEVICES", "")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no GPU visible"), "{}", stderr(&o));
+    let o = stub.script(
+        "ci/multi-gpu.sh",
+        &["ci/sweeps/nope.toml", &run],
+        &[("CUDA_VISIBLE_DEVICES", "0")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no sweep file ci/sweeps/nope.toml"));
+    assert!(stub.log().is_empty(), "{:?}", stub.log());
+}
+
+fn slurm_env<'a>(task: &'a str, count: &'a str, repo: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("SLURM_ARRAY_TASK_ID", task),
+        ("SLURM_ARRAY_TASK_COUNT", count),
+        ("SLURM_ARRAY_TASK_MIN", "0"),
+        ("SLURM_ARRAY_TASK_MAX", "3"),
+        ("SLURM_SUBMIT_DIR", repo),
+    ]
+}
+
+#[test]
+fn a_slurm_array_task_runs_its_shard_on_its_gpu() {
+    let stub = Stub::new("array");
+    let run = stub.path("run");
+    let root = repo().display().to_string();
+    let o = stub.script(
+        "ci/slurm/sweep-array.sh",
+        &[SWEEP, &run, "--timeout", "60"],
+        &slurm_env("2", "4", &root),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stub.log(),
+        vec![format!(
+            "run --sweep {SWEEP} --shard 2/4 --device cuda:0 --out TMP/run/shard-2 \
+             --reuse-worker --no-report --timeout 60"
+        )]
+    );
+    // Requeued: the shard resumes.
+    let o = stub.script(
+        "ci/slurm/sweep-array.sh",
+        &[SWEEP, &run],
+        &slurm_env("2", "4", &root),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stub.log()[1].ends_with("--resume"), "{:?}", stub.log());
+
+    // Outside an array, or an array that is not 0..N-1: refused, nothing run.
+    let o = stub.script("ci/slurm/sweep-array.sh", &[SWEEP, &run], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a Slurm array task"));
+    let mut env = slurm_env("2", "4", &root);
+    env[2] = ("SLURM_ARRAY_TASK_MIN", "1");
+    let o = stub.script("ci/slurm/sweep-array.sh", &[SWEEP, &run], &env);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("must be 0-3"), "{}", stderr(&o));
+    assert_eq!(stub.log().len(), 2);
+}
+
+#[test]
+fn the_merge_job_merges_every_shard_or_names_the_missing_ones() {
+    let stub = Stub::new("merge");
+    let run = stub.path("run");
+    std::fs::create_dir_all(stub.dir.join("run/shard-0")).unwrap();
+    std::fs::write(stub.dir.join("run/shard-0/results.jsonl"), "").unwrap();
+    let o = stub.script("ci/slurm/merge-report.sh", &[&run, "2"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("shard-1"), "{}", stderr(&o));
+    assert!(stub.log().is_empty());
+
+    std::fs::create_dir_all(stub.dir.join("run/shard-1")).unwrap();
+    std::fs::write(stub.dir.join("run/shard-1/results.jsonl"), "").unwrap();
+    let o = stub.script("ci/slurm/merge-report.sh", &[&run, "2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stub.log(),
+        vec![
+            "merge TMP/run/merged TMP/run/shard-0 TMP/run/shard-1".to_string(),
+            "report TMP/run/merged --format md,html --out TMP/run/report --force".to_string(),
+        ]
+    );
+    let o = stub.script("ci/slurm/merge-report.sh", &[&run, "two"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("positive integer"));
+}
+
+#[test]
+fn submit_queues_the_array_then_the_merge_after_it() {
+    let stub = Stub::new("submit");
+    // A stand-in sbatch: logs its arguments, answers job ids as --parsable does.
+    let sbatch = stub.dir.join("bin/sbatch");
+    std::fs::write(
+        &sbatch,
+        "#!/usr/bin/env bash\necho \"sbatch $*\" >> \"$STUB_LOG\"\n\
+         if [[ \"$*\" == *--array* ]]; then echo '4242;cluster'; else echo 4243; fi\n",
+    )
+    .unwrap();
+    Stub::executable(&sbatch);
+    let path = format!(
+        "{}:{}",
+        stub.dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = stub.path("run");
+    let o = stub.script(
+        "ci/slurm/submit.sh",
+        &[SWEEP, "4", &run, "--min-time", "0.5"],
+        &[("PATH", &path)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let root = repo().display().to_string();
+    assert_eq!(
+        stub.log(),
+        vec![
+            format!(
+                "sbatch --parsable --chdir={root} --array=0-3 --output=TMP/run/logs/shard-%a.out \
+                 ci/slurm/sweep-array.sh {SWEEP} TMP/run --min-time 0.5"
+            ),
+            format!(
+                "sbatch --parsable --chdir={root} --dependency=afterok:4242 \
+                 --kill-on-invalid-dep=yes --output=TMP/run/logs/merge.out \
+                 ci/slurm/merge-report.sh TMP/run 4"
+            ),
+        ]
+    );
+    assert!(stub.dir.join("run/logs").is_dir());
+    let o = stub.script(
+        "ci/slurm/submit.sh",
+        &[SWEEP, "0", &run],
+        &[("PATH", &path)],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("SHARDS must be a positive integer"));
+}
