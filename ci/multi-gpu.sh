@@ -64,5 +64,5 @@ fi
 shards=()
 for ((i = 0; i < n; i++)); do shards+=("$run/shard-$i"); done
 xarena merge "$run/merged" "${shards[@]}"
-xarena report "$run/merged" --format md,html --out "$run/report" --force
+xarena report "$run/merged" --out "$run/report" --force
 echo "merged $n shard(s) into $run/merged; report in $run/report" >&2

@@ -691,7 +691,7 @@ fn multi_gpu_runs_one_shard_per_visible_gpu_then_merges() {
     );
     assert_eq!(
         log[3],
-        "report TMP/run/merged --format md,html --out TMP/run/report --force"
+        "report TMP/run/merged --out TMP/run/report --force"
     );
 }
 
@@ -820,7 +820,7 @@ fn the_merge_job_merges_every_shard_or_names_the_missing_ones() {
         stub.log(),
         vec![
             "merge TMP/run/merged TMP/run/shard-0 TMP/run/shard-1".to_string(),
-            "report TMP/run/merged --format md,html --out TMP/run/report --force".to_string(),
+            "report TMP/run/merged --out TMP/run/report --force".to_string(),
         ]
     );
     let o = stub.script("ci/slurm/merge-report.sh", &[&run, "two"], &[]);

@@ -41,5 +41,5 @@ done
 [ ! -e "$run/merged" ] || die "$run/merged exists: remove it to merge again"
 
 xarena merge "$run/merged" "${shards[@]}"
-xarena report "$run/merged" --format md,html --out "$run/report" --force
+xarena report "$run/merged" --out "$run/report" --force
 echo "merged $n shard(s) into $run/merged; report in $run/report" >&2
