@@ -4,7 +4,9 @@
 //! Kept free of LibTorch, so reports can be made where no LibTorch is installed.
 
 pub mod analysis;
+pub mod compare;
 pub mod load;
+pub mod merge;
 pub mod schema;
 pub mod table;
 
