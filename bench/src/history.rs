@@ -86,7 +86,10 @@ pub fn open(path: &Path, create: bool) -> Result<Connection> {
         return Ok(conn);
     }
     if !tables.iter().any(|t| t == "xarena_history") {
-        bail!("{}: not an xarena history database (no xarena_history table)", what());
+        bail!(
+            "{}: not an xarena history database (no xarena_history table)",
+            what()
+        );
     }
     let version: Option<i64> = conn
         .query_row("SELECT version FROM xarena_history", [], |r| r.get(0))
@@ -315,7 +318,11 @@ pub fn render(points: &[Point], style: Style) -> String {
     let mut start = 0;
     while start < points.len() {
         let case = &points[start].case_id;
-        let end = start + points[start..].iter().take_while(|p| &p.case_id == case).count();
+        let end = start
+            + points[start..]
+                .iter()
+                .take_while(|p| &p.case_id == case)
+                .count();
         let mut t = comfy_table::Table::new();
         t.load_preset(match style {
             Style::Terminal => comfy_table::presets::UTF8_FULL_CONDENSED,
@@ -339,8 +346,13 @@ pub fn render(points: &[Point], style: Style) -> String {
             };
             previous = p.median_s.or(previous);
             t.add_row([
-                p.started_at.get(..16).unwrap_or(&p.started_at).replace('T', " "),
-                p.git_commit.as_deref().map_or("-".into(), |c| c.chars().take(10).collect()),
+                p.started_at
+                    .get(..16)
+                    .unwrap_or(&p.started_at)
+                    .replace('T', " "),
+                p.git_commit
+                    .as_deref()
+                    .map_or("-".into(), |c| c.chars().take(10).collect()),
                 p.run_id.clone(),
                 p.status.clone(),
                 p.median_s.map_or("-".into(), format_seconds),
@@ -349,7 +361,8 @@ pub fn render(points: &[Point], style: Style) -> String {
                     _ => "-".into(),
                 },
                 change,
-                p.peak_bytes.map_or("-".into(), |b| format_bytes(b.max(0) as u64)),
+                p.peak_bytes
+                    .map_or("-".into(), |b| format_bytes(b.max(0) as u64)),
             ]);
         }
         out.push_str(&match style {

@@ -374,16 +374,30 @@ fn cmd_compare(args: CompareArgs) -> Result<bool> {
         latency: args.threshold.map_or(d.latency, |p| p / 100.0),
         latency_floor_s: args.latency_floor.map_or(d.latency_floor_s, |us| us * 1e-6),
         memory: args.memory_threshold.map_or(d.memory, |p| p / 100.0),
-        memory_floor_bytes: args
-            .memory_floor
-            .map_or(d.memory_floor_bytes, |mib| (mib * (1u64 << 20) as f64) as u64),
+        memory_floor_bytes: args.memory_floor.map_or(d.memory_floor_bytes, |mib| {
+            (mib * (1u64 << 20) as f64) as u64
+        }),
     };
-    let base = xarena_reports::load::read_results(&args.base)?.records;
-    let new = xarena_reports::load::read_results(&args.new)?.records;
+    let read = |path: &PathBuf| -> Result<Vec<xarena_reports::Record>> {
+        let loaded = xarena_reports::load::read_results(path)?;
+        if loaded.truncated_tail {
+            eprintln!(
+                "xarena: {}: last line cut short (a run killed while writing); left out",
+                path.display()
+            );
+        }
+        Ok(loaded.records)
+    };
+    let (base, new) = (read(&args.base)?, read(&args.new)?);
     let c = compare(&base, &new, thresholds).map_err(|e| match e {
         xarena_reports::compare::CompareError::Empty(side) => anyhow::anyhow!(
             "{side} ({}) holds no records",
-            if side == "BASE" { &args.base } else { &args.new }.display()
+            if side == "BASE" {
+                &args.base
+            } else {
+                &args.new
+            }
+            .display()
         ),
         e => e.into(),
     })?;

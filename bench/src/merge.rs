@@ -97,7 +97,11 @@ pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Res
         if let Some(runs) = runs_file(path) {
             let text =
                 fs::read_to_string(&runs).with_context(|| format!("reading {}", runs.display()))?;
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let v: serde_json::Value = serde_json::from_str(line)
                     .with_context(|| format!("{}:{}: not a JSON line", runs.display(), i + 1))?;
                 run_lines.push(v);

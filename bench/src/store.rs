@@ -143,7 +143,8 @@ pub fn check_resume_shard(dir: &Path, shard: Option<Shard>) -> Result<()> {
         ),
     };
     if recorded != shard {
-        let show = |s: Option<Shard>| s.map_or("no --shard".to_string(), |s| format!("--shard {s}"));
+        let show =
+            |s: Option<Shard>| s.map_or("no --shard".to_string(), |s| format!("--shard {s}"));
         bail!(
             "--resume: {} was run with {}, this is {}; resume it with the same --shard",
             dir.display(),

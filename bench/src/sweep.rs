@@ -515,10 +515,7 @@ mod tests {
 
     #[test]
     fn shards_parse_and_refuse_what_is_not_a_shard() {
-        assert_eq!(
-            "1/3".parse::<Shard>(),
-            Ok(Shard { index: 1, count: 3 })
-        );
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
         assert_eq!("0/1".parse::<Shard>(), Ok(Shard { index: 0, count: 1 }));
         for (bad, needle) in [
             ("3/3", "below the count"),

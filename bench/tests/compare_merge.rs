@@ -129,7 +129,11 @@ fn shards_merge_into_the_unsharded_sweep_and_a_rerun_compares_clean() {
     // Resuming a shard with another slice is refused; with its own, nothing is left.
     let o = run_sweep(&s0, &["--shard", "1/2", "--resume"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("was run with --shard 0/2"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was run with --shard 0/2"),
+        "{}",
+        stderr(&o)
+    );
     let o = run_sweep(&s0, &["--resume"]);
     assert!(!o.status.success(), "unsharded resume of a shard");
     let o = run_sweep(&s0, &["--shard", "0/2", "--resume"]);
@@ -212,7 +216,11 @@ fn merge_refuses_conflicts_unless_told_and_never_an_existing_directory() {
     let before = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
     let o = merge(&["--prefer", "first"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("not an empty directory"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not an empty directory"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
         before
@@ -377,12 +385,18 @@ fn history_ingests_once_and_shows_the_trend() {
     let expect = |d: &Path| read_results(d).unwrap().records[0].run_id.clone();
     assert_eq!(runs, vec![expect(&a), expect(&b)], "oldest first");
     assert!(points.iter().all(|p| p["median_s"].as_f64().unwrap() > 0.0));
-    assert!(points.iter().all(|p| p["case"]
-        .as_str()
-        .unwrap()
-        .starts_with("vanilla N=32")));
+    assert!(points
+        .iter()
+        .all(|p| p["case"].as_str().unwrap().starts_with("vanilla N=32")));
 
-    let o = show(&["--variant", "vanilla", "--mode", "forward", "--device", "cpu"]);
+    let o = show(&[
+        "--variant",
+        "vanilla",
+        "--mode",
+        "forward",
+        "--device",
+        "cpu",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     for n in ["N=16", "N=32", "N=64"] {
@@ -392,7 +406,11 @@ fn history_ingests_once_and_shows_the_trend() {
 
     let o = show(&["--variant", "nosuch"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("variants there: empty, vanilla"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("variants there: empty, vanilla"),
+        "{}",
+        stderr(&o)
+    );
     let o = show(&["--variant", "vanilla", "--mode", "train"]);
     assert!(!o.status.success());
 
@@ -404,7 +422,13 @@ fn history_ingests_once_and_shows_the_trend() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("schema version 99"), "{}", stderr(&o));
     let o = xarena()
-        .args(["history", "show", "/nonexistent/db.sqlite", "--variant", "x"])
+        .args([
+            "history",
+            "show",
+            "/nonexistent/db.sqlite",
+            "--variant",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());

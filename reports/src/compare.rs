@@ -225,7 +225,8 @@ pub fn compare_latency(base: &Latency, new: &Latency, t: &Thresholds) -> MetricC
 /// Peak memory: beyond the relative threshold and the absolute floor, either way.
 pub fn compare_memory(base: u64, new: u64, t: &Thresholds) -> MetricChange {
     let (b, n) = (base as f64, new as f64);
-    let beyond = |lo: f64, hi: f64| hi > lo * (1.0 + t.memory) && hi - lo > t.memory_floor_bytes as f64;
+    let beyond =
+        |lo: f64, hi: f64| hi > lo * (1.0 + t.memory) && hi - lo > t.memory_floor_bytes as f64;
     MetricChange {
         base: b,
         new: n,
@@ -297,7 +298,11 @@ fn environment_differences(base: &Environment, new: &Environment) -> Vec<String>
         ),
         ("threads", base.threads.to_string(), new.threads.to_string()),
         ("gpus", gpus(base), gpus(new)),
-        ("torch", base.torch_version.clone(), new.torch_version.clone()),
+        (
+            "torch",
+            base.torch_version.clone(),
+            new.torch_version.clone(),
+        ),
         ("cuda", opt(&base.cuda_runtime), opt(&new.cuda_runtime)),
         ("driver", opt(&base.nvidia_driver), opt(&new.nvidia_driver)),
         ("commit", opt(&base.git_commit), opt(&new.git_commit)),
@@ -366,7 +371,9 @@ pub fn render(c: &Comparison, style: Style) -> String {
         .collect();
     moved.sort_by_key(|c| c.verdict);
     if !moved.is_empty() {
-        let mut t = new_table(&["verdict", "case", "what", "base", "new", "change", "allowed"]);
+        let mut t = new_table(&[
+            "verdict", "case", "what", "base", "new", "change", "allowed",
+        ]);
         for case in moved {
             let mut rows = Vec::new();
             if case.base_status != case.new_status {
@@ -423,7 +430,11 @@ pub fn render(c: &Comparison, style: Style) -> String {
         }
         let mut t = new_table(&[title, "status", "case id"]);
         for o in list {
-            t.add_row(vec![o.case.clone(), o.status.to_string(), o.case_id.clone()]);
+            t.add_row(vec![
+                o.case.clone(),
+                o.status.to_string(),
+                o.case_id.clone(),
+            ]);
         }
         out.push_str(&t.to_string());
         out.push_str("\n\n");
@@ -563,9 +574,18 @@ mod tests {
         let t = Thresholds::default();
         let base = latency(1.0, 0.95, 1.05);
         let twice = latency(2.0, 1.9, 2.1);
-        assert_eq!(compare_latency(&base, &twice, &t).verdict, Verdict::Regression);
-        assert_eq!(compare_latency(&twice, &base, &t).verdict, Verdict::Improvement);
-        assert_eq!(compare_latency(&base, &base, &t).verdict, Verdict::Unchanged);
+        assert_eq!(
+            compare_latency(&base, &twice, &t).verdict,
+            Verdict::Regression
+        );
+        assert_eq!(
+            compare_latency(&twice, &base, &t).verdict,
+            Verdict::Improvement
+        );
+        assert_eq!(
+            compare_latency(&base, &base, &t).verdict,
+            Verdict::Unchanged
+        );
     }
 
     #[test]
@@ -574,7 +594,10 @@ mod tests {
         // (docs/results/pytorch-compare): disjoint intervals, medians 31-35% apart.
         let t = Thresholds::default();
         let sdpa = [latency(11.38, 10.80, 12.40), latency(15.38, 14.39, 16.40)];
-        let vanilla = [latency(433.08, 398.24, 448.69), latency(568.90, 498.36, 609.58)];
+        let vanilla = [
+            latency(433.08, 398.24, 448.69),
+            latency(568.90, 498.36, 609.58),
+        ];
         for [a, b] in [sdpa, vanilla] {
             assert_eq!(compare_latency(&a, &b, &t).verdict, Verdict::Unchanged);
             assert_eq!(compare_latency(&b, &a, &t).verdict, Verdict::Unchanged);
@@ -586,12 +609,18 @@ mod tests {
         // The `empty` baseline: 100 ns of call overhead, 10 ns timer steps.
         let base = latency(100e-9, 90e-9, 101e-9);
         let new = latency(200e-9, 190e-9, 210e-9);
-        assert_eq!(compare_latency(&base, &new, &threshold(0.1)).verdict, Verdict::Unchanged);
+        assert_eq!(
+            compare_latency(&base, &new, &threshold(0.1)).verdict,
+            Verdict::Unchanged
+        );
         let no_floor = Thresholds {
             latency_floor_s: 0.0,
             ..threshold(0.1)
         };
-        assert_eq!(compare_latency(&base, &new, &no_floor).verdict, Verdict::Regression);
+        assert_eq!(
+            compare_latency(&base, &new, &no_floor).verdict,
+            Verdict::Regression
+        );
     }
 
     #[test]
@@ -601,7 +630,10 @@ mod tests {
         let new = latency(1.08, 1.07, 1.09);
         let m = compare_latency(&base, &new, &threshold(0.1));
         assert_eq!(m.verdict, Verdict::Unchanged);
-        assert_eq!(compare_latency(&base, &new, &threshold(0.05)).verdict, Verdict::Regression);
+        assert_eq!(
+            compare_latency(&base, &new, &threshold(0.05)).verdict,
+            Verdict::Regression
+        );
     }
 
     #[test]
@@ -629,12 +661,27 @@ mod tests {
     fn memory_needs_both_the_relative_threshold_and_the_floor() {
         let t = Thresholds::default();
         let mib = 1u64 << 20;
-        assert_eq!(compare_memory(100 * mib, 120 * mib, &t).verdict, Verdict::Regression);
-        assert_eq!(compare_memory(120 * mib, 100 * mib, &t).verdict, Verdict::Improvement);
-        assert_eq!(compare_memory(100 * mib, 105 * mib, &t).verdict, Verdict::Unchanged);
+        assert_eq!(
+            compare_memory(100 * mib, 120 * mib, &t).verdict,
+            Verdict::Regression
+        );
+        assert_eq!(
+            compare_memory(120 * mib, 100 * mib, &t).verdict,
+            Verdict::Improvement
+        );
+        assert_eq!(
+            compare_memory(100 * mib, 105 * mib, &t).verdict,
+            Verdict::Unchanged
+        );
         // Rerun noise seen on the CPU: 21 -> 23 MiB, 44 -> 46 MiB.
-        assert_eq!(compare_memory(21 * mib, 23 * mib, &t).verdict, Verdict::Unchanged);
-        assert_eq!(compare_memory(44 * mib, 46 * mib, &t).verdict, Verdict::Unchanged);
+        assert_eq!(
+            compare_memory(21 * mib, 23 * mib, &t).verdict,
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            compare_memory(44 * mib, 46 * mib, &t).verdict,
+            Verdict::Unchanged
+        );
         // Tripled, but by 2 MiB: allocator granularity on a small case.
         assert_eq!(compare_memory(mib, 3 * mib, &t).verdict, Verdict::Unchanged);
     }
@@ -685,7 +732,14 @@ mod tests {
     fn a_run_compared_with_itself_has_no_findings() {
         let base: Vec<Record> = [16, 32, 64]
             .iter()
-            .map(|&n| record("a", n, Some(latency(n as f64, n as f64 * 0.9, n as f64 * 1.2)), 5 << 20))
+            .map(|&n| {
+                record(
+                    "a",
+                    n,
+                    Some(latency(n as f64, n as f64 * 0.9, n as f64 * 1.2)),
+                    5 << 20,
+                )
+            })
             .collect();
         let c = compare(&base, &base, Thresholds::default()).unwrap();
         assert_eq!(c.count(Verdict::Unchanged), 3);
