@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs a sweep on every GPU of one node: one `xarena run --shard i/N --device cuda:i` per
-# visible GPU, all at once, then merges the shards and writes the report.
+# Runs a sweep on every GPU of one node: one `xarena run --shard i/N` per visible GPU, each
+# shown only its GPU (CUDA_VISIBLE_DEVICES) as cuda:0, all at once, then merges the
+# shards and writes the report.
 #
 #   bash ci/multi-gpu.sh SWEEP RUN_DIR [xarena run flags...]
 #   CUDA_VISIBLE_DEVICES=0,1 bash ci/multi-gpu.sh ci/sweeps/nightly-gpu.toml results/node
@@ -25,14 +26,16 @@ bin=${XARENA_BIN:-target/release/xarena}
 xarena() { "$bin" "$@"; }
 
 if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
-  IFS=, read -ra visible <<<"$CUDA_VISIBLE_DEVICES"
-  n=${#visible[@]}
+  IFS=, read -ra gpus <<<"$CUDA_VISIBLE_DEVICES"
   # CUDA reads an invalid first entry (-1, NoDevFiles) as "no GPU".
-  [[ ${visible[0]:-} =~ ^(-1|NoDevFiles)?$ ]] && n=0
+  [[ ${gpus[0]:-} =~ ^(-1|NoDevFiles)?$ ]] && gpus=()
 else
   command -v nvidia-smi >/dev/null || die "no CUDA_VISIBLE_DEVICES and no nvidia-smi: cannot count the GPUs"
-  n=$(nvidia-smi -L | grep -c '^GPU ' || true)
+  count=$(nvidia-smi -L | grep -c '^GPU ' || true)
+  gpus=()
+  for ((i = 0; i < count; i++)); do gpus+=("$i"); done
 fi
+n=${#gpus[@]}
 [ "$n" -gt 0 ] || die "no GPU visible"
 [ ! -e "$run/merged" ] || die "$run/merged exists: this run was merged already"
 
@@ -43,10 +46,12 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
 for ((i = 0; i < n; i++)); do
   resume=()
   [ -f "$run/shard-$i/results.jsonl" ] && resume=(--resume)
-  xarena run --sweep "$sweep" --shard "$i/$n" --device "cuda:$i" --out "$run/shard-$i" --reuse-worker --no-report "${resume[@]}" "$@" \
+  # Each shard sees one GPU, as cuda:0: the device is part of every case's key, so all
+  # shards must name the same device for their slices to partition one sweep.
+  CUDA_VISIBLE_DEVICES=${gpus[$i]} xarena run --sweep "$sweep" --shard "$i/$n" --device cuda:0 --out "$run/shard-$i" --reuse-worker --no-report "${resume[@]}" "$@" \
     >"$run/logs/shard-$i.log" 2>&1 &
   pids+=($!)
-  echo "shard $i/$n on cuda:$i (pid $!) -> $run/shard-$i" >&2
+  echo "shard $i/$n on GPU ${gpus[$i]} (pid $!) -> $run/shard-$i" >&2
 done
 
 failed=()

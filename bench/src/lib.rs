@@ -6,7 +6,9 @@
 //! (records appended at once) -> `xarena-reports` (tables).
 
 pub mod case;
+pub mod history;
 pub mod measure;
+pub mod merge;
 pub mod quality;
 pub mod run;
 pub mod store;

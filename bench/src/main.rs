@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::Table;
-use xarena_bench::store::{check_target, Store};
-use xarena_bench::sweep::{Sweep, SweepFile};
+use xarena_bench::store::{check_resume_shard, check_target, Store};
+use xarena_bench::sweep::{Shard, Sweep, SweepFile};
 use xarena_bench::{measure, run, worker};
 use xarena_reports::analysis::efficiency_tables;
 use xarena_reports::schema::{Dtype, Mode, Scope};
@@ -43,6 +43,26 @@ enum Command {
     /// Approximation error against exact attention on the same inputs and projections
     /// (a quality proxy that needs no training; see bench/src/quality.rs).
     Quality(QualityArgs),
+    /// Compare two runs case by case: regressions and improvements in latency and peak
+    /// memory, status changes, cases on one side only. Exit status: 0 no regression,
+    /// 1 a regression, 2 bad input.
+    Compare(CompareArgs),
+    /// Combine the results of several runs (the shards of a sweep) into one run
+    /// directory, each case once.
+    Merge {
+        /// A new (or empty) directory for the merged run.
+        out_dir: PathBuf,
+        /// Run directories or results files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Which record to keep when a case has different results in two inputs (without
+        /// it, such a conflict fails the merge).
+        #[arg(long, value_enum)]
+        prefer: Option<PreferArg>,
+    },
+    /// Results over many runs in an SQLite database: ingest them, show a variant's trend.
+    #[command(subcommand)]
+    History(HistoryCommand),
     /// Print the environment a run would record, as JSON.
     Env,
     /// Serve cases on stdin (started by `run`; not for direct use).
@@ -55,6 +75,75 @@ enum Format {
     Terminal,
     Markdown,
     Json,
+}
+
+/// Output of `compare` and `history show`.
+#[derive(Clone, Copy, ValueEnum)]
+enum TableFormat {
+    Terminal,
+    #[value(name = "md", alias = "markdown")]
+    Markdown,
+    Json,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The baseline: a run directory or a results file.
+    base: PathBuf,
+    /// The run to judge against it.
+    new: PathBuf,
+    /// Least change of median latency that counts, in percent (default 50: reruns on a
+    /// shared VM move by up to 35%); the runs' own spread can raise it per case (see
+    /// README, "Comparing runs").
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Least change of median latency that counts, in microseconds (default 1).
+    #[arg(long)]
+    latency_floor: Option<f64>,
+    /// Least change of peak memory that counts, in percent (default 10).
+    #[arg(long)]
+    memory_threshold: Option<f64>,
+    /// Least change of peak memory that counts, in MiB (default 4: allocator granularity
+    /// on small cases).
+    #[arg(long)]
+    memory_floor: Option<f64>,
+    #[arg(long, value_enum, default_value_t = TableFormat::Terminal)]
+    format: TableFormat,
+}
+
+#[derive(Subcommand)]
+enum HistoryCommand {
+    /// Add the records of run directories or results files to DB (created if missing);
+    /// records already there are skipped.
+    Ingest {
+        db: PathBuf,
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+    },
+    /// A variant's results over the runs in DB, a table per case, oldest first.
+    Show {
+        db: PathBuf,
+        #[arg(long)]
+        variant: String,
+        /// Only this sequence length.
+        #[arg(long)]
+        seq: Option<i64>,
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long, value_enum, default_value_t = TableFormat::Terminal)]
+        format: TableFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PreferArg {
+    /// The record whose case started last.
+    Newest,
+    /// The record of the input named first.
+    First,
 }
 
 #[derive(Args)]
@@ -145,6 +234,10 @@ struct RunArgs {
     /// Don't print the table at the end.
     #[arg(long)]
     no_report: bool,
+    /// Run only slice i of n of the sweep's cases (from 0), for a job array; `xarena
+    /// merge` combines the slices' directories.
+    #[arg(long)]
+    shard: Option<Shard>,
 }
 
 #[derive(Args)]
@@ -275,14 +368,26 @@ fn cmd_report(args: ReportArgs) -> Result<()> {
 fn cmd_run(args: RunArgs) -> Result<()> {
     // Everything is checked before anything is written.
     let sweep = args.sweep()?;
-    let cases = sweep.cases()?;
+    let mut cases = sweep.cases()?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("results").join(chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ").to_string())
     });
     check_target(&out, args.resume)?;
+    if args.resume {
+        check_resume_shard(&out, args.shard)?;
+    }
+    if let Some(shard) = args.shard {
+        let total = cases.len();
+        cases = shard.select(cases);
+        eprintln!(
+            "xarena: shard {shard}: {} of the sweep's {total} case(s)",
+            cases.len()
+        );
+    }
+    let empty = cases.is_empty();
     let (store, done) = Store::open(&out)?;
     eprintln!("xarena: {} case(s) -> {}", cases.len(), out.display());
-    let summary = run::run(&sweep, cases, store, done, args.reuse_worker)?;
+    let summary = run::run(&sweep, cases, store, done, args.reuse_worker, args.shard)?;
     eprintln!(
         "xarena: {} ran ({} ok, {} failed), {} skipped; results in {}",
         summary.ran,
@@ -291,8 +396,124 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         summary.skipped,
         out.display()
     );
-    if !args.no_report {
+    // A shard of a small sweep may get no case: an empty results file, no table.
+    if !args.no_report && !empty {
         print_report(&[out], Format::Terminal)?;
+    }
+    Ok(())
+}
+
+/// Ok(true) when NEW regressed.
+fn cmd_compare(args: CompareArgs) -> Result<bool> {
+    use xarena_reports::compare::{compare, render, Thresholds};
+    for (flag, v) in [
+        ("--threshold", args.threshold),
+        ("--latency-floor", args.latency_floor),
+        ("--memory-threshold", args.memory_threshold),
+        ("--memory-floor", args.memory_floor),
+    ] {
+        if let Some(v) = v {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{flag} must be a number >= 0, got {v}"
+            );
+        }
+    }
+    let d = Thresholds::default();
+    let thresholds = Thresholds {
+        latency: args.threshold.map_or(d.latency, |p| p / 100.0),
+        latency_floor_s: args.latency_floor.map_or(d.latency_floor_s, |us| us * 1e-6),
+        memory: args.memory_threshold.map_or(d.memory, |p| p / 100.0),
+        memory_floor_bytes: args.memory_floor.map_or(d.memory_floor_bytes, |mib| {
+            (mib * (1u64 << 20) as f64) as u64
+        }),
+    };
+    let read = |path: &PathBuf| -> Result<Vec<xarena_reports::Record>> {
+        let loaded = xarena_reports::load::read_results(path)?;
+        if loaded.truncated_tail {
+            eprintln!(
+                "xarena: {}: last line cut short (a run killed while writing); left out",
+                path.display()
+            );
+        }
+        Ok(loaded.records)
+    };
+    let (base, new) = (read(&args.base)?, read(&args.new)?);
+    let c = compare(&base, &new, thresholds).map_err(|e| match e {
+        xarena_reports::compare::CompareError::Empty(side) => anyhow::anyhow!(
+            "{side} ({}) holds no records",
+            if side == "BASE" {
+                &args.base
+            } else {
+                &args.new
+            }
+            .display()
+        ),
+        e => e.into(),
+    })?;
+    match args.format {
+        TableFormat::Terminal => print!("{}", render(&c, Style::Terminal)),
+        TableFormat::Markdown => print!("{}", render(&c, Style::Markdown)),
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+    }
+    Ok(c.has_regression())
+}
+
+fn cmd_merge(out: PathBuf, inputs: Vec<PathBuf>, prefer: Option<PreferArg>) -> Result<()> {
+    use xarena_reports::merge::Prefer;
+    let prefer = prefer.map(|p| match p {
+        PreferArg::Newest => Prefer::Newest,
+        PreferArg::First => Prefer::First,
+    });
+    let s = xarena_bench::merge::merge_runs(&out, &inputs, prefer)?;
+    for c in &s.resolved {
+        eprintln!("xarena: conflict settled by --prefer: {c}");
+    }
+    eprintln!(
+        "xarena: {} case(s) from {} input(s) -> {} ({} identical copies left out, {} conflict(s) settled)",
+        s.cases,
+        s.inputs,
+        out.display(),
+        s.duplicates,
+        s.resolved.len()
+    );
+    Ok(())
+}
+
+fn cmd_history(command: HistoryCommand) -> Result<()> {
+    use xarena_bench::history;
+    match command {
+        HistoryCommand::Ingest { db, results } => {
+            let n = history::ingest(&db, &results)?;
+            eprintln!(
+                "xarena: {} record(s) added from {} run(s), {} already in {}",
+                n.added,
+                n.runs,
+                n.present,
+                db.display()
+            );
+        }
+        HistoryCommand::Show {
+            db,
+            variant,
+            seq,
+            mode,
+            device,
+            format,
+        } => {
+            let filter = history::Filter {
+                variant,
+                seq,
+                mode: mode.map(Into::into),
+                device,
+            };
+            let points = history::show(&db, &filter)?;
+            match format {
+                TableFormat::Terminal => print!("{}", history::render(&points, Style::Terminal)),
+                TableFormat::Markdown => print!("{}", history::render(&points, Style::Markdown)),
+                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&points)?),
+            }
+        }
     }
     Ok(())
 }
@@ -455,6 +676,24 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        // Its own exit codes, for CI gates: 1 is a regression, so an error is 2 (as clap's
+        // usage errors are).
+        Command::Compare(args) => {
+            return match cmd_compare(args) {
+                Ok(false) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("xarena: error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Merge {
+            out_dir,
+            inputs,
+            prefer,
+        } => cmd_merge(out_dir, inputs, prefer),
+        Command::History(c) => cmd_history(c),
         Command::Run(args) => cmd_run(*args),
         Command::List { format } => cmd_list(format),
         Command::Report(args) => cmd_report(args),

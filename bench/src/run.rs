@@ -12,7 +12,7 @@ use xarena_reports::schema::{Environment, Record, Status, SCHEMA_VERSION};
 use crate::case::Request;
 use crate::measure::env;
 use crate::store::Store;
-use crate::sweep::{Case, Sweep};
+use crate::sweep::{Case, Shard, Sweep};
 use crate::worker::Supervisor;
 
 #[derive(Serialize)]
@@ -21,6 +21,9 @@ struct RunLog<'a> {
     started_at: String,
     argv: Vec<String>,
     sweep: &'a Sweep,
+    /// `--shard i/n`: this invocation ran that slice of the sweep's cases.
+    shard: Option<Shard>,
+    /// Cases of this invocation (of its shard), including those skipped.
     cases: usize,
     skipped: usize,
     env: &'a Environment,
@@ -46,6 +49,7 @@ pub fn run(
     mut store: Store,
     done: std::collections::HashSet<String>,
     reuse_worker: bool,
+    shard: Option<Shard>,
 ) -> Result<Summary> {
     let threads = if sweep.threads > 0 {
         sweep.threads
@@ -72,6 +76,7 @@ pub fn run(
         started_at: now(),
         argv: std::env::args().collect(),
         sweep,
+        shard,
         cases: cases.len(),
         skipped: summary.skipped,
         env: &environment,

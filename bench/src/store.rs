@@ -15,6 +15,8 @@ use serde::Serialize;
 use xarena_reports::load::{read_results, RESULTS_FILE};
 use xarena_reports::Record;
 
+use crate::sweep::Shard;
+
 pub const CSV_FILE: &str = "results.csv";
 pub const RUNS_FILE: &str = "runs.jsonl";
 
@@ -111,6 +113,44 @@ pub fn check_target(dir: &Path, resume: bool) -> Result<()> {
     }
     if resume && !results.exists() {
         bail!("--resume: no results to resume in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// With `--resume`, checks that the run in `dir` was sliced as this invocation asks:
+/// resuming shard 0/2 with 1/2 (or with none) would mix two slices in one directory.
+/// The last line of `runs.jsonl` says (every invocation in a directory has the same
+/// shard; `xarena merge` ends with a line with none, as its directory holds the whole).
+pub fn check_resume_shard(dir: &Path, shard: Option<Shard>) -> Result<()> {
+    let path = dir.join(RUNS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        // A directory from before runs were logged: nothing to check against.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return Ok(());
+    };
+    let value: serde_json::Value = serde_json::from_str(line)
+        .with_context(|| format!("{}: last line is not JSON", path.display()))?;
+    // Lines written before shards existed have no `shard`: unsharded.
+    let recorded: Option<Shard> = match value.get("shard") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value(v.clone())
+                .with_context(|| format!("{}: unreadable `shard`", path.display()))?,
+        ),
+    };
+    if recorded != shard {
+        let show =
+            |s: Option<Shard>| s.map_or("no --shard".to_string(), |s| format!("--shard {s}"));
+        bail!(
+            "--resume: {} was run with {}, this is {}; resume it with the same --shard",
+            dir.display(),
+            show(recorded),
+            show(shard)
+        );
     }
     Ok(())
 }

@@ -447,3 +447,136 @@ impl Case {
         )
     }
 }
+
+/// `--shard i/n`: the i-th of n slices of a sweep, for running one sweep on several
+/// machines (a job array) and merging the results (`xarena merge`).
+///
+/// The cases are ranked by case id (a hash of the key) and shard i takes ranks i, i + n,
+/// i + 2n, ...: the slices partition the sweep, differ in size by at most one case, mix
+/// variants and lengths (ids are hashes, so no shard gets all the long cases), and depend
+/// only on the sweep, not on the machine or the order of flags. Within a shard, cases
+/// keep the sweep's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected i/n, e.g. 0/4 (shard i of n, from 0)"))?;
+        let number = |what: &str, v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("`{s}`: the {what} `{v}` is not a whole number >= 0"))
+        };
+        let (index, count) = (number("index", i)?, number("count", n)?);
+        if count == 0 {
+            return Err(format!("`{s}`: the count must be at least 1"));
+        }
+        if index >= count {
+            return Err(format!(
+                "`{s}`: the index must be below the count (shards are 0 to {})",
+                count - 1
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// This shard's cases, in the sweep's order.
+    pub fn select(&self, cases: Vec<Case>) -> Vec<Case> {
+        let mut ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        ids.sort_unstable();
+        let mine: HashSet<String> = ids
+            .iter()
+            .enumerate()
+            .filter(|(rank, _)| *rank as u64 % self.count == self.index)
+            .map(|(_, id)| id.to_string())
+            .collect();
+        cases.into_iter().filter(|c| mine.contains(&c.id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_refuse_what_is_not_a_shard() {
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
+        assert_eq!("0/1".parse::<Shard>(), Ok(Shard { index: 0, count: 1 }));
+        for (bad, needle) in [
+            ("3/3", "below the count"),
+            ("0/0", "at least 1"),
+            ("-1/2", "index `-1`"),
+            ("1", "expected i/n"),
+            ("a/2", "index `a`"),
+            ("1/b", "count `b`"),
+        ] {
+            let err = bad.parse::<Shard>().unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn shards_partition_the_sweep_evenly() {
+        let sweep = Sweep {
+            variants: ["empty", "vanilla", "local"]
+                .iter()
+                .map(|n| VariantSpec::new(n))
+                .collect(),
+            seq: vec![16, 32, 64, 128, 256],
+            ..Sweep::default()
+        };
+        let all = sweep.cases().unwrap();
+        assert_eq!(all.len(), 15);
+        for n in 1..=16 {
+            let mut seen = Vec::new();
+            for i in 0..n {
+                let part = Shard { index: i, count: n }.select(all.clone());
+                // Sizes differ by at most one.
+                let size = part.len() as u64;
+                assert!(size == 15 / n || size == 15 / n + 1, "{i}/{n}: {size}");
+                // The sweep's order is kept.
+                let positions: Vec<usize> = part
+                    .iter()
+                    .map(|c| all.iter().position(|a| a.id == c.id).unwrap())
+                    .collect();
+                assert!(positions.windows(2).all(|w| w[0] < w[1]));
+                seen.extend(part.into_iter().map(|c| c.id));
+            }
+            seen.sort();
+            let mut ids: Vec<String> = all.iter().map(|c| c.id.clone()).collect();
+            ids.sort();
+            assert_eq!(seen, ids, "{n} shards cover the sweep once");
+        }
+        // The order of the flags does not move a case to another shard.
+        let reversed = Sweep {
+            variants: sweep.variants.iter().rev().cloned().collect(),
+            seq: sweep.seq.iter().rev().copied().collect(),
+            ..sweep.clone()
+        };
+        let shard = Shard { index: 1, count: 4 };
+        let mut a: Vec<String> = shard.select(all).into_iter().map(|c| c.id).collect();
+        let mut b: Vec<String> = shard
+            .select(reversed.cases().unwrap())
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+}

@@ -592,7 +592,10 @@ impl Stub {
         std::fs::write(
             &stub,
             r#"#!/usr/bin/env bash
-echo "$*" >> "$STUB_LOG"
+line="$*"
+# Which GPUs a run was given: one per shard on a multi-GPU node.
+[ "$1" = run ] && [ -n "${CUDA_VISIBLE_DEVICES+set}" ] && line="$line [gpus=$CUDA_VISIBLE_DEVICES]"
+echo "$line" >> "$STUB_LOG"
 [ "$1" = run ] || exit 0
 out=; shard=
 while [ $# -gt 0 ]; do
@@ -676,12 +679,14 @@ fn multi_gpu_runs_one_shard_per_visible_gpu_then_merges() {
     assert_eq!(log.len(), 4, "{log:?}");
     let mut shards = log[..2].to_vec();
     shards.sort();
-    for (i, shard) in shards.iter().enumerate() {
+    // Every shard sees only its own GPU, as cuda:0: the device is part of a case's key,
+    // so all shards must name the same one for their slices to partition one sweep.
+    for (i, (shard, gpu)) in shards.iter().zip(["3", "5"]).enumerate() {
         assert_eq!(
             *shard,
             format!(
-                "run --sweep {SWEEP} --shard {i}/2 --device cuda:{i} --out TMP/run/shard-{i} \
-                 --reuse-worker --no-report --min-time 0.1"
+                "run --sweep {SWEEP} --shard {i}/2 --device cuda:0 --out TMP/run/shard-{i} \
+                 --reuse-worker --no-report --min-time 0.1 [gpus={gpu}]"
             )
         );
     }

@@ -7,9 +7,11 @@
 pub mod accuracy;
 pub mod analysis;
 pub mod anchors;
+pub mod compare;
 pub mod grid;
 pub mod load;
 pub mod lra;
+pub mod merge;
 pub mod plots;
 pub mod publish;
 pub mod schema;
