@@ -694,10 +694,7 @@ fn multi_gpu_runs_one_shard_per_visible_gpu_then_merges() {
         log[2],
         "merge TMP/run/merged TMP/run/shard-0 TMP/run/shard-1"
     );
-    assert_eq!(
-        log[3],
-        "report TMP/run/merged --out TMP/run/report --force"
-    );
+    assert_eq!(log[3], "report TMP/run/merged --out TMP/run/report --force");
 }
 
 #[test]
