@@ -431,20 +431,7 @@ impl Case {
 
     /// A one-line name for progress and errors.
     pub fn describe(&self) -> String {
-        let k = &self.key;
-        format!(
-            "{} N={} b={} h={}x{} {} {} {} {}{}",
-            self.label,
-            k.seq_len,
-            k.batch,
-            k.heads,
-            k.head_dim,
-            k.dtype,
-            k.device,
-            k.mode,
-            k.scope,
-            if k.causal { " causal" } else { "" }
-        )
+        self.key.describe(&self.label)
     }
 }
 

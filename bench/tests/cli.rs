@@ -1,35 +1,13 @@
 //! The `xarena` binary end to end: failures recorded per case, resume, bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Output;
+
+use common::{stderr, tmp, xarena, QUICK};
 use xarena_reports::load::read_results;
 use xarena_reports::schema::Status;
-
-fn xarena() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xarena"));
-    c.env_remove("XARENA_FAULT");
-    c
-}
-
-/// Small, quick cases: the tests check behaviour, not speed.
-const QUICK: &[&str] = &[
-    "--batch",
-    "1",
-    "--heads",
-    "2",
-    "--head-dim",
-    "8",
-    "--min-time",
-    "0.005",
-    "--warmup",
-    "0",
-    "--min-iters",
-    "2",
-    "--threads",
-    "1",
-    "--no-report",
-];
 
 fn run(args: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
     let mut c = xarena();
@@ -38,16 +16,6 @@ fn run(args: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().expect("xarena runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xarena-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn statuses(out: &Path) -> Vec<(String, i64, Status, Option<String>)> {

@@ -1,50 +1,13 @@
 //! `xarena run --shard`, `merge`, `compare` and `history` end to end, on a tiny sweep.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::{stderr, stdout, tmp, xarena, QUICK};
 use xarena_reports::load::read_results;
-
-fn xarena() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xarena"));
-    c.env_remove("XARENA_FAULT");
-    c
-}
-
-/// The quick settings of tests/cli.rs.
-const QUICK: &[&str] = &[
-    "--batch",
-    "1",
-    "--heads",
-    "2",
-    "--head-dim",
-    "8",
-    "--min-time",
-    "0.005",
-    "--warmup",
-    "0",
-    "--min-iters",
-    "2",
-    "--threads",
-    "1",
-    "--no-report",
-];
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xarena-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&dir);
-    dir
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Two cheap variants at three lengths, 6 cases, unless `extra` names variants (clap
 /// appends a list given twice rather than replacing it).

@@ -151,20 +151,7 @@ pub enum CompareError {
 
 /// A one-line name of a record's case: label, shape and setting.
 pub fn describe(r: &Record) -> String {
-    let k = &r.key;
-    format!(
-        "{} N={} b={} h={}x{} {} {} {} {}{}",
-        r.label,
-        k.seq_len,
-        k.batch,
-        k.heads,
-        k.head_dim,
-        k.dtype,
-        k.device,
-        k.mode,
-        k.scope,
-        if k.causal { " causal" } else { "" }
-    )
+    r.key.describe(&r.label)
 }
 
 fn index<'a>(

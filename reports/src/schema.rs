@@ -82,6 +82,24 @@ impl CaseKey {
 
     /// The key without the variant and the sequence length: cases in one setting are
     /// compared against each other in a table.
+    /// A one-line name of the case for progress, errors and comparisons: the display
+    /// label, shape and setting.
+    pub fn describe(&self, label: &str) -> String {
+        format!(
+            "{} N={} b={} h={}x{} {} {} {} {}{}",
+            label,
+            self.seq_len,
+            self.batch,
+            self.heads,
+            self.head_dim,
+            self.dtype,
+            self.device,
+            self.mode,
+            self.scope,
+            if self.causal { " causal" } else { "" }
+        )
+    }
+
     pub fn setting(&self) -> Setting {
         Setting {
             batch: self.batch,
