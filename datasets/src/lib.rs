@@ -1,4 +1,7 @@
-//! Inputs for xarena's cases. Efficiency cases need only the right shapes and realistic
-//! values; the LRA-style tasks (generators and loaders) will live here beside them.
+//! Inputs for xarena's cases and the LRA-style tasks. Efficiency cases need only the
+//! right shapes and realistic values ([`inputs`]); the tasks ([`task`] for the common
+//! API and the cache, [`listops`], [`synthetic`]) generate seeded, cached splits.
 
 pub mod inputs;
+pub mod listops;
+pub mod task;
