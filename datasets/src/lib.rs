@@ -4,4 +4,5 @@
 
 pub mod inputs;
 pub mod listops;
+pub mod synthetic;
 pub mod task;
