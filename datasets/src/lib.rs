@@ -4,5 +4,6 @@
 
 pub mod inputs;
 pub mod listops;
+pub mod pathfinder;
 pub mod synthetic;
 pub mod task;
