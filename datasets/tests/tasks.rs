@@ -5,9 +5,12 @@ use xarena_datasets::pathfinder::Pathfinder;
 use xarena_datasets::synthetic::{AssociativeRecall, Passkey, SelectiveCopy};
 use xarena_datasets::task::{cache_path, load_or_generate, Sizes, Task};
 
+/// A task with its vocabulary size, classes, maximum length and examples in all.
+type Expected = (Box<dyn Task>, u32, u32, usize, usize);
+
 #[test]
 fn defaults_match_the_readme() {
-    let tasks: Vec<(Box<dyn Task>, u32, u32, usize, usize)> = vec![
+    let tasks: Vec<Expected> = vec![
         (Box::new(ListOps::default()), 16, 10, 1999, 100_000),
         (
             Box::new(AssociativeRecall::default()),
