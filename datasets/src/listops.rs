@@ -16,7 +16,8 @@
 //! `[MAX 2 9 ]`, with `]` its own symbol. Ids: 0 padding, 1-10 the digits 0-9, 11 `[MIN`,
 //! 12 `[MAX`, 13 `[MED`, 14 `[SM`, 15 `]`. The label is the tree's value (ten classes).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{bail, ensure, Result};
 use rand_chacha::ChaCha8Rng;
@@ -325,8 +326,8 @@ impl Task for ListOps {
         self.validate()?;
         let total = self.sizes.total();
         let mut r = rng(seed, 0);
-        let mut seen: HashSet<Vec<u32>> = HashSet::with_capacity(total);
-        let mut all = Vec::with_capacity(total);
+        let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(total);
+        let mut all: Vec<Example> = Vec::with_capacity(total);
         // Enough for LRA's settings many times over; a bound so that parameters whose
         // trees are almost never in range (or too few distinct) end with an error.
         let max_draws = 1_000 * total as u64 + 1_000_000;
@@ -349,7 +350,12 @@ impl Task for ListOps {
             if tokens.len() <= self.min_length || tokens.len() >= self.max_length {
                 continue;
             }
-            if seen.insert(tokens.clone()) {
+            // Duplicates by a hash, confirmed on the tokens: no second copy of each tree.
+            let mut h = DefaultHasher::new();
+            tokens.hash(&mut h);
+            let same = seen.entry(h.finish()).or_default();
+            if same.iter().all(|&i| all[i].tokens != tokens) {
+                same.push(all.len());
                 all.push(Example { tokens, label });
             }
         }
@@ -361,6 +367,7 @@ impl Task for ListOps {
 mod tests {
     use super::*;
     use crate::task::label_counts;
+    use std::collections::HashSet;
 
     fn small() -> ListOps {
         ListOps {
@@ -471,6 +478,23 @@ mod tests {
             .train
             .iter()
             .any(|e| parse(&e.tokens).unwrap().depth() == 3));
+    }
+
+    #[test]
+    fn duplicates_are_dropped_until_the_space_runs_out() {
+        // Depth 2 and two arguments: exactly 4 operators x 100 digit pairs = 400 trees.
+        let mut task = ListOps {
+            min_length: 3,
+            max_length: 6,
+            max_depth: 2,
+            max_args: 2,
+            sizes: Sizes::new(300, 50, 50),
+        };
+        let split = task.generate(0).unwrap();
+        check(&task, &split);
+        task.sizes.train = 301;
+        let err = task.generate(0).unwrap_err().to_string();
+        assert!(err.contains("only 400 of 401 distinct"), "{err}");
     }
 
     #[test]
