@@ -1,10 +1,15 @@
 //! DEMO/TEST TASK, to be replaced by the datasets crate's generators once they are wired
 //! in: associative recall.
 //!
-//! A sequence holds `pairs` (key, value) pairs with distinct keys, then pad tokens, then
-//! one of its keys again as the query in the last position; the label is the value that
-//! followed that key. Token ids: 0 pad, 1..=keys keys, then the values. Chance is
-//! 1 / values. Every example is a pure function of the seed.
+//! A sequence holds `pairs` (key, value) bindings with distinct keys, then pad tokens,
+//! then a query naming one of those keys in the last position; the label is the value
+//! bound to it. Each binding is one token (id `1 + key x values + value`, keys from 0) and
+//! the query its own token (`1 + keys x values + key`); 0 is the pad. Answering needs
+//! content-based retrieval across the whole sequence (the query's match is up to N - 1
+//! positions away), one attention hop: a model that only pools per-token features cannot
+//! match query and key, and stays at chance, 1 / values. (Key and value as two tokens,
+//! the usual layout, needs two hops and did not learn within a few thousand steps at
+//! this size.) Every example is a pure function of the seed.
 
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
@@ -49,8 +54,8 @@ impl Default for RecallConfig {
 impl RecallConfig {
     pub fn check(&self) -> Result<()> {
         anyhow::ensure!(
-            self.pairs >= 1 && 2 * self.pairs < self.seq_len,
-            "{NAME}: needs 1 <= pairs and 2 x pairs + 1 <= seq_len (got {} pairs, seq_len {})",
+            self.pairs >= 1 && self.pairs < self.seq_len,
+            "{NAME}: needs 1 <= pairs < seq_len (got {} pairs, seq_len {})",
             self.pairs,
             self.seq_len
         );
@@ -67,13 +72,23 @@ impl RecallConfig {
         Ok(())
     }
 
+    /// The token binding `key` to `value` (both from 0).
+    pub fn binding(&self, key: u32, value: u32) -> u32 {
+        1 + key * self.values + value
+    }
+
+    /// The token asking for `key`'s value.
+    pub fn query(&self, key: u32) -> u32 {
+        1 + self.keys * self.values + key
+    }
+
     pub fn vocab(&self) -> u32 {
-        1 + self.keys + self.values
+        1 + self.keys * self.values + self.keys
     }
 
     fn example(&self, rng: &mut ChaCha8Rng) -> Example {
         // The first `pairs` entries of a partial Fisher-Yates shuffle: distinct keys.
-        let mut keys: Vec<u32> = (1..=self.keys).collect();
+        let mut keys: Vec<u32> = (0..self.keys).collect();
         for i in 0..self.pairs {
             let j = rng.gen_range(i..keys.len());
             keys.swap(i, j);
@@ -82,12 +97,11 @@ impl RecallConfig {
         let mut values = Vec::with_capacity(self.pairs);
         for (i, &k) in keys[..self.pairs].iter().enumerate() {
             let v = rng.gen_range(0..self.values);
-            tokens[2 * i] = k;
-            tokens[2 * i + 1] = 1 + self.keys + v;
+            tokens[i] = self.binding(k, v);
             values.push(v);
         }
         let q = rng.gen_range(0..self.pairs);
-        tokens[self.seq_len - 1] = keys[q];
+        tokens[self.seq_len - 1] = self.query(keys[q]);
         Example {
             tokens,
             label: values[q],
@@ -128,18 +142,26 @@ mod tests {
         let other = RecallConfig { seed: 1, ..c.clone() }.generate().unwrap();
         assert_ne!(a.train, other.train);
         for e in &a.train {
-            let q = e.tokens[c.seq_len - 1];
-            let at = e.tokens[..2 * c.pairs].iter().position(|&t| t == q).unwrap();
-            assert_eq!(at % 2, 0, "the query is a key");
-            assert_eq!(e.tokens[at + 1], 1 + c.keys + e.label);
-            assert!(e.tokens[2 * c.pairs..c.seq_len - 1].iter().all(|&t| t == 0));
+            let key = e.tokens[c.seq_len - 1] - c.query(0);
+            assert!(key < c.keys, "the last token is a query");
+            let bound: Vec<u32> = e.tokens[..c.pairs]
+                .iter()
+                .copied()
+                .filter(|&t| (t - 1) / c.values == key)
+                .collect();
+            assert_eq!(bound, vec![c.binding(key, e.label)], "one binding answers it");
+            let mut keys: Vec<u32> = e.tokens[..c.pairs].iter().map(|t| (t - 1) / c.values).collect();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), c.pairs, "distinct keys");
+            assert!(e.tokens[c.pairs..c.seq_len - 1].iter().all(|&t| t == 0));
         }
     }
 
     #[test]
     fn impossible_configs_are_refused() {
         let c = RecallConfig {
-            pairs: 40,
+            pairs: 64,
             ..Default::default()
         };
         assert!(c.generate().unwrap_err().to_string().contains("pairs"));
