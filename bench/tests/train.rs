@@ -13,14 +13,15 @@ use xarena_reports::accuracy::read_accuracy;
 use xarena_variants::VariantSpec;
 
 /// A smaller recall than the `tiny` preset's (N = 16, 4 bindings, 8 values: chance
-/// 12.5%), so a run takes seconds in a debug build.
+/// 12.5%), so a run takes seconds in a debug build (vanilla reached 98% held out,
+/// linear-transformer 91%, when written).
 fn small_task() -> TaskData {
     RecallConfig {
         seq_len: 16,
         pairs: 4,
         keys: 16,
         values: 8,
-        train_size: 8192,
+        train_size: 32768,
         test_size: 512,
         seed: 0,
     }
@@ -30,7 +31,11 @@ fn small_task() -> TaskData {
 
 fn spec(variant: &str, task: &TaskData, config: ClassifierConfig, batch: i64) -> ModelSpec {
     ModelSpec {
-        variant: variant.parse::<VariantSpec>().unwrap().normalized().unwrap(),
+        variant: variant
+            .parse::<VariantSpec>()
+            .unwrap()
+            .normalized()
+            .unwrap(),
         config,
         vocab: task.vocab,
         classes: task.classes,
@@ -39,13 +44,16 @@ fn spec(variant: &str, task: &TaskData, config: ClassifierConfig, batch: i64) ->
     }
 }
 
-fn learns(variant: &str) {
+fn learns(variant: &str, steps: u64, lr: f64) {
+    // One thread: a test binary shares the machine with other builds, and LibTorch's
+    // threads slow down many times over when the cores are busy.
+    tch::set_num_threads(1);
     let task = small_task();
     let cfg = TrainConfig {
-        steps: 600,
+        steps,
         batch: 32,
-        lr: 1e-3,
-        warmup_steps: 60,
+        lr,
+        warmup_steps: steps / 10,
         seed: 7,
         ..Default::default()
     };
@@ -57,18 +65,20 @@ fn learns(variant: &str) {
         "{variant}: held-out accuracy {} is not above 3x chance ({chance}): {report:?}",
         report.accuracy
     );
-    assert_eq!(report.steps, 600);
+    eprintln!("{variant}: {report:?}");
+    assert_eq!(report.steps, steps);
     assert!(report.steps_per_s > 0.0 && report.final_loss.is_finite());
 }
 
 #[test]
 fn vanilla_learns_associative_recall() {
-    learns("vanilla");
+    learns("vanilla", 400, 1e-3);
 }
 
 #[test]
 fn linear_transformer_learns_associative_recall() {
-    learns("linear-transformer");
+    // Linear attention learns the lookup more slowly (about 45% after 600 steps).
+    learns("linear-transformer", 1500, 3e-3);
 }
 
 #[test]
@@ -138,8 +148,23 @@ fn bad_models_and_data_are_refused_with_the_reason() {
 fn xarena_train_writes_a_loadable_accuracy_record_and_the_checkpoint() {
     let out = tmp("train-ok");
     let o = xarena()
-        .args(["train", "--task", "associative-recall", "--variant", "local:window=8"])
-        .args(["--preset", "tiny", "--steps", "3", "--seed", "5", "--threads", "1"])
+        .args([
+            "train",
+            "--task",
+            "associative-recall",
+            "--variant",
+            "local:window=8",
+        ])
+        .args([
+            "--preset",
+            "tiny",
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            "--threads",
+            "1",
+        ])
         .arg("--out")
         .arg(&out)
         .output()
@@ -149,13 +174,24 @@ fn xarena_train_writes_a_loadable_accuracy_record_and_the_checkpoint() {
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(
-        (r.task.as_str(), r.variant.as_str(), r.steps, r.seed, r.schema),
+        (
+            r.task.as_str(),
+            r.variant.as_str(),
+            r.steps,
+            r.seed,
+            r.schema
+        ),
         ("associative-recall", "local(window=8)", 3, 5, 1)
     );
     let line: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("accuracy.jsonl")).unwrap())
             .unwrap();
-    for field in ["train_seconds", "steps_per_s", "peak_memory_bytes", "preset"] {
+    for field in [
+        "train_seconds",
+        "steps_per_s",
+        "peak_memory_bytes",
+        "preset",
+    ] {
         assert!(!line[field].is_null(), "{field} missing: {line}");
     }
     for file in ["model.safetensors", "model.json", "train.json"] {
@@ -164,7 +200,13 @@ fn xarena_train_writes_a_loadable_accuracy_record_and_the_checkpoint() {
     assert!(Trained::load(&out, Device::Cpu).is_ok());
     // The same --out again: refused, the record left as it was.
     let again = xarena()
-        .args(["train", "--task", "associative-recall", "--variant", "vanilla"])
+        .args([
+            "train",
+            "--task",
+            "associative-recall",
+            "--variant",
+            "vanilla",
+        ])
         .arg("--out")
         .arg(&out)
         .output()
@@ -178,14 +220,70 @@ fn xarena_train_writes_a_loadable_accuracy_record_and_the_checkpoint() {
 #[test]
 fn xarena_train_refuses_bad_input_and_writes_nothing() {
     for (args, expected) in [
-        (["--task", "listops", "--variant", "vanilla", "--preset", "tiny"], "unknown task `listops`"),
-        (["--task", "associative-recall", "--variant", "nope", "--preset", "tiny"], "unknown variant `nope`"),
-        (["--task", "associative-recall", "--variant", "vanilla", "--preset", "huge"], "unknown preset `huge` (presets: tiny)"),
-        (["--task", "associative-recall", "--variant", "funnel", "--preset", "tiny"], "cannot be trained as a classifier"),
-        (["--task", "associative-recall", "--variant", "local:window=x", "--preset", "tiny"], "invalid parameters"),
+        (
+            [
+                "--task",
+                "listops",
+                "--variant",
+                "vanilla",
+                "--preset",
+                "tiny",
+            ],
+            "unknown task `listops`",
+        ),
+        (
+            [
+                "--task",
+                "associative-recall",
+                "--variant",
+                "nope",
+                "--preset",
+                "tiny",
+            ],
+            "unknown variant `nope`",
+        ),
+        (
+            [
+                "--task",
+                "associative-recall",
+                "--variant",
+                "vanilla",
+                "--preset",
+                "huge",
+            ],
+            "unknown preset `huge` (presets: tiny)",
+        ),
+        (
+            [
+                "--task",
+                "associative-recall",
+                "--variant",
+                "funnel",
+                "--preset",
+                "tiny",
+            ],
+            "cannot be trained as a classifier",
+        ),
+        (
+            [
+                "--task",
+                "associative-recall",
+                "--variant",
+                "local:window=x",
+                "--preset",
+                "tiny",
+            ],
+            "invalid parameters",
+        ),
     ] {
         let out = tmp("train-bad");
-        let o = xarena().arg("train").args(args).arg("--out").arg(&out).output().unwrap();
+        let o = xarena()
+            .arg("train")
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
         assert!(!out.exists(), "{args:?} created --out");

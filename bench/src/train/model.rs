@@ -135,7 +135,7 @@ pub fn sinusoidal_table(n: i64, d: i64) -> Tensor {
     let pair = (&i / 2.0).floor() * 2.0;
     let freq = (pair * (-(10000f64.ln()) / d as f64)).exp().unsqueeze(0);
     let angle = pos * freq;
-    let even = (&i.remainder(2.0)).eq(0.0).unsqueeze(0);
+    let even = i.remainder(2.0).eq(0.0).unsqueeze(0);
     angle.sin().where_self(&even, &angle.cos())
 }
 
@@ -160,12 +160,21 @@ impl Classifier {
             mean: 0.0,
             stdev: 0.02,
         };
+        // Token vectors on the scale of the positions they are added to: the sine table's
+        // entries are of order 1 (Vaswani et al. scale embeddings by sqrt(d) for this).
+        let token_init = match spec.config.positions {
+            Positions::Learned => small,
+            Positions::Sinusoidal => nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        };
         let embed = nn::embedding(
             vs / "embed",
             i64::from(spec.vocab),
             d,
             nn::EmbeddingConfig {
-                ws_init: small,
+                ws_init: token_init,
                 ..Default::default()
             },
         );
@@ -175,7 +184,14 @@ impl Classifier {
         };
         let cls = (spec.config.pooling == Pooling::Cls).then(|| vs.var("cls", &[1, 1, d], small));
         let blocks = (0..spec.config.layers)
-            .map(|i| build_layer(&spec.variant, &shape, Scope::Block, vs / format!("block{i}")))
+            .map(|i| {
+                build_layer(
+                    &spec.variant,
+                    &shape,
+                    Scope::Block,
+                    vs / format!("block{i}"),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Classifier {
             spec: spec.clone(),
@@ -212,5 +228,26 @@ impl Classifier {
             .forward(&pooled)
             .dropout(p, train)
             .apply(&self.head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sine_table_follows_its_formula() {
+        let (n, d) = (7, 6);
+        let t = sinusoidal_table(n, d);
+        assert_eq!(t.size(), vec![n, d]);
+        for p in 0..n {
+            for i in 0..d {
+                let freq = 10000f64.powf(-((i - i % 2) as f64) / d as f64);
+                let a = p as f64 * freq;
+                let want = if i % 2 == 0 { a.sin() } else { a.cos() };
+                let got = t.double_value(&[p, i]);
+                assert!((got - want).abs() < 1e-5, "({p}, {i}): {got} vs {want}");
+            }
+        }
     }
 }

@@ -60,9 +60,6 @@ fn tiny() -> Preset {
 pub fn preset(name: &str) -> Result<Preset> {
     match name {
         "tiny" => Ok(tiny()),
-        other => anyhow::bail!(
-            "unknown preset `{other}` (presets: {})",
-            PRESETS.join(", ")
-        ),
+        other => anyhow::bail!("unknown preset `{other}` (presets: {})", PRESETS.join(", ")),
     }
 }

@@ -112,8 +112,12 @@ impl RecallConfig {
     pub fn generate(&self) -> Result<TaskData> {
         self.check()?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let train = (0..self.train_size).map(|_| self.example(&mut rng)).collect();
-        let test = (0..self.test_size).map(|_| self.example(&mut rng)).collect();
+        let train = (0..self.train_size)
+            .map(|_| self.example(&mut rng))
+            .collect();
+        let test = (0..self.test_size)
+            .map(|_| self.example(&mut rng))
+            .collect();
         Ok(TaskData {
             name: NAME.to_string(),
             vocab: self.vocab(),
@@ -139,7 +143,12 @@ mod tests {
         let a = c.generate().unwrap();
         a.validate().unwrap();
         assert_eq!(a.train, c.generate().unwrap().train);
-        let other = RecallConfig { seed: 1, ..c.clone() }.generate().unwrap();
+        let other = RecallConfig {
+            seed: 1,
+            ..c.clone()
+        }
+        .generate()
+        .unwrap();
         assert_ne!(a.train, other.train);
         for e in &a.train {
             let key = e.tokens[c.seq_len - 1] - c.query(0);
@@ -149,8 +158,15 @@ mod tests {
                 .copied()
                 .filter(|&t| (t - 1) / c.values == key)
                 .collect();
-            assert_eq!(bound, vec![c.binding(key, e.label)], "one binding answers it");
-            let mut keys: Vec<u32> = e.tokens[..c.pairs].iter().map(|t| (t - 1) / c.values).collect();
+            assert_eq!(
+                bound,
+                vec![c.binding(key, e.label)],
+                "one binding answers it"
+            );
+            let mut keys: Vec<u32> = e.tokens[..c.pairs]
+                .iter()
+                .map(|t| (t - 1) / c.values)
+                .collect();
             keys.sort();
             keys.dedup();
             assert_eq!(keys.len(), c.pairs, "distinct keys");

@@ -130,8 +130,8 @@ impl Trained {
     /// Rebuilds the model from `dir/model.json` and loads `dir/model.safetensors`.
     pub fn load(dir: &Path, device: Device) -> Result<Trained> {
         let path = dir.join(MODEL_FILE);
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let spec: ModelSpec =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut t = Trained::init(&spec, 0, device)?;
@@ -148,9 +148,14 @@ impl Trained {
         let parts: Vec<Tensor> = examples
             .chunks(batch)
             .map(|chunk| {
-                let refs: Vec<&Example> = (0..batch).map(|i| &chunk[i.min(chunk.len() - 1)]).collect();
+                let refs: Vec<&Example> =
+                    (0..batch).map(|i| &chunk[i.min(chunk.len() - 1)]).collect();
                 let (tokens, _) = to_tensors(&refs, device);
-                tch::no_grad(|| self.model.forward_t(&tokens, false)).narrow(0, 0, chunk.len() as i64)
+                tch::no_grad(|| self.model.forward_t(&tokens, false)).narrow(
+                    0,
+                    0,
+                    chunk.len() as i64,
+                )
             })
             .collect();
         Tensor::cat(&parts, 0)
@@ -162,9 +167,17 @@ impl Trained {
             return 0.0;
         }
         let predicted = self.logits(examples).argmax(-1, false);
-        let labels = Tensor::from_slice(&examples.iter().map(|e| i64::from(e.label)).collect::<Vec<_>>())
-            .to_device(predicted.device());
-        let correct = predicted.eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+        let labels = Tensor::from_slice(
+            &examples
+                .iter()
+                .map(|e| i64::from(e.label))
+                .collect::<Vec<_>>(),
+        )
+        .to_device(predicted.device());
+        let correct = predicted
+            .eq_tensor(&labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         correct as f64 / examples.len() as f64
     }
 }
@@ -178,7 +191,9 @@ fn to_tensors(examples: &[&Example], device: Device) -> (Tensor, Tensor) {
         .collect();
     let labels: Vec<i64> = examples.iter().map(|e| i64::from(e.label)).collect();
     (
-        Tensor::from_slice(&flat).view([examples.len() as i64, n]).to_device(device),
+        Tensor::from_slice(&flat)
+            .view([examples.len() as i64, n])
+            .to_device(device),
         Tensor::from_slice(&labels).to_device(device),
     )
 }
@@ -223,7 +238,13 @@ pub fn train(
         task.name
     );
     let trained = Trained::init(spec, cfg.seed, device)?;
-    let parameters: i64 = trained.vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum();
+    let parameters: i64 = trained
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .map(|n| n as i64)
+        .sum();
     let mut opt = nn::AdamW {
         wd: cfg.weight_decay,
         ..Default::default()
