@@ -44,9 +44,9 @@ fn tiny() -> Preset {
             dropout: 0.0,
         },
         train: TrainConfig {
-            steps: 1000,
+            steps: 2000,
             batch: 32,
-            lr: 1e-3,
+            lr: 2e-3,
             warmup_steps: 100,
             decay: Decay::Cosine,
             min_lr_ratio: 0.1,
