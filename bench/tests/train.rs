@@ -109,6 +109,7 @@ fn a_checkpoint_round_trips_to_the_same_logits() {
         assert_eq!(loaded.model.spec(), trained.model.spec());
         let (a, b) = (trained.logits(&test), loaded.logits(&test));
         assert_eq!(a.size(), vec![37, i64::from(task.classes)]);
+        assert_eq!(trained.logits(&[]).size(), vec![0, i64::from(task.classes)]);
         assert!(a.equal(&b), "{pooling:?}: logits differ after loading");
         // A fresh model with another seed differs: the load did something.
         let fresh = Trained::init(&spec, 99, Device::Cpu).unwrap();

@@ -127,7 +127,8 @@ impl Trained {
             .with_context(|| format!("writing {}", dir.join(WEIGHTS_FILE).display()))
     }
 
-    /// Rebuilds the model from `dir/model.json` and loads `dir/model.safetensors`.
+    /// Rebuilds the model from `dir/model.json` and loads `dir/model.safetensors` (the
+    /// rebuild reseeds LibTorch's generator with 0 before the weights are replaced).
     pub fn load(dir: &Path, device: Device) -> Result<Trained> {
         let path = dir.join(MODEL_FILE);
         let text = std::fs::read_to_string(&path)
@@ -143,8 +144,12 @@ impl Trained {
     /// Logits for `examples`, in order, padded to the built batch and evaluated without
     /// gradients.
     pub fn logits(&self, examples: &[Example]) -> Tensor {
-        let batch = self.model.spec().batch as usize;
+        let spec = self.model.spec();
+        let batch = spec.batch as usize;
         let device = self.vs.device();
+        if examples.is_empty() {
+            return Tensor::zeros([0, i64::from(spec.classes)], (Kind::Float, device));
+        }
         let parts: Vec<Tensor> = examples
             .chunks(batch)
             .map(|chunk| {
