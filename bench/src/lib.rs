@@ -13,4 +13,5 @@ pub mod quality;
 pub mod run;
 pub mod store;
 pub mod sweep;
+pub mod train;
 pub mod worker;

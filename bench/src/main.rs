@@ -63,6 +63,9 @@ enum Command {
     /// Results over many runs in an SQLite database: ingest them, show a variant's trend.
     #[command(subcommand)]
     History(HistoryCommand),
+    /// Train a variant as a sequence classifier on a task and record its held-out
+    /// accuracy (DIR/accuracy.jsonl) with the checkpoint (DIR/model.safetensors).
+    Train(TrainCliArgs),
     /// Print the environment a run would record, as JSON.
     Env,
     /// Serve cases on stdin (started by `run`; not for direct use).
@@ -238,6 +241,36 @@ struct RunArgs {
     /// merge` combines the slices' directories.
     #[arg(long)]
     shard: Option<Shard>,
+}
+
+#[derive(Args)]
+struct TrainCliArgs {
+    /// The task (today: associative-recall, a small demo task).
+    #[arg(long)]
+    task: String,
+    /// One variant with its parameters, as in `run` (`local:window=16`); it must have a
+    /// block scope.
+    #[arg(long)]
+    variant: VariantSpec,
+    /// Sizes of the task, model and schedule (today: tiny).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Seeds the weights and the order of mini-batches (the task's data is fixed per
+    /// preset).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Override the preset's number of training steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// A new or empty directory (default: results/train/<task>-<variant>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// LibTorch threads (0: LibTorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
 }
 
 #[derive(Args)]
@@ -673,6 +706,52 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_train(args: TrainCliArgs) -> Result<()> {
+    use xarena_bench::train::run::{train_command, TrainArgs};
+    anyhow::ensure!(args.threads >= 0, "--threads must be >= 0");
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let device = xarena_bench::sweep::normalise_device(&args.device)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("results/train").join(format!(
+            "{}-{}-{}",
+            args.task,
+            args.variant.name,
+            chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ")
+        ))
+    });
+    let (line, report) = train_command(&TrainArgs {
+        task: args.task,
+        variant: args.variant,
+        preset: args.preset,
+        seed: args.seed,
+        out: out.clone(),
+        device: xarena_bench::sweep::tch_device(&device),
+        steps: args.steps,
+    })?;
+    eprintln!(
+        "xarena: {} on {}: test accuracy {:.1}% (train {:.1}%), {} steps in {:.1} s \
+         ({:.1} steps/s), peak memory {}; results in {}",
+        line.variant,
+        line.task,
+        100.0 * line.accuracy,
+        100.0 * line.train_accuracy,
+        line.steps,
+        report.train_seconds,
+        report.steps_per_s,
+        report
+            .peak_memory_bytes
+            .map_or("not measured".into(), |b| format!(
+                "{:.1} MiB ({})",
+                b as f64 / (1u64 << 20) as f64,
+                report.memory_method
+            )),
+        out.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -698,6 +777,7 @@ fn main() -> ExitCode {
         Command::List { format } => cmd_list(format),
         Command::Report(args) => cmd_report(args),
         Command::Quality(args) => cmd_quality(args),
+        Command::Train(args) => cmd_train(args),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));
             serde_json::to_string_pretty(&env)

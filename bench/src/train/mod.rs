@@ -1,0 +1,106 @@
+//! Training the variants as sequence classifiers: the accuracy track (first part).
+//!
+//! Data flows one way: a task's examples ([`TaskData`]) -> [`model::Classifier`] (token
+//! embedding + positions, L encoder blocks of the variant, pooling, a linear head) ->
+//! [`trainer::train`] (AdamW, warm-up then decay, clipping, held-out accuracy, peak
+//! memory) -> [`run::train_command`] (the checkpoint and `accuracy.jsonl`, written last
+//! and atomically).
+//!
+//! The trainer depends on no task generator: a task is plain [`Example`]s. The one
+//! generator here, [`recall`], is a small demo/test task until the datasets crate's
+//! generators are wired in (see [`TaskData`]).
+
+pub mod model;
+pub mod presets;
+pub mod recall;
+pub mod run;
+pub mod trainer;
+
+use std::fmt;
+
+/// One labelled token sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    pub label: u32,
+}
+
+/// A classification task as the trainer sees it: every sequence exactly `seq_len`
+/// tokens below `vocab`, every label below `classes`.
+///
+/// Any generator plugs in by filling this struct, e.g. from the datasets crate:
+/// `train: xs.into_iter().map(|e| Example { tokens: e.tokens, label: e.label }).collect()`.
+#[derive(Debug, Clone)]
+pub struct TaskData {
+    /// The task's name as written into `accuracy.jsonl` (LRA's names where it is one).
+    pub name: String,
+    pub vocab: u32,
+    pub classes: u32,
+    pub seq_len: usize,
+    pub train: Vec<Example>,
+    pub test: Vec<Example>,
+}
+
+/// What is wrong with a task's data, naming the split and the example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataError(pub String);
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DataError {}
+
+impl TaskData {
+    /// Checks sizes, lengths, token ids and labels before anything is built.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let err = |m: String| Err(DataError(format!("task `{}`: {m}", self.name)));
+        if self.vocab == 0 || self.classes < 2 || self.seq_len == 0 {
+            return err(format!(
+                "needs vocab >= 1, classes >= 2 and seq_len >= 1 (got {}, {}, {})",
+                self.vocab, self.classes, self.seq_len
+            ));
+        }
+        for (split, xs) in [("train", &self.train), ("test", &self.test)] {
+            if xs.is_empty() {
+                return err(format!("the {split} split is empty"));
+            }
+            for (i, e) in xs.iter().enumerate() {
+                if e.tokens.len() != self.seq_len {
+                    return err(format!(
+                        "{split} example {i} has {} tokens, not seq_len = {}",
+                        e.tokens.len(),
+                        self.seq_len
+                    ));
+                }
+                if let Some(t) = e.tokens.iter().find(|&&t| t >= self.vocab) {
+                    return err(format!(
+                        "{split} example {i} has token {t}, outside the vocabulary of {}",
+                        self.vocab
+                    ));
+                }
+                if e.label >= self.classes {
+                    return err(format!(
+                        "{split} example {i} has label {}, not below classes = {}",
+                        e.label, self.classes
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Accuracy of always answering the most frequent training label on the test split:
+    /// the floor a trained model has to beat.
+    pub fn majority_baseline(&self) -> f64 {
+        let mut counts = vec![0usize; self.classes as usize];
+        for e in &self.train {
+            counts[e.label as usize] += 1;
+        }
+        let top = (0..counts.len()).max_by_key(|&c| counts[c]).unwrap_or(0) as u32;
+        let hits = self.test.iter().filter(|e| e.label == top).count();
+        hits as f64 / self.test.len().max(1) as f64
+    }
+}

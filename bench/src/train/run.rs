@@ -1,0 +1,181 @@
+//! `xarena train`: everything checked first, then training, then the checkpoint, and
+//! `accuracy.jsonl` last, written atomically (a temporary file renamed into place), so a
+//! failed or killed run never leaves an accuracy file that looks complete.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tch::Device;
+use xarena_reports::accuracy::{AccuracyRecord, ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
+use xarena_reports::schema::Environment;
+use xarena_variants::VariantSpec;
+
+use super::model::ModelSpec;
+use super::presets::{preset, Preset};
+use super::trainer::{train, TrainReport, Trained};
+use super::{recall, TaskData};
+use crate::measure::env;
+
+/// The tasks `xarena train --task` knows (today only the demo task).
+pub const TASKS: &[&str] = &[recall::NAME];
+
+/// The training configuration beside the checkpoint.
+pub const TRAIN_FILE: &str = "train.json";
+
+pub struct TrainArgs {
+    pub task: String,
+    pub variant: VariantSpec,
+    pub preset: String,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub device: Device,
+    /// Overrides the preset's number of steps.
+    pub steps: Option<u64>,
+}
+
+/// One line of `accuracy.jsonl`: the report's [`AccuracyRecord`] fields, then what the
+/// training measured (extra fields, which the report's loader ignores).
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyLine {
+    pub schema: u32,
+    pub task: String,
+    pub variant: String,
+    pub accuracy: f64,
+    pub steps: u64,
+    pub seed: u64,
+    pub env: Environment,
+    pub preset: String,
+    pub device: String,
+    pub train_accuracy: f64,
+    pub final_loss: f64,
+    pub train_seconds: f64,
+    pub steps_per_s: f64,
+    pub peak_memory_bytes: Option<u64>,
+    pub memory_method: String,
+    pub parameters: i64,
+}
+
+impl AccuracyLine {
+    pub fn record(&self) -> AccuracyRecord {
+        AccuracyRecord {
+            schema: self.schema,
+            task: self.task.clone(),
+            variant: self.variant.clone(),
+            accuracy: self.accuracy,
+            steps: self.steps,
+            seed: self.seed,
+            env: self.env.clone(),
+        }
+    }
+}
+
+/// A task's data under a preset.
+pub fn task_data(task: &str, preset: &Preset) -> Result<TaskData> {
+    match task {
+        recall::NAME => preset.recall.generate(),
+        other => anyhow::bail!("unknown task `{other}` (tasks: {})", TASKS.join(", ")),
+    }
+}
+
+/// `--out` must not exist, or be an empty directory.
+pub fn check_out(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--out {}: exists and is not a directory",
+        dir.display()
+    );
+    let mut entries =
+        fs::read_dir(dir).with_context(|| format!("--out {}: reading it", dir.display()))?;
+    anyhow::ensure!(
+        entries.next().is_none(),
+        "--out {}: not empty; name a new or empty directory",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Writes `contents` to `path` through a temporary file in the same directory.
+fn write_atomic(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension("jsonl.partial");
+    fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+fn device_name(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    }
+}
+
+/// Checks everything, trains, writes `DIR/{model.safetensors, model.json, train.json}`
+/// and then `DIR/accuracy.jsonl`.
+pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
+    // Every input is checked before any work or any file.
+    let mut preset = preset(&args.preset)?;
+    if !TASKS.contains(&args.task.as_str()) {
+        anyhow::bail!("unknown task `{}` (tasks: {})", args.task, TASKS.join(", "));
+    }
+    let variant = args.variant.normalized()?;
+    preset.train.seed = args.seed;
+    if let Some(steps) = args.steps {
+        anyhow::ensure!(steps >= 1, "--steps must be at least 1");
+        preset.train.steps = steps;
+        preset.train.warmup_steps = preset.train.warmup_steps.min(steps / 10);
+    }
+    check_out(&args.out)?;
+    let data = task_data(&args.task, &preset)?;
+    let spec = ModelSpec {
+        variant: variant.clone(),
+        config: preset.model.clone(),
+        vocab: data.vocab,
+        classes: data.classes,
+        seq_len: data.seq_len,
+        batch: preset.train.batch,
+    };
+    spec.check()?;
+
+    let (trained, report): (Trained, TrainReport) =
+        train(&spec, &data, &preset.train, args.device)?;
+
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    trained.save(&args.out)?;
+    let train_json = serde_json::json!({
+        "task": args.task,
+        "preset": preset,
+        "majority_baseline": data.majority_baseline(),
+        "report": report,
+    });
+    fs::write(
+        args.out.join(TRAIN_FILE),
+        serde_json::to_string_pretty(&train_json)? + "\n",
+    )?;
+    let line = AccuracyLine {
+        schema: ACCURACY_SCHEMA_VERSION,
+        task: args.task.clone(),
+        variant: variant.label(),
+        accuracy: report.accuracy,
+        steps: report.steps,
+        seed: args.seed,
+        env: env::capture(i64::from(tch::get_num_threads())),
+        preset: preset.name.clone(),
+        device: device_name(args.device),
+        train_accuracy: report.train_accuracy,
+        final_loss: report.final_loss,
+        train_seconds: report.train_seconds,
+        steps_per_s: report.steps_per_s,
+        peak_memory_bytes: report.peak_memory_bytes,
+        memory_method: report.memory_method.clone(),
+        parameters: report.parameters,
+    };
+    write_atomic(
+        &args.out.join(ACCURACY_FILE),
+        &(serde_json::to_string(&line)? + "\n"),
+    )?;
+    Ok((line, report))
+}
