@@ -23,6 +23,7 @@ pub mod fixed;
 pub mod flops;
 pub mod fused;
 pub mod info;
+pub mod kvcache;
 pub mod kernel;
 pub mod learnable;
 pub mod lowrank;
