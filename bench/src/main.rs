@@ -66,6 +66,9 @@ enum Command {
     /// Train a variant as a sequence classifier on a task and record its held-out
     /// accuracy (DIR/accuracy.jsonl) with the checkpoint (DIR/model.safetensors).
     Train(TrainCliArgs),
+    /// Train a matrix of variants x tasks (the LRA accuracy table), resumable: each
+    /// finished (variant, task) is recorded at once in DIR/accuracy.jsonl.
+    Lra(LraCliArgs),
     /// Print the environment a run would record, as JSON.
     Env,
     /// Serve cases on stdin (started by `run`; not for direct use).
@@ -243,16 +246,67 @@ struct RunArgs {
     shard: Option<Shard>,
 }
 
+/// Where a training run's data comes from (shared by `train` and `lra`).
+#[derive(Args)]
+struct DataArgs {
+    /// LRA's downloaded files for text, retrieval and image: a directory holding
+    /// aclImdb/, tsv_data/ and cifar-10-batches-bin/ (or one task's own directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Cache of generated task data (default: ~/.cache/xarena/tasks).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(xarena_bench::train::data::default_cache_dir)
+    }
+}
+
+#[derive(Args)]
+struct LraCliArgs {
+    /// Variants with parameters, comma separated (each needs a block scope).
+    #[arg(long, value_delimiter = ',', required = true)]
+    variants: Vec<VariantSpec>,
+    /// Tasks, comma separated: listops, pathfinder, pathfinder-64, path-x,
+    /// associative-recall, passkey, selective-copy, text, retrieval, image.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// tiny (CPU minutes per cell) or lra (the LRA paper's settings, for GPUs).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Override every cell's number of training steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// The matrix directory; an existing one is resumed.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// LibTorch threads (0: LibTorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
 #[derive(Args)]
 struct TrainCliArgs {
-    /// The task (today: associative-recall, a small demo task).
+    /// listops, pathfinder, pathfinder-64, path-x, associative-recall, passkey,
+    /// selective-copy, text, retrieval or image.
     #[arg(long)]
     task: String,
     /// One variant with its parameters, as in `run` (`local:window=16`); it must have a
     /// block scope.
     #[arg(long)]
     variant: VariantSpec,
-    /// Sizes of the task, model and schedule (today: tiny).
+    /// Sizes of the task, model and schedule: tiny or lra.
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Seeds the weights and the order of mini-batches (the task's data is fixed per
@@ -265,6 +319,8 @@ struct TrainCliArgs {
     /// A new or empty directory (default: results/train/<task>-<variant>-<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -729,6 +785,8 @@ fn cmd_train(args: TrainCliArgs) -> Result<()> {
         out: out.clone(),
         device: xarena_bench::sweep::tch_device(&device),
         steps: args.steps,
+        cache_dir: args.data.cache_dir(),
+        data_dir: args.data.data_dir,
     })?;
     eprintln!(
         "xarena: {} on {}: test accuracy {:.1}% (train {:.1}%), {} steps in {:.1} s \
@@ -748,6 +806,63 @@ fn cmd_train(args: TrainCliArgs) -> Result<()> {
                 report.memory_method
             )),
         out.display()
+    );
+    Ok(())
+}
+
+fn cmd_lra(args: LraCliArgs) -> Result<()> {
+    use xarena_bench::train::matrix::{run_matrix, MatrixArgs, Outcome};
+    anyhow::ensure!(args.threads >= 0, "--threads must be >= 0");
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let device = xarena_bench::sweep::normalise_device(&args.device)?;
+    let matrix = MatrixArgs {
+        variants: args.variants,
+        tasks: args.tasks,
+        preset: args.preset,
+        seed: args.seed,
+        out: args.out.clone(),
+        device: xarena_bench::sweep::tch_device(&device),
+        steps: args.steps,
+        cache_dir: args.data.cache_dir(),
+        data_dir: args.data.data_dir,
+    };
+    let cells = run_matrix(&matrix, |cell| match &cell.outcome {
+        Outcome::Skipped(l) => eprintln!(
+            "xarena lra: {} on {}: done earlier ({:.1}%)",
+            cell.variant,
+            cell.task,
+            100.0 * l.accuracy
+        ),
+        Outcome::Trained(l, r) => eprintln!(
+            "xarena lra: {} on {}: {:.1}% (train {:.1}%) in {:.0} s, {:.1} steps/s",
+            cell.variant,
+            cell.task,
+            100.0 * l.accuracy,
+            100.0 * l.train_accuracy,
+            r.train_seconds,
+            r.steps_per_s
+        ),
+        Outcome::Failed(e) => {
+            eprintln!("xarena lra: {} on {}: FAILED: {e}", cell.variant, cell.task)
+        }
+    })?;
+    let failed = cells
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Failed(_)))
+        .count();
+    eprintln!(
+        "xarena lra: {} of {} cells done; `xarena report {}` shows the table",
+        cells.len() - failed,
+        cells.len(),
+        args.out.display()
+    );
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} cell(s) failed (listed in {}/failures.jsonl); rerun the same command to \
+         retry them",
+        args.out.display()
     );
     Ok(())
 }
@@ -778,6 +893,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd_report(args),
         Command::Quality(args) => cmd_quality(args),
         Command::Train(args) => cmd_train(args),
+        Command::Lra(args) => cmd_lra(args),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));
             serde_json::to_string_pretty(&env)

@@ -14,7 +14,13 @@
 //!   row. LRA takes 90% / 10% of the training set as train / valid (in TFDS's order);
 //!   here the first 45,000 / last 5,000 images of the batches, in file order.
 //!
-//! Retrieval (AAN) and the official Pathfinder images are not read yet.
+//! * Retrieval (AAN): `new_aan_pairs.{train,eval,test}.tsv` from `lra_release/tsv_data/`
+//!   of the LRA release; tab-separated `label id1 id2 text1 text2` without a header
+//!   (label `0`/`1`, possibly written `1.0`); each text at byte level (bytes + 1) cut at
+//!   `max_len` (LRA: 4000) and padded with 0 to it; an example's tokens are the first
+//!   document then the second (`2 * max_len`), which the two-tower classifier splits.
+//!
+//! The official Pathfinder images are not read: [`crate::pathfinder`] draws them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -154,6 +160,64 @@ pub fn cifar10(dir: &Path) -> Result<Split> {
     Ok(Split { train, valid, test })
 }
 
+const AAN: &str = "download https://storage.googleapis.com/long-range-arena/lra_release.gz, \
+     unpack it and pass its lra_release/tsv_data directory";
+
+/// Byte tokens of `text` cut at `max_len`, padded with 0 to `max_len`.
+fn bytes_padded(text: &str, max_len: usize) -> impl Iterator<Item = u32> + '_ {
+    let cut = text.as_bytes().iter().take(max_len).map(|&b| b as u32 + 1);
+    cut.chain(std::iter::repeat(crate::task::PAD)).take(max_len)
+}
+
+/// The AAN document pairs in `dir` (`new_aan_pairs.{train,eval,test}.tsv`), each example
+/// the two documents, `max_len` tokens each, one after the other; label 1 when the first
+/// cites the second.
+pub fn aan(dir: &Path, max_len: usize) -> Result<Split> {
+    ensure!(max_len > 0, "max_len must be positive");
+    let read = |name: &str| -> Result<Vec<Example>> {
+        let path = dir.join(name);
+        need(&path, AAN)?;
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = || format!("{} line {}", path.display(), i + 1);
+            let cols: Vec<&str> = line.splitn(5, '\t').collect();
+            ensure!(
+                cols.len() == 5,
+                "{}: {} tab-separated columns, expected 5 (label id1 id2 text1 text2)",
+                at(),
+                cols.len()
+            );
+            let label: f64 = cols[0]
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: label {:?}", at(), cols[0]))?;
+            ensure!(
+                label == 0.0 || label == 1.0,
+                "{}: label {label} is neither 0 nor 1",
+                at()
+            );
+            let mut tokens = Vec::with_capacity(2 * max_len);
+            tokens.extend(bytes_padded(cols[3], max_len));
+            tokens.extend(bytes_padded(cols[4], max_len));
+            out.push(Example {
+                tokens,
+                label: label as u32,
+            });
+        }
+        ensure!(!out.is_empty(), "{}: no document pairs", path.display());
+        Ok(out)
+    };
+    Ok(Split {
+        train: read("new_aan_pairs.train.tsv")?,
+        valid: read("new_aan_pairs.eval.tsv")?,
+        test: read("new_aan_pairs.test.tsv")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +276,40 @@ mod tests {
         assert_eq!(split.train[1].tokens[0], b'n' as u32 + 1);
         assert_eq!(split.train[3].label, 1);
         assert_eq!(split.train[3].tokens[0], b'p' as u32 + 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn aan_pairs_are_two_padded_documents() {
+        let dir = temp_dir("lra-aan");
+        let err = aan(&dir, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("new_aan_pairs.train.tsv") && err.contains("tsv_data"),
+            "{err}"
+        );
+        let body = "1.0\tp1\tp2\tabcdef\txy\n0\tp3\tp4\tq\tlonger text\n";
+        for part in ["train", "eval", "test"] {
+            fs::write(dir.join(format!("new_aan_pairs.{part}.tsv")), body).unwrap();
+        }
+        let split = aan(&dir, 4).unwrap();
+        assert_eq!(split.sizes(), crate::task::Sizes::new(2, 2, 2));
+        let t = |c: u8| c as u32 + 1;
+        assert_eq!(split.train[0].label, 1);
+        assert_eq!(
+            split.train[0].tokens,
+            vec![t(b'a'), t(b'b'), t(b'c'), t(b'd'), t(b'x'), t(b'y'), 0, 0]
+        );
+        assert_eq!(split.test[1].label, 0);
+        assert_eq!(split.test[1].tokens[..4], [t(b'q'), 0, 0, 0]);
+        fs::write(dir.join("new_aan_pairs.eval.tsv"), "2\ta\tb\tc\td\n").unwrap();
+        let err = format!("{:#}", aan(&dir, 4).unwrap_err());
+        assert!(
+            err.contains("eval.tsv line 1") && err.contains("neither"),
+            "{err}"
+        );
+        fs::write(dir.join("new_aan_pairs.eval.tsv"), "1\ta\tb\n").unwrap();
+        let err = format!("{:#}", aan(&dir, 4).unwrap_err());
+        assert!(err.contains("3 tab-separated columns"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -81,6 +81,23 @@ fn unit_vectors() -> Vec<(i64, i64)> {
 }
 
 impl Pathfinder {
+    /// LRA's larger images (64x64, and 128x128 for Path-X): the 32x32 geometry scaled by
+    /// `size / 32` (contour length, dash and gap), with as many more distractors, so the
+    /// image stays as cluttered per contour length while the sequence grows 4x or 16x.
+    pub fn scaled(size: u32, sizes: Sizes) -> Self {
+        let base = Pathfinder::default();
+        let k = (size / 32).max(1);
+        Pathfinder {
+            size,
+            path_len: base.path_len * k,
+            distractors: base.distractors * k,
+            dash: base.dash * k,
+            gap: base.gap * k,
+            sizes,
+            ..base
+        }
+    }
+
     /// Pixels of one contour, or None when it leaves the image (markers included) or
     /// comes within 3 pixels of `taken`.
     fn walk(
@@ -320,6 +337,23 @@ mod tests {
         let counts = label_counts(&split.train, 2);
         eprintln!("pathfinder train labels: {counts:?}");
         assert!(counts[0] > 240 && counts[1] > 240, "{counts:?}");
+    }
+
+    #[test]
+    fn larger_images_are_drawn_and_labelled() {
+        for size in [64, 128] {
+            let t = Pathfinder::scaled(size, Sizes::new(40, 2, 2));
+            let split = t.generate(4).unwrap();
+            let mut r = rng(4, 0);
+            for ex in &split.train {
+                assert_eq!(ex.tokens.len(), (size * size) as usize);
+                let scene = t.draw_scene(&mut r).unwrap();
+                let whole = t.render(&scene, false);
+                assert_eq!(t.markers_connected(&whole, scene.markers), ex.label == 1);
+            }
+            let counts = label_counts(&split.train, 2);
+            assert!(counts[0] >= 8 && counts[1] >= 8, "{size}: {counts:?}");
+        }
     }
 
     #[test]

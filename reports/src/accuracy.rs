@@ -21,7 +21,7 @@ pub const ACCURACY_FILE: &str = "accuracy.jsonl";
 pub struct AccuracyRecord {
     pub schema: u32,
     /// The task, by LRA's names where it is one of theirs: listops, text, retrieval,
-    /// image, pathfinder, path_x.
+    /// image, pathfinder, path-x (generated tasks by their CLI names).
     pub task: String,
     /// The variant's label, as in the efficiency records (`local(window=64)`).
     pub variant: String,
@@ -63,13 +63,14 @@ pub fn read_accuracy(file: &Path) -> Result<Vec<AccuracyRecord>, LoadError> {
 
 /// LRA's task order first, then any other task by name.
 fn task_order(tasks: &mut [String]) {
-    const LRA: [&str; 6] = [
+    const LRA: [&str; 7] = [
         "listops",
         "text",
         "retrieval",
         "image",
         "pathfinder",
-        "path_x",
+        "pathfinder-64",
+        "path-x",
     ];
     tasks.sort_by_key(|t| {
         (

@@ -317,7 +317,7 @@ mod tests {
         let (s, m) = flash_ratios("linformer", 1024).unwrap();
         assert!((s - 8.29 / 1.60).abs() < 1e-12 && (m - 287.0 / 1184.0).abs() < 1e-12);
         assert_eq!(lra_accuracy("sinkhorn(block=32)", "text"), Some(61.20));
-        assert_eq!(lra_accuracy("vanilla", "path_x"), None);
+        assert_eq!(lra_accuracy("vanilla", "path-x"), None);
     }
 
     #[test]

@@ -8,11 +8,11 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::accuracy::{self, AccuracyRecord};
+use crate::accuracy::{self, AccuracyRecord, ACCURACY_FILE};
 use crate::analysis::{efficiency_tables, EfficiencyTable};
 use crate::anchors::{comparisons, Comparison};
 use crate::grid::{Grid, GridCell};
-use crate::load::{load_records, LoadError};
+use crate::load::{load_records, LoadError, RESULTS_FILE};
 use crate::lra::{lra_views, LraView};
 use crate::plots;
 use crate::schema::{Environment, Record, Setting};
@@ -66,10 +66,20 @@ pub struct Report {
 
 impl Report {
     /// Records of every path (run directories or results files), and the accuracy
-    /// records of the run directories that have them.
+    /// records of the run directories that have them. A directory with accuracy records
+    /// only (an `xarena lra` or `xarena train` output) gives an accuracy-only report.
     pub fn load(paths: &[PathBuf]) -> Result<Self, ReportError> {
-        let records = load_records(paths)?;
-        if records.is_empty() {
+        let accuracy_only = |p: &PathBuf| {
+            p.is_dir() && !p.join(RESULTS_FILE).exists() && p.join(ACCURACY_FILE).exists()
+        };
+        let efficiency: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| !accuracy_only(p))
+            .cloned()
+            .collect();
+        let records = load_records(&efficiency)?;
+        let accuracy = accuracy::load_accuracy(paths)?;
+        if records.is_empty() && accuracy.is_empty() {
             return Err(ReportError::Empty(
                 paths
                     .iter()
@@ -78,7 +88,7 @@ impl Report {
                     .join(", "),
             ));
         }
-        Ok(Report::new(records, accuracy::load_accuracy(paths)?))
+        Ok(Report::new(records, accuracy))
     }
 
     pub fn new(records: Vec<Record>, accuracy: Vec<AccuracyRecord>) -> Self {

@@ -6,13 +6,14 @@
 //! memory) -> [`run::train_command`] (the checkpoint and `accuracy.jsonl`, written last
 //! and atomically).
 //!
-//! The trainer depends on no task generator: a task is plain [`Example`]s. The one
-//! generator here, [`recall`], is a small demo/test task until the datasets crate's
-//! generators are wired in (see [`TaskData`]).
+//! The trainer depends on no task generator: a task is plain [`Example`]s, which
+//! [`data`] makes from the datasets crate's generators and loaders under a
+//! [`presets::Preset`]. [`matrix`] runs `xarena lra`: variants x tasks, resumable.
 
+pub mod data;
+pub mod matrix;
 pub mod model;
 pub mod presets;
-pub mod recall;
 pub mod run;
 pub mod trainer;
 
@@ -25,11 +26,8 @@ pub struct Example {
     pub label: u32,
 }
 
-/// A classification task as the trainer sees it: every sequence exactly `seq_len`
-/// tokens below `vocab`, every label below `classes`.
-///
-/// Any generator plugs in by filling this struct, e.g. from the datasets crate:
-/// `train: xs.into_iter().map(|e| Example { tokens: e.tokens, label: e.label }).collect()`.
+/// A classification task as the trainer sees it: every sequence exactly
+/// `towers x seq_len` tokens below `vocab`, every label below `classes`.
 #[derive(Debug, Clone)]
 pub struct TaskData {
     /// The task's name as written into `accuracy.jsonl` (LRA's names where it is one).
@@ -37,6 +35,8 @@ pub struct TaskData {
     pub vocab: u32,
     pub classes: u32,
     pub seq_len: usize,
+    /// 2 for two-document tasks (retrieval), else 1.
+    pub towers: u32,
     pub train: Vec<Example>,
     pub test: Vec<Example>,
 }
@@ -68,10 +68,11 @@ impl TaskData {
                 return err(format!("the {split} split is empty"));
             }
             for (i, e) in xs.iter().enumerate() {
-                if e.tokens.len() != self.seq_len {
+                if e.tokens.len() != self.seq_len * self.towers as usize {
                     return err(format!(
-                        "{split} example {i} has {} tokens, not seq_len = {}",
+                        "{split} example {i} has {} tokens, not {} x seq_len = {}",
                         e.tokens.len(),
+                        self.towers,
                         self.seq_len
                     ));
                 }

@@ -89,6 +89,14 @@ pub struct ModelSpec {
     /// The batch the variant is built for; [`crate::train::trainer`] pads every batch to
     /// it, since a variant is built per shape.
     pub batch: i64,
+    /// 1, or 2 for the two-tower (dual encoder) form of LRA's retrieval: each example is
+    /// two sequences of `seq_len` tokens, encoded by the same blocks.
+    #[serde(default = "one_tower")]
+    pub towers: u32,
+}
+
+fn one_tower() -> u32 {
+    1
 }
 
 impl ModelSpec {
@@ -111,6 +119,11 @@ impl ModelSpec {
         anyhow::ensure!(
             self.vocab >= 1 && self.classes >= 2 && self.seq_len >= 1 && self.batch >= 1,
             "classifier: needs vocab >= 1, classes >= 2, seq_len >= 1, batch >= 1"
+        );
+        anyhow::ensure!(
+            self.towers == 1 || self.towers == 2,
+            "classifier: towers must be 1 or 2, got {}",
+            self.towers
         );
         let entry = find(&self.variant.name)?;
         entry.check_scope(Scope::Block).with_context(|| {
@@ -146,6 +159,8 @@ pub struct Classifier {
     cls: Option<Tensor>,
     blocks: Vec<Box<dyn Layer>>,
     norm: nn::LayerNorm,
+    /// Two towers: `[u, v, u*v, u-v]` -> width d (ReLU), as LRA's dual encoder.
+    pair: Option<nn::Linear>,
     head: nn::Linear,
 }
 
@@ -200,6 +215,7 @@ impl Classifier {
             cls,
             blocks,
             norm: nn::layer_norm(vs / "norm", vec![d], Default::default()),
+            pair: (spec.towers == 2).then(|| nn::linear(vs / "pair", 4 * d, d, Default::default())),
             head: nn::linear(vs / "head", d, i64::from(spec.classes), Default::default()),
         })
     }
@@ -208,8 +224,29 @@ impl Classifier {
         &self.spec
     }
 
-    /// `tokens` `[batch, seq_len]` (int64) -> logits `[batch, classes]`.
+    /// Logits `[b, classes]` for tokens `[b, towers x seq_len]`.
     pub fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
+        let p = self.spec.config.dropout;
+        let Some(pair) = &self.pair else {
+            return self
+                .encode(tokens, train)
+                .dropout(p, train)
+                .apply(&self.head);
+        };
+        let n = self.spec.seq_len as i64;
+        let u = self.encode(&tokens.narrow(1, 0, n), train);
+        let v = self.encode(&tokens.narrow(1, n, n), train);
+        let uv = u.multiply(&v);
+        let diff = &u - &v;
+        Tensor::cat(&[u, v, uv, diff], 1)
+            .apply(pair)
+            .relu()
+            .dropout(p, train)
+            .apply(&self.head)
+    }
+
+    /// One sequence `[b, seq_len]` to its pooled, normalised representation `[b, d]`.
+    fn encode(&self, tokens: &Tensor, train: bool) -> Tensor {
         let p = self.spec.config.dropout;
         let mut x = self.embed.forward(tokens);
         if let Some(cls) = &self.cls {
@@ -224,10 +261,7 @@ impl Classifier {
             Pooling::Mean => x.mean_dim(1, false, Kind::Float),
             Pooling::Cls => x.select(1, 0),
         };
-        self.norm
-            .forward(&pooled)
-            .dropout(p, train)
-            .apply(&self.head)
+        self.norm.forward(&pooled)
     }
 }
 

@@ -6,20 +6,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 use xarena_reports::accuracy::{AccuracyRecord, ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
 use xarena_reports::schema::Environment;
 use xarena_variants::VariantSpec;
 
+use super::data::task_data;
 use super::model::ModelSpec;
-use super::presets::{preset, Preset};
+use super::presets::{preset, TASKS};
 use super::trainer::{train, TrainReport, Trained};
-use super::{recall, TaskData};
 use crate::measure::env;
-
-/// The tasks `xarena train --task` knows (today only the demo task).
-pub const TASKS: &[&str] = &[recall::NAME];
 
 /// The training configuration beside the checkpoint.
 pub const TRAIN_FILE: &str = "train.json";
@@ -33,11 +30,15 @@ pub struct TrainArgs {
     pub device: Device,
     /// Overrides the preset's number of steps.
     pub steps: Option<u64>,
+    /// LRA's downloaded files, for text, retrieval and image.
+    pub data_dir: Option<PathBuf>,
+    /// Where generated task data is cached.
+    pub cache_dir: PathBuf,
 }
 
 /// One line of `accuracy.jsonl`: the report's [`AccuracyRecord`] fields, then what the
 /// training measured (extra fields, which the report's loader ignores).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccuracyLine {
     pub schema: u32,
     pub task: String,
@@ -71,14 +72,6 @@ impl AccuracyLine {
     }
 }
 
-/// A task's data under a preset.
-pub fn task_data(task: &str, preset: &Preset) -> Result<TaskData> {
-    match task {
-        recall::NAME => preset.recall.generate(),
-        other => anyhow::bail!("unknown task `{other}` (tasks: {})", TASKS.join(", ")),
-    }
-}
-
 /// `--out` must not exist, or be an empty directory.
 pub fn check_out(dir: &Path) -> Result<()> {
     if !dir.exists() {
@@ -100,7 +93,7 @@ pub fn check_out(dir: &Path) -> Result<()> {
 }
 
 /// Writes `contents` to `path` through a temporary file in the same directory.
-fn write_atomic(path: &Path, contents: &str) -> Result<()> {
+pub fn write_atomic(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("jsonl.partial");
     fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
@@ -117,10 +110,10 @@ fn device_name(d: Device) -> String {
 /// and then `DIR/accuracy.jsonl`.
 pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
     // Every input is checked before any work or any file.
-    let mut preset = preset(&args.preset)?;
     if !TASKS.contains(&args.task.as_str()) {
         anyhow::bail!("unknown task `{}` (tasks: {})", args.task, TASKS.join(", "));
     }
+    let mut preset = preset(&args.preset, &args.task)?;
     let variant = args.variant.normalized()?;
     preset.train.seed = args.seed;
     if let Some(steps) = args.steps {
@@ -129,7 +122,7 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         preset.train.warmup_steps = preset.train.warmup_steps.min(steps / 10);
     }
     check_out(&args.out)?;
-    let data = task_data(&args.task, &preset)?;
+    let data = task_data(&preset, args.data_dir.as_deref(), &args.cache_dir)?;
     let spec = ModelSpec {
         variant: variant.clone(),
         config: preset.model.clone(),
@@ -137,6 +130,7 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         classes: data.classes,
         seq_len: data.seq_len,
         batch: preset.train.batch,
+        towers: data.towers,
     };
     spec.check()?;
 

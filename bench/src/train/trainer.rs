@@ -22,6 +22,9 @@ pub enum Decay {
     Cosine,
     /// A straight line to the same floor.
     Linear,
+    /// `lr x sqrt(warmup / step)` after warm-up (Flax's `rsqrt_decay`, LRA's text
+    /// tasks); `min_lr_ratio` is not used.
+    Rsqrt,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +94,9 @@ impl TrainConfig {
         let shape = match self.decay {
             Decay::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
             Decay::Linear => 1.0 - t,
+            Decay::Rsqrt => {
+                return self.lr * (self.warmup_steps.max(1) as f64 / (step + 1) as f64).sqrt()
+            }
         };
         self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * shape)
     }
@@ -336,5 +342,14 @@ mod tests {
             let lrs: Vec<f64> = (10..100).map(|s| c.lr_at(s)).collect();
             assert!(lrs.windows(2).all(|w| w[1] <= w[0]), "{decay:?} decays");
         }
+        let c = TrainConfig {
+            steps: 100,
+            warmup_steps: 10,
+            lr: 1.0,
+            decay: Decay::Rsqrt,
+            ..Default::default()
+        };
+        assert!((c.lr_at(9) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(39) - 0.5).abs() < 1e-12, "sqrt(10 / 40)");
     }
 }

@@ -1,0 +1,260 @@
+//! `xarena lra`: every (variant, task) of a matrix trained in turn, resumable.
+//!
+//! Layout of `--out DIR`:
+//! * `DIR/matrix.json`: the preset and seed (a resumed matrix must use the same ones);
+//! * `DIR/runs/<task>/<variant>/`: one `xarena train` output each (checkpoint,
+//!   `train.json`, its `accuracy.jsonl` written last, so a run without it is unfinished);
+//! * `DIR/accuracy.jsonl`: every finished run's line, rebuilt (atomically) after each
+//!   run, which `xarena report DIR` reads;
+//! * `DIR/failures.jsonl`: the runs that failed and why (the others go on).
+//!
+//! Resuming skips finished runs and starts unfinished ones afresh.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+use xarena_reports::accuracy::ACCURACY_FILE;
+use xarena_variants::{find, Scope, VariantSpec};
+
+use super::presets::{preset, TASKS};
+use super::run::{train_command, write_atomic, AccuracyLine, TrainArgs};
+use crate::train::trainer::TrainReport;
+
+pub const MATRIX_FILE: &str = "matrix.json";
+pub const FAILURES_FILE: &str = "failures.jsonl";
+
+pub struct MatrixArgs {
+    pub variants: Vec<VariantSpec>,
+    pub tasks: Vec<String>,
+    pub preset: String,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub device: Device,
+    pub steps: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+}
+
+/// What a matrix is, so that a resumed run cannot mix settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MatrixSpec {
+    preset: String,
+    seed: u64,
+    steps: Option<u64>,
+}
+
+/// One (variant, task) of the matrix and what became of it.
+pub enum Outcome {
+    /// Finished in an earlier invocation.
+    Skipped(AccuracyLine),
+    Trained(AccuracyLine, TrainReport),
+    Failed(String),
+}
+
+pub struct Cell {
+    pub task: String,
+    pub variant: String,
+    pub outcome: Outcome,
+}
+
+/// A file-system-safe directory name for a variant label (`local(window=16)`).
+pub fn slug(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn run_dir(out: &Path, task: &str, variant: &str) -> PathBuf {
+    out.join("runs").join(task).join(slug(variant))
+}
+
+/// Checks every input before any training: tasks, preset, variants.
+fn check(args: &MatrixArgs) -> Result<Vec<VariantSpec>> {
+    if args.variants.is_empty() || args.tasks.is_empty() {
+        bail!("--variants and --tasks each need at least one entry");
+    }
+    for t in &args.tasks {
+        if !TASKS.contains(&t.as_str()) {
+            bail!("unknown task `{t}` (tasks: {})", TASKS.join(", "));
+        }
+        let p = preset(&args.preset, t)?;
+        if p.data.needs_files() && args.data_dir.is_none() {
+            bail!(
+                "task `{t}` reads LRA's downloaded files: pass --data-dir (nothing is \
+                 downloaded)"
+            );
+        }
+    }
+    if let Some(d) = &args.data_dir {
+        if !d.is_dir() {
+            bail!("--data-dir {}: not a directory", d.display());
+        }
+    }
+    let mut variants = Vec::new();
+    for v in &args.variants {
+        let v = v.normalized()?;
+        find(&v.name)?.check_scope(Scope::Block).with_context(|| {
+            format!(
+                "variant `{}` cannot be trained: the classifier stacks encoder blocks",
+                v.name
+            )
+        })?;
+        variants.push(v);
+    }
+    Ok(variants)
+}
+
+/// Runs (or resumes) the matrix, task by task; `progress` hears each cell as it ends.
+pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<Vec<Cell>> {
+    let variants = check(args)?;
+    let spec = MatrixSpec {
+        preset: args.preset.clone(),
+        seed: args.seed,
+        steps: args.steps,
+    };
+    let spec_path = args.out.join(MATRIX_FILE);
+    if spec_path.exists() {
+        let text = fs::read_to_string(&spec_path)
+            .with_context(|| format!("reading {}", spec_path.display()))?;
+        let old: MatrixSpec = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", spec_path.display()))?;
+        if old != spec {
+            bail!(
+                "{} holds a matrix with preset {}, seed {}, steps {:?}; resume it with \
+                 the same settings or pick another --out",
+                args.out.display(),
+                old.preset,
+                old.seed,
+                old.steps
+            );
+        }
+    } else {
+        if args.out.exists() && fs::read_dir(&args.out)?.next().is_some() {
+            bail!(
+                "--out {}: not empty and not an `xarena lra` directory",
+                args.out.display()
+            );
+        }
+        fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        fs::write(&spec_path, serde_json::to_string_pretty(&spec)? + "\n")?;
+    }
+
+    let mut cells = Vec::new();
+    for task in &args.tasks {
+        for variant in &variants {
+            let label = variant.label();
+            let dir = run_dir(&args.out, task, &label);
+            let outcome = match finished(&dir)? {
+                Some(line) => Outcome::Skipped(line),
+                None => {
+                    if dir.exists() {
+                        // Killed before its accuracy file: start it afresh.
+                        fs::remove_dir_all(&dir)
+                            .with_context(|| format!("removing {}", dir.display()))?;
+                    }
+                    let run = train_command(&TrainArgs {
+                        task: task.clone(),
+                        variant: variant.clone(),
+                        preset: args.preset.clone(),
+                        seed: args.seed,
+                        out: dir.clone(),
+                        device: args.device,
+                        steps: args.steps,
+                        data_dir: args.data_dir.clone(),
+                        cache_dir: args.cache_dir.clone(),
+                    });
+                    match run {
+                        Ok((line, report)) => Outcome::Trained(line, report),
+                        Err(e) => {
+                            let message = format!("{e:#}");
+                            record_failure(&args.out, task, &label, &message)?;
+                            Outcome::Failed(message)
+                        }
+                    }
+                }
+            };
+            let cell = Cell {
+                task: task.clone(),
+                variant: label,
+                outcome,
+            };
+            if !matches!(cell.outcome, Outcome::Failed(_)) {
+                collect(&args.out)?;
+            }
+            progress(&cell);
+            cells.push(cell);
+        }
+    }
+    Ok(cells)
+}
+
+/// A run directory's accuracy line, if the run finished.
+fn finished(dir: &Path) -> Result<Option<AccuracyLine>> {
+    let file = dir.join(ACCURACY_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let line = text
+        .lines()
+        .next()
+        .with_context(|| format!("{}: empty", file.display()))?;
+    let parsed = serde_json::from_str(line)
+        .with_context(|| format!("{}: not an accuracy line", file.display()))?;
+    Ok(Some(parsed))
+}
+
+/// Rebuilds `DIR/accuracy.jsonl` from every finished run, in a stable order.
+fn collect(out: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    let runs = out.join("runs");
+    for task in sorted_dirs(&runs)? {
+        for variant in sorted_dirs(&task)? {
+            let f = variant.join(ACCURACY_FILE);
+            if f.exists() {
+                files.push(f);
+            }
+        }
+    }
+    let mut all = String::new();
+    for f in files {
+        all.push_str(&fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?);
+    }
+    write_atomic(&out.join(ACCURACY_FILE), &all)
+}
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn record_failure(out: &Path, task: &str, variant: &str, message: &str) -> Result<()> {
+    use std::io::Write;
+    let line = serde_json::json!({ "task": task, "variant": variant, "error": message });
+    let path = out.join(FAILURES_FILE);
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+}
