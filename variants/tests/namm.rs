@@ -234,6 +234,21 @@ fn config_errors_name_the_problem() {
         .unwrap()
         .to_string();
     assert!(err.contains("parameter 7"), "{err}");
+    let stats = NormStats {
+        mean: vec![0.0; 9],
+        var: vec![1.0; 9],
+        count: 5,
+        frozen: true,
+    };
+    let err = Namm::with_stats(
+        NammConfig::default(),
+        &zeros(&NammConfig::default()),
+        stats.shared(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("9 bins") && err.contains("17"), "{err}");
     // Unknown fields are refused; missing ones take the defaults.
     assert!(serde_json::from_str::<NammConfig>(r#"{"budget": 3}"#).is_err());
     let cfg: NammConfig = serde_json::from_str(r#"{"update_every": 256}"#).unwrap();

@@ -135,7 +135,7 @@ pub struct NormStats {
     /// Per bin; empty until the first update.
     pub mean: Vec<f64>,
     pub var: Vec<f64>,
-    /// Token-features seen.
+    /// Tokens (feature rows) merged so far.
     pub count: u64,
     /// When set, updates read the statistics but no longer change them.
     pub frozen: bool,
@@ -405,6 +405,19 @@ impl Namm {
                 message: format!("parameter {i} is not finite ({})", params[i]),
             });
         }
+        {
+            let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            let bins = cfg.bins() as usize;
+            if s.count > 0 && (s.mean.len() != bins || s.var.len() != bins) {
+                return Err(VariantError::config(
+                    NAME,
+                    format!(
+                        "the normalisation statistics hold {} bins, this configuration has {bins}",
+                        s.mean.len()
+                    ),
+                ));
+            }
+        }
         Ok(Namm {
             cfg,
             params: params.to_vec(),
@@ -582,7 +595,7 @@ impl Namm {
                 stats.merge(&mean, &var, count as u64);
             }
         }
-        if stats.count == 0 || stats.mean.len() != self.cfg.bins() as usize {
+        if stats.count == 0 {
             return None;
         }
         let mean = Tensor::from_slice(&stats.mean).to_kind(Kind::Float);
