@@ -7,6 +7,7 @@
 
 pub mod case;
 pub mod history;
+pub mod kv;
 pub mod measure;
 pub mod merge;
 pub mod quality;

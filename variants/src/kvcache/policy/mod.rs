@@ -7,6 +7,8 @@
 //! to keep; the cache then drops the others from its tensors, so memory really shrinks
 //! and heads may hold different numbers of tokens.
 
+pub mod namm;
+
 use tch::Tensor;
 
 /// What one update of one layer shows a policy.
