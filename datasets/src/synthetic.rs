@@ -75,6 +75,10 @@ pub struct AssociativeRecall {
     /// One token per binding instead of two (default false).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fused: bool,
+    /// Blank tokens between the last pair and `QUERY` up to this length (default none),
+    /// so the query sits far from the pairs whatever their number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pad_to: Option<u32>,
     pub sizes: Sizes,
 }
 
@@ -85,6 +89,7 @@ impl Default for AssociativeRecall {
             num_keys: 1024,
             num_values: 10,
             fused: false,
+            pad_to: None,
             sizes: SYNTHETIC_SIZES,
         }
     }
@@ -102,9 +107,28 @@ impl AssociativeRecall {
     fn binding_token(&self, k: u32, v: u32) -> u32 {
         2 + self.num_values + self.num_keys + k * self.num_values + v
     }
+    /// The blank filler of `pad_to`: the last id.
+    fn blank_token(&self) -> u32 {
+        self.vocab_size() - 1
+    }
+    /// Tokens of the pairs and the query, without filler.
+    fn unpadded_len(&self) -> usize {
+        let per_pair = if self.fused { 1 } else { 2 };
+        per_pair * self.num_pairs as usize + 2
+    }
+    /// The tokens without the blank filler.
+    fn strip_blanks(&self, tokens: &[u32]) -> Vec<u32> {
+        if self.pad_to.is_none() {
+            return tokens.to_vec();
+        }
+        let blank = self.blank_token();
+        tokens.iter().copied().filter(|&t| t != blank).collect()
+    }
 
     /// The label recomputed from the tokens: the value after the query key's pair.
     pub fn answer(&self, tokens: &[u32]) -> Result<u32> {
+        let stripped = self.strip_blanks(tokens);
+        let tokens = stripped.as_slice();
         if self.fused {
             return self.answer_fused(tokens);
         }
@@ -168,14 +192,13 @@ impl Task for AssociativeRecall {
         } else {
             0
         };
-        2 + self.num_values + self.num_keys + bindings
+        2 + self.num_values + self.num_keys + bindings + u32::from(self.pad_to.is_some())
     }
     fn num_classes(&self) -> u32 {
         self.num_values
     }
     fn max_len(&self) -> usize {
-        let per_pair = if self.fused { 1 } else { 2 };
-        per_pair * self.num_pairs as usize + 2
+        self.unpadded_len().max(self.pad_to.unwrap_or(0) as usize)
     }
     fn sizes(&self) -> Sizes {
         self.sizes
@@ -192,6 +215,13 @@ impl Task for AssociativeRecall {
             self.num_pairs
         );
         ensure!(self.num_values >= 2, "num_values must be at least 2");
+        if let Some(n) = self.pad_to {
+            ensure!(
+                n as usize >= self.unpadded_len(),
+                "pad_to {n} is shorter than the {} tokens of the pairs and the query",
+                self.unpadded_len()
+            );
+        }
         Ok(())
     }
     fn generate(&self, seed: u64) -> Result<Split> {
@@ -211,6 +241,7 @@ impl Task for AssociativeRecall {
                 }
             }
             let q = uniform(r, 0, self.num_pairs) as usize;
+            tokens.resize(self.max_len() - 2, self.blank_token());
             tokens.push(Self::QUERY);
             tokens.push(self.key_token(keys[q]));
             Example {
@@ -514,6 +545,7 @@ mod tests {
             num_keys: 64,
             num_values: 10,
             fused: false,
+            pad_to: None,
             sizes: Sizes::new(2000, 100, 100),
         };
         check(&task, |t| task.answer(t), true);
@@ -524,6 +556,24 @@ mod tests {
         check(&fused, |t| fused.answer(t), true);
         let split = fused.generate(3).unwrap();
         assert!(split.train.iter().all(|e| e.tokens.len() == 42));
+        let padded = AssociativeRecall {
+            pad_to: Some(64),
+            ..fused.clone()
+        };
+        check(&padded, |t| padded.answer(t), true);
+        let ex = &padded.generate(3).unwrap().train[0];
+        assert_eq!(
+            ex.tokens[40],
+            padded.vocab_size() - 1,
+            "blanks after the pairs"
+        );
+        assert_eq!(ex.tokens[62], AssociativeRecall::QUERY);
+        assert!(AssociativeRecall {
+            pad_to: Some(41),
+            ..fused.clone()
+        }
+        .validate()
+        .is_err());
         assert!(split
             .train
             .iter()

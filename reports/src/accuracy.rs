@@ -31,6 +31,14 @@ pub struct AccuracyRecord {
     pub steps: u64,
     pub seed: u64,
     pub env: Environment,
+    /// What training measured (`xarena train` writes them; optional for other writers):
+    /// steps per second, the training loop's peak memory and its wall time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
 }
 
 /// The accuracy records of every run directory given that has an `accuracy.jsonl`
@@ -155,4 +163,60 @@ pub fn accuracy_grid(records: &[AccuracyRecord]) -> Grid {
         grid.push(row);
     }
     grid
+}
+
+/// LRA's efficiency view from real training steps: per (variant, task), steps per second
+/// and the training loop's peak memory, each with its ratio to `vanilla` on the same
+/// task (speed-up above 1 is faster, memory below 1 is smaller). None when no record
+/// carries training measurements.
+pub fn training_grid(records: &[AccuracyRecord]) -> Option<Grid> {
+    if records.iter().all(|r| r.steps_per_s.is_none()) {
+        return None;
+    }
+    let mut tasks: Vec<String> = records.iter().map(|r| r.task.clone()).collect();
+    tasks.sort();
+    tasks.dedup();
+    task_order(&mut tasks);
+    // Mean over seeds of steps/s and peak memory.
+    let mean_of = |v: &str, t: &str| -> (Option<f64>, Option<f64>) {
+        let rs: Vec<&AccuracyRecord> = records
+            .iter()
+            .filter(|r| r.variant == v && r.task == t)
+            .collect();
+        let avg = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+        (
+            avg(rs.iter().filter_map(|r| r.steps_per_s).collect()),
+            avg(rs
+                .iter()
+                .filter_map(|r| r.peak_memory_bytes.map(|b| b as f64))
+                .collect()),
+        )
+    };
+    let mut header = vec!["training: steps/s (x vanilla), peak MiB (x vanilla)".to_string()];
+    header.extend(tasks.iter().cloned());
+    let mut grid = Grid::new(header);
+    for v in variants(records) {
+        let mut row: Vec<GridCell> = vec![v.clone().into()];
+        for t in &tasks {
+            let (speed, mem) = mean_of(&v, t);
+            let (ref_speed, ref_mem) = mean_of("vanilla", t);
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!(" ({:.2}x)", a / b),
+                _ => String::new(),
+            };
+            let text = match (speed, mem) {
+                (None, None) => String::new(),
+                _ => format!(
+                    "{}{}, {}{}",
+                    speed.map_or("-".into(), |s| format!("{s:.1}")),
+                    ratio(speed, ref_speed),
+                    mem.map_or("-".into(), |m| format!("{:.0}", m / (1u64 << 20) as f64)),
+                    ratio(mem, ref_mem)
+                ),
+            };
+            row.push(GridCell::new(text, speed));
+        }
+        grid.push(row);
+    }
+    Some(grid)
 }

@@ -244,6 +244,10 @@ impl Report {
             out.push_str(&h(2, "Accuracy"));
             out.push_str(&grid(&accuracy::accuracy_grid(&self.accuracy)));
             out.push_str(&para(ACCURACY_NOTE));
+            if let Some(g) = accuracy::training_grid(&self.accuracy) {
+                out.push_str(&grid(&g));
+                out.push_str(&para(TRAINING_NOTE));
+            }
             if plot_files && style == Style::Markdown {
                 out.push_str(&para("![accuracy vs speed](accuracy-vs-speed.svg)"));
             }
@@ -311,6 +315,10 @@ impl Report {
                         h2 { "Accuracy" }
                         (accuracy::accuracy_grid(&self.accuracy).html())
                         p.note { (ACCURACY_NOTE) }
+                        @if let Some(g) = accuracy::training_grid(&self.accuracy) {
+                            (g.html())
+                            p.note { (TRAINING_NOTE) }
+                        }
                         (plot("accuracy-vs-speed.svg"))
                     }
                     script { (PreEscaped(SORT_JS)) }
@@ -442,6 +450,11 @@ const PUBLISHED_NOTE: &str = "Published figures: reports/data/anchors (SOURCES.m
     is one iteration's working memory. Their hardware, precision, batch and task differ from \
     this run's: compare the trends (who overtakes the Transformer, from which length), not \
     the figures.";
+
+const TRAINING_NOTE: &str = "Training speed and memory come from the training runs \
+    themselves (the preset's model, batch and sequence length per task, on the run's \
+    device and threads), as LRA's efficiency table came from training steps; peak memory \
+    is the training loop's (CPU: RSS growth; CUDA: the allocator's peak).";
 
 const ACCURACY_NOTE: &str = "Accuracy: mean over seeds of the fraction of test examples \
     correct, in percent; in brackets, the LRA paper's figure for the same task and model \

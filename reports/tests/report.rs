@@ -4,7 +4,7 @@
 mod common;
 
 use common::{latency, memory, records, run_dir, EVIL, LENGTHS, VARIANTS};
-use xarena_reports::accuracy::{accuracy_grid, load_accuracy, read_accuracy};
+use xarena_reports::accuracy::{accuracy_grid, load_accuracy, read_accuracy, training_grid};
 use xarena_reports::table::Style;
 use xarena_reports::{LoadError, Report, ReportError};
 
@@ -222,6 +222,45 @@ fn accuracy_records_load_and_make_a_table_and_a_plot() {
         .iter()
         .any(|p| p.file.starts_with("accuracy")));
     assert!(!plain.text(Style::Markdown, false).contains("## Accuracy"));
+}
+
+#[test]
+fn training_measurements_make_lra_s_efficiency_view() {
+    let dir = run_dir("training-speed", true);
+    let mut acc = load_accuracy(std::slice::from_ref(&dir)).unwrap();
+    assert!(
+        training_grid(&acc).is_none(),
+        "no record carries measurements"
+    );
+    for r in acc.iter_mut().filter(|r| r.task == "listops") {
+        let (speed, mib) = if r.variant == "vanilla" {
+            (4.0, 400)
+        } else {
+            (10.0, 100)
+        };
+        r.steps_per_s = Some(speed);
+        r.peak_memory_bytes = Some(mib << 20);
+    }
+    let grid = training_grid(&acc).unwrap();
+    assert_eq!(grid.header[1], "listops");
+    let performer = grid.rows.iter().find(|r| r[0].text == "performer").unwrap();
+    assert_eq!(performer[1].text, "10.0 (2.50x), 100 (0.25x)");
+    let vanilla = grid.rows.iter().find(|r| r[0].text == "vanilla").unwrap();
+    assert_eq!(vanilla[1].text, "4.0 (1.00x), 400 (1.00x)");
+    assert_eq!(vanilla[2].text, "", "no measurements for text");
+}
+
+#[test]
+fn a_directory_with_accuracy_only_makes_an_accuracy_report() {
+    let dir = run_dir("accuracy-only", true);
+    std::fs::remove_file(dir.join("results.jsonl")).unwrap();
+    let report = Report::load(std::slice::from_ref(&dir)).unwrap();
+    assert!(report.records.is_empty());
+    let md = report.text(Style::Markdown, false);
+    assert!(md.contains("## Accuracy") && md.contains("listops"), "{md}");
+    assert!(report.html().unwrap().contains("listops"));
+    std::fs::remove_file(dir.join("accuracy.jsonl")).unwrap();
+    assert!(Report::load(&[dir]).is_err(), "neither file: an error");
 }
 
 #[test]

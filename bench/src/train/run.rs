@@ -68,6 +68,9 @@ impl AccuracyLine {
             steps: self.steps,
             seed: self.seed,
             env: self.env.clone(),
+            steps_per_s: Some(self.steps_per_s),
+            peak_memory_bytes: self.peak_memory_bytes,
+            train_seconds: Some(self.train_seconds),
         }
     }
 }
