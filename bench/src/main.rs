@@ -266,6 +266,48 @@ impl DataArgs {
     }
 }
 
+/// What `train` and `lra` share.
+#[derive(Args)]
+struct RunCliArgs {
+    /// Sizes of the task, model and schedule: tiny (CPU minutes per run) or lra (the LRA
+    /// paper's settings, for GPUs).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Seeds the weights and the order of mini-batches (the task's data is fixed).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Override the preset's number of training steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// LibTorch threads (0: LibTorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+impl RunCliArgs {
+    /// Sets the threads and checks the device: the settings of every run.
+    fn settings(self) -> Result<xarena_bench::train::run::RunSettings> {
+        anyhow::ensure!(self.threads >= 0, "--threads must be >= 0");
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let device = xarena_bench::sweep::normalise_device(&self.device)?;
+        Ok(xarena_bench::train::run::RunSettings {
+            preset: self.preset,
+            seed: self.seed,
+            device: xarena_bench::sweep::tch_device(&device),
+            steps: self.steps,
+            cache_dir: self.data.cache_dir(),
+            data_dir: self.data.data_dir,
+        })
+    }
+}
+
 #[derive(Args)]
 struct LraCliArgs {
     /// Variants with parameters, comma separated (each needs a block scope).
@@ -275,25 +317,11 @@ struct LraCliArgs {
     /// associative-recall, passkey, selective-copy, text, retrieval, image.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// tiny (CPU minutes per cell) or lra (the LRA paper's settings, for GPUs).
-    #[arg(long, default_value = "tiny")]
-    preset: String,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Override every cell's number of training steps.
-    #[arg(long)]
-    steps: Option<u64>,
     /// The matrix directory; an existing one is resumed.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    data: DataArgs,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// LibTorch threads (0: LibTorch's default).
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
+    run: RunCliArgs,
 }
 
 #[derive(Args)]
@@ -306,27 +334,11 @@ struct TrainCliArgs {
     /// block scope.
     #[arg(long)]
     variant: VariantSpec,
-    /// Sizes of the task, model and schedule: tiny or lra.
-    #[arg(long, default_value = "tiny")]
-    preset: String,
-    /// Seeds the weights and the order of mini-batches (the task's data is fixed per
-    /// preset).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Override the preset's number of training steps.
-    #[arg(long)]
-    steps: Option<u64>,
     /// A new or empty directory (default: results/train/<task>-<variant>-<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    data: DataArgs,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// LibTorch threads (0: LibTorch's default).
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
+    run: RunCliArgs,
 }
 
 #[derive(Args)]
@@ -764,11 +776,6 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
 
 fn cmd_train(args: TrainCliArgs) -> Result<()> {
     use xarena_bench::train::run::{train_command, TrainArgs};
-    anyhow::ensure!(args.threads >= 0, "--threads must be >= 0");
-    if args.threads > 0 {
-        tch::set_num_threads(args.threads);
-    }
-    let device = xarena_bench::sweep::normalise_device(&args.device)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("results/train").join(format!(
             "{}-{}-{}",
@@ -780,13 +787,8 @@ fn cmd_train(args: TrainCliArgs) -> Result<()> {
     let (line, report) = train_command(&TrainArgs {
         task: args.task,
         variant: args.variant,
-        preset: args.preset,
-        seed: args.seed,
         out: out.clone(),
-        device: xarena_bench::sweep::tch_device(&device),
-        steps: args.steps,
-        cache_dir: args.data.cache_dir(),
-        data_dir: args.data.data_dir,
+        settings: args.run.settings()?,
     })?;
     eprintln!(
         "xarena: {} on {}: test accuracy {:.1}% (train {:.1}%), {} steps in {:.1} s \
@@ -812,21 +814,11 @@ fn cmd_train(args: TrainCliArgs) -> Result<()> {
 
 fn cmd_lra(args: LraCliArgs) -> Result<()> {
     use xarena_bench::train::matrix::{run_matrix, MatrixArgs, Outcome};
-    anyhow::ensure!(args.threads >= 0, "--threads must be >= 0");
-    if args.threads > 0 {
-        tch::set_num_threads(args.threads);
-    }
-    let device = xarena_bench::sweep::normalise_device(&args.device)?;
     let matrix = MatrixArgs {
         variants: args.variants,
         tasks: args.tasks,
-        preset: args.preset,
-        seed: args.seed,
         out: args.out.clone(),
-        device: xarena_bench::sweep::tch_device(&device),
-        steps: args.steps,
-        cache_dir: args.data.cache_dir(),
-        data_dir: args.data.data_dir,
+        settings: args.run.settings()?,
     };
     let cells = run_matrix(&matrix, |cell| match &cell.outcome {
         Outcome::Skipped(l) => eprintln!(

@@ -15,12 +15,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::Device;
 use xarena_reports::accuracy::ACCURACY_FILE;
 use xarena_variants::{find, Scope, VariantSpec};
 
 use super::presets::{preset, TASKS};
-use super::run::{train_command, write_atomic, AccuracyLine, TrainArgs};
+use super::run::{train_command, write_atomic, AccuracyLine, RunSettings, TrainArgs};
 use crate::train::trainer::TrainReport;
 
 pub const MATRIX_FILE: &str = "matrix.json";
@@ -29,13 +28,8 @@ pub const FAILURES_FILE: &str = "failures.jsonl";
 pub struct MatrixArgs {
     pub variants: Vec<VariantSpec>,
     pub tasks: Vec<String>,
-    pub preset: String,
-    pub seed: u64,
     pub out: PathBuf,
-    pub device: Device,
-    pub steps: Option<u64>,
-    pub data_dir: Option<PathBuf>,
-    pub cache_dir: PathBuf,
+    pub settings: RunSettings,
 }
 
 /// What a matrix is, so that a resumed run cannot mix settings.
@@ -87,15 +81,15 @@ fn check(args: &MatrixArgs) -> Result<Vec<VariantSpec>> {
         if !TASKS.contains(&t.as_str()) {
             bail!("unknown task `{t}` (tasks: {})", TASKS.join(", "));
         }
-        let p = preset(&args.preset, t)?;
-        if p.data.needs_files() && args.data_dir.is_none() {
+        let p = preset(&args.settings.preset, t)?;
+        if p.data.needs_files() && args.settings.data_dir.is_none() {
             bail!(
                 "task `{t}` reads LRA's downloaded files: pass --data-dir (nothing is \
                  downloaded)"
             );
         }
     }
-    if let Some(d) = &args.data_dir {
+    if let Some(d) = &args.settings.data_dir {
         if !d.is_dir() {
             bail!("--data-dir {}: not a directory", d.display());
         }
@@ -118,9 +112,9 @@ fn check(args: &MatrixArgs) -> Result<Vec<VariantSpec>> {
 pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<Vec<Cell>> {
     let variants = check(args)?;
     let spec = MatrixSpec {
-        preset: args.preset.clone(),
-        seed: args.seed,
-        steps: args.steps,
+        preset: args.settings.preset.clone(),
+        seed: args.settings.seed,
+        steps: args.settings.steps,
     };
     let spec_path = args.out.join(MATRIX_FILE);
     if spec_path.exists() {
@@ -166,13 +160,8 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
                     let run = train_command(&TrainArgs {
                         task: task.clone(),
                         variant: variant.clone(),
-                        preset: args.preset.clone(),
-                        seed: args.seed,
                         out: dir.clone(),
-                        device: args.device,
-                        steps: args.steps,
-                        data_dir: args.data_dir.clone(),
-                        cache_dir: args.cache_dir.clone(),
+                        settings: args.settings.clone(),
                     });
                     match run {
                         Ok((line, report)) => Outcome::Trained(line, report),

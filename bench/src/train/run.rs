@@ -24,9 +24,16 @@ pub const TRAIN_FILE: &str = "train.json";
 pub struct TrainArgs {
     pub task: String,
     pub variant: VariantSpec,
+    pub out: PathBuf,
+    pub settings: RunSettings,
+}
+
+/// What every run of `xarena train` and of an `xarena lra` matrix is given besides its
+/// task and variant.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
     pub preset: String,
     pub seed: u64,
-    pub out: PathBuf,
     pub device: Device,
     /// Overrides the preset's number of steps.
     pub steps: Option<u64>,
@@ -116,16 +123,20 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
     if !TASKS.contains(&args.task.as_str()) {
         anyhow::bail!("unknown task `{}` (tasks: {})", args.task, TASKS.join(", "));
     }
-    let mut preset = preset(&args.preset, &args.task)?;
+    let mut preset = preset(&args.settings.preset, &args.task)?;
     let variant = args.variant.normalized()?;
-    preset.train.seed = args.seed;
-    if let Some(steps) = args.steps {
+    preset.train.seed = args.settings.seed;
+    if let Some(steps) = args.settings.steps {
         anyhow::ensure!(steps >= 1, "--steps must be at least 1");
         preset.train.steps = steps;
         preset.train.warmup_steps = preset.train.warmup_steps.min(steps / 10);
     }
     check_out(&args.out)?;
-    let data = task_data(&preset, args.data_dir.as_deref(), &args.cache_dir)?;
+    let data = task_data(
+        &preset,
+        args.settings.data_dir.as_deref(),
+        &args.settings.cache_dir,
+    )?;
     let spec = ModelSpec {
         variant: variant.clone(),
         config: preset.model.clone(),
@@ -138,7 +149,7 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
     spec.check()?;
 
     let (trained, report): (Trained, TrainReport) =
-        train(&spec, &data, &preset.train, args.device)?;
+        train(&spec, &data, &preset.train, args.settings.device)?;
 
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     trained.save(&args.out)?;
@@ -158,10 +169,10 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         variant: variant.label(),
         accuracy: report.accuracy,
         steps: report.steps,
-        seed: args.seed,
+        seed: args.settings.seed,
         env: env::capture(i64::from(tch::get_num_threads())),
         preset: preset.name.clone(),
-        device: device_name(args.device),
+        device: device_name(args.settings.device),
         train_accuracy: report.train_accuracy,
         final_loss: report.final_loss,
         train_seconds: report.train_seconds,
