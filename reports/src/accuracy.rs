@@ -39,6 +39,10 @@ pub struct AccuracyRecord {
     pub peak_memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_seconds: Option<f64>,
+    /// The training preset (`tiny`, `lra`), when the writer names one: LRA's published
+    /// figure is shown beside runs at LRA's settings only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 /// The accuracy records of every run directory given that has an `accuracy.jsonl`
@@ -137,7 +141,12 @@ pub fn accuracy_grid(records: &[AccuracyRecord]) -> Grid {
                     } else {
                         String::new()
                     };
+                    let at_lra_settings = records
+                        .iter()
+                        .filter(|r| r.variant == v && &r.task == t)
+                        .all(|r| r.preset.as_deref().is_none_or(|p| p == "lra"));
                     let paper = anchors::lra_accuracy(&v, t)
+                        .filter(|_| at_lra_settings)
                         .map_or(String::new(), |p| format!(" ({p:.2})"));
                     GridCell::new(format!("{m:.2}{paper}{seeds}"), Some(m))
                 }

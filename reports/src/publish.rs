@@ -218,7 +218,9 @@ impl Report {
                 out.push_str(&grid(&v.memory));
             }
         }
-        out.push_str(&h(2, "Efficiency per setting"));
+        if !self.tables.is_empty() {
+            out.push_str(&h(2, "Efficiency per setting"));
+        }
         let names = self.plot_names();
         for (t, name) in self.tables.iter().zip(&names) {
             out.push_str(&h(3, &t.setting.to_string()));
@@ -231,7 +233,9 @@ impl Report {
             out.push_str(&grid(&memory_grid(t)));
             out.push_str(&grid(&compute_grid(t)));
         }
-        out.push_str(&para(efficiency_notes().trim_end()));
+        if !self.tables.is_empty() {
+            out.push_str(&para(efficiency_notes().trim_end()));
+        }
         if !self.published.is_empty() {
             out.push_str(&h(2, "Published figures beside this run"));
             for c in &self.published {
@@ -289,7 +293,9 @@ impl Report {
                             (v.memory.html())
                         }
                     }
-                    h2 { "Efficiency per setting" }
+                    @if !self.tables.is_empty() {
+                        h2 { "Efficiency per setting" }
+                    }
                     @for (t, name) in self.tables.iter().zip(&names) {
                         section.setting {
                             h3 { (t.setting.to_string()) }
@@ -302,7 +308,9 @@ impl Report {
                             (compute_grid(t).html())
                         }
                     }
-                    p.note { (efficiency_notes()) }
+                    @if !self.tables.is_empty() {
+                        p.note { (efficiency_notes()) }
+                    }
                     @if !self.published.is_empty() {
                         h2 { "Published figures beside this run" }
                         @for c in &self.published {
@@ -458,7 +466,9 @@ const TRAINING_NOTE: &str = "Training speed and memory come from the training ru
 
 const ACCURACY_NOTE: &str = "Accuracy: mean over seeds of the fraction of test examples \
     correct, in percent; in brackets, the LRA paper's figure for the same task and model \
-    (Tay et al. 2021, Table 1). Average: over the tasks shown for the variant.";
+    (Tay et al. 2021, Table 1), shown only beside runs at LRA's settings (the `lra` preset, \
+    or records that name none): a `tiny` run's tasks are smaller than LRA's. Average: over \
+    the tasks shown for the variant.";
 
 #[derive(Serialize)]
 struct JsonReport<'a> {

@@ -78,6 +78,7 @@ impl AccuracyLine {
             steps_per_s: Some(self.steps_per_s),
             peak_memory_bytes: self.peak_memory_bytes,
             train_seconds: Some(self.train_seconds),
+            preset: Some(self.preset.clone()),
         }
     }
 }
