@@ -128,9 +128,11 @@ fn shards_merge_into_the_unsharded_sweep_and_a_rerun_compares_clean() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("0 ran"), "{}", stderr(&o));
 
-    // A rerun of the same cases on this machine is not a regression; nor is a run
-    // compared with itself.
-    let o = compare(&full, &merged, &[]);
+    // The merged shards compare case by case with the unsharded run. Timing between two
+    // real runs depends on the machine's load (a busy CI box moved a 33 us case by 77 %),
+    // so the threshold here is wide: the test checks the pairing, not the speed; a run
+    // compared with itself must be clean at the default threshold.
+    let o = compare(&full, &merged, &["--threshold", "10000"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("6 case(s) in both"), "{}", stdout(&o));
     let o = compare(&full, &full, &["--format", "json"]);
