@@ -11,6 +11,22 @@ pub mod namm;
 
 use tch::Tensor;
 
+use crate::error::VariantError;
+
+pub mod full;
+pub mod h2o;
+pub mod l2;
+pub mod streaming_llm;
+pub mod tova;
+pub mod window;
+
+pub use full::Full;
+pub use h2o::H2o;
+pub use l2::L2Norm;
+pub use streaming_llm::StreamingLlm;
+pub use tova::{Tova, TovaScope};
+pub use window::Window;
+
 /// What one update of one layer shows a policy.
 pub struct Observation<'a> {
     pub layer: usize,
@@ -21,6 +37,8 @@ pub struct Observation<'a> {
     /// Per KV head: the cached keys `[len_h, head_dim]`, rotary positions applied.
     pub keys: &'a [Tensor],
     /// Per KV head: the absolute positions of the cached tokens, `[len_h]` (int64).
+    /// Rows are in ascending position order (the session appends each call's tokens at
+    /// the end and keeps rows in order), so the call's own tokens are the last rows.
     pub positions: &'a [Tensor],
     /// Absolute position of the newest token (the call's last query).
     pub now: i64,
@@ -39,4 +57,119 @@ pub trait CachePolicy {
     /// Sees one call's attention for one layer; answers per KV head the ascending int64
     /// indices of the rows to keep, or `None` to keep them all.
     fn update(&mut self, obs: &Observation) -> Vec<Option<Tensor>>;
+}
+
+/// Metadata kept beside each policy.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PolicyInfo {
+    /// Registry name, as used on the command line.
+    pub name: &'static str,
+    /// Citation: authors, year, title, venue or arXiv id.
+    pub paper: &'static str,
+    /// What it keeps, in one line.
+    pub keeps: &'static str,
+    /// Takes a budget (tokens per KV head).
+    pub budgeted: bool,
+}
+
+/// NAMM's entry (its code lives in `namm.rs`; it is built from trained parameters).
+const NAMM_INFO: PolicyInfo = PolicyInfo {
+    name: "namm",
+    paper: "Cetin et al. 2024, An Evolved Universal Transformer Memory (arXiv:2410.13166)",
+    keeps: "tokens a small evolved network scores above zero from their attention spectrogram",
+    budgeted: false,
+};
+
+/// The registered policies, in the order reports list them.
+pub const POLICIES: &[&str] = &[
+    "full",
+    "window",
+    "streaming-llm",
+    "h2o",
+    "l2",
+    "tova",
+    "namm",
+];
+
+/// Every policy's metadata, in [`POLICIES`] order.
+pub const POLICY_INFO: &[PolicyInfo] = &[
+    full::INFO,
+    window::INFO,
+    streaming_llm::INFO,
+    h2o::INFO,
+    l2::INFO,
+    tova::INFO,
+    NAMM_INFO,
+];
+
+/// The metadata of a registered policy.
+pub fn policy_info(name: &str) -> Option<&'static PolicyInfo> {
+    POLICY_INFO.iter().find(|i| i.name == name)
+}
+
+/// Builds a policy by name with its default settings and a budget in tokens per KV head
+/// (required by every policy but `full`, which rejects one). `namm` needs trained
+/// parameters, so it is not built here.
+pub fn build_policy(
+    name: &str,
+    budget: Option<usize>,
+) -> Result<Box<dyn CachePolicy>, VariantError> {
+    let info = policy_info(name).ok_or_else(|| {
+        VariantError::config(
+            name,
+            format!("unknown cache policy (known: {})", POLICIES.join(", ")),
+        )
+    })?;
+    if name == "namm" {
+        return Err(VariantError::config(
+            name,
+            "needs parameters (a trained NAMM scoring network): build it from its \
+             checkpoint, not by name",
+        ));
+    }
+    let budget = match (info.budgeted, budget) {
+        (false, Some(b)) => {
+            return Err(VariantError::config(
+                name,
+                format!("keeps every token and takes no budget (got {b})"),
+            ))
+        }
+        (false, None) => 0,
+        (true, Some(b)) => b,
+        (true, None) => {
+            return Err(VariantError::config(
+                name,
+                "needs a budget (tokens kept per KV head)",
+            ))
+        }
+    };
+    Ok(match name {
+        "full" => Box::new(Full),
+        "window" => Box::new(Window::new(budget)?),
+        "streaming-llm" => Box::new(StreamingLlm::new(budget, streaming_llm::DEFAULT_SINKS)?),
+        "h2o" => Box::new(H2o::new(budget, budget / 2)?),
+        "l2" => Box::new(L2Norm::new(budget)?),
+        "tova" => Box::new(Tova::new(budget, TovaScope::Layer)?),
+        other => unreachable!("policy `{other}` registered without a constructor"),
+    })
+}
+
+/// The budget check every budgeted policy shares.
+pub(crate) fn check_budget(name: &str, budget: usize, least: usize) -> Result<(), VariantError> {
+    if budget < least {
+        return Err(VariantError::config(
+            name,
+            format!("budget must be at least {least} tokens per KV head, got {budget}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Ascending indices `[n]` (int64) of `rows` chosen among the first `len - 1` rows by
+/// `score` (the highest when `largest`), plus the newest row `len - 1`.
+pub(crate) fn top_plus_newest(score: &Tensor, rows: i64, largest: bool) -> Tensor {
+    let len = score.size()[0];
+    let (_, idx) = score.narrow(0, 0, len - 1).topk(rows, 0, largest, false);
+    let newest = Tensor::from_slice(&[len - 1]).to_device(score.device());
+    Tensor::cat(&[idx, newest], 0).sort(0, false).0
 }

@@ -1,0 +1,253 @@
+//! Decoding one sequence (batch 1) with a managed cache: the prompt in chunks, then one
+//! token at a time. After every forward call and for every layer the session shows the
+//! policy what the call's queries attended to, then drops the rows the policy let go.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use super::cache::LayerCache;
+use super::lm::{rms_norm, DecoderLm};
+use super::policy::{CachePolicy, Observation};
+
+/// What a session has cost so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SessionStats {
+    /// Tokens processed (prompt and generated).
+    pub tokens_seen: i64,
+    /// Forward calls (prefill chunks and steps).
+    pub calls: u64,
+    /// Bytes of cached keys and values now, all layers.
+    pub kv_bytes: u64,
+    /// The most the cache held at any moment, counted after each layer appended its call's
+    /// tokens (before the policy evicted) and after each eviction.
+    pub peak_kv_bytes: u64,
+    /// Cached tokens / tokens seen, averaged over layers and KV heads, sampled after each
+    /// call: the mean and the largest sample.
+    pub mean_retained_fraction: f64,
+    pub peak_retained_fraction: f64,
+    /// Time inside `CachePolicy::update` and the eviction gathers.
+    pub policy_seconds: f64,
+    /// The rest of the forward calls' time.
+    pub forward_seconds: f64,
+}
+
+/// A decoding session over a [`DecoderLm`] with a cache policy.
+pub struct Session<'a> {
+    lm: &'a DecoderLm,
+    policy: Box<dyn CachePolicy>,
+    layers: Vec<LayerCache>,
+    last_logits: Option<Tensor>,
+    stats: SessionStats,
+    /// Sum of retained-fraction samples, for the mean.
+    retained_sum: f64,
+    /// Running bytes of the whole cache, updated as layers append and evict.
+    bytes_now: u64,
+    precise_timing: bool,
+}
+
+impl<'a> Session<'a> {
+    /// An empty session; resets the policy for the model's shape.
+    pub fn new(lm: &'a DecoderLm, policy: Box<dyn CachePolicy>) -> Session<'a> {
+        let mut s = Session {
+            lm,
+            policy,
+            layers: Vec::new(),
+            last_logits: None,
+            stats: SessionStats::default(),
+            retained_sum: 0.0,
+            bytes_now: 0,
+            precise_timing: lm.device().is_cuda(),
+        };
+        s.reset();
+        s
+    }
+
+    /// Forgets the sequence (cache, statistics, the policy's state).
+    pub fn reset(&mut self) {
+        let cfg = self.lm.config();
+        self.layers = (0..cfg.num_hidden_layers)
+            .map(|_| {
+                LayerCache::new(
+                    cfg.num_key_value_heads,
+                    cfg.head_dim(),
+                    self.lm.kind(),
+                    self.lm.device(),
+                )
+            })
+            .collect();
+        self.policy.reset(
+            cfg.num_hidden_layers as usize,
+            cfg.num_key_value_heads as usize,
+        );
+        self.last_logits = None;
+        self.stats = SessionStats::default();
+        self.retained_sum = 0.0;
+        self.bytes_now = 0;
+    }
+
+    /// On CUDA, synchronise the device around the policy's work so that its time is not
+    /// charged to the forward pass (or the other way round). On by default on CUDA.
+    pub fn set_precise_timing(&mut self, on: bool) {
+        self.precise_timing = on;
+    }
+
+    /// Processes `tokens` (appended to whatever the session holds) in calls of `chunk`
+    /// tokens; each call's queries attend to the cache and causally to the call itself.
+    /// Returns the logits `[vocab]` of the last token.
+    pub fn prefill(&mut self, tokens: &[i64], chunk: usize) -> Tensor {
+        assert!(!tokens.is_empty(), "prefill: no tokens");
+        assert!(chunk >= 1, "prefill: chunk must be at least 1 token");
+        let mut last = None;
+        for part in tokens.chunks(chunk) {
+            last = Some(self.call(part, false));
+        }
+        last.expect("at least one chunk").select(0, 0)
+    }
+
+    /// One forward call over `tokens`: the logits `[len, vocab]` of every one of them
+    /// (for perplexity under a policy).
+    pub fn extend(&mut self, tokens: &[i64]) -> Tensor {
+        assert!(!tokens.is_empty(), "extend: no tokens");
+        self.call(tokens, true)
+    }
+
+    /// Feeds one token; returns the logits `[vocab]` of the next.
+    pub fn step(&mut self, token: i64) -> Tensor {
+        self.call(&[token], false).select(0, 0)
+    }
+
+    /// Greedy decoding after a prefill: `max_new` tokens, each fed back, so the session
+    /// can go on from where it stops.
+    pub fn generate_greedy(&mut self, max_new: usize) -> Vec<i64> {
+        let mut out = Vec::with_capacity(max_new);
+        for _ in 0..max_new {
+            let logits = self
+                .last_logits
+                .as_ref()
+                .expect("generate_greedy: prefill first");
+            let next = logits.argmax(-1, false).int64_value(&[]);
+            out.push(next);
+            let _ = self.step(next);
+        }
+        out
+    }
+
+    /// The logits `[vocab]` after the last call, if any.
+    pub fn last_logits(&self) -> Option<&Tensor> {
+        self.last_logits.as_ref()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        let mut s = self.stats.clone();
+        s.kv_bytes = self.bytes_now;
+        s
+    }
+
+    /// Tokens held, `[layer][kv head]`.
+    pub fn lens(&self) -> Vec<Vec<i64>> {
+        self.layers.iter().map(LayerCache::lens).collect()
+    }
+
+    /// The positions (`[len_h]` int64) held by one layer's KV head.
+    pub fn positions(&self, layer: usize, head: usize) -> Tensor {
+        self.layers[layer].positions()[head].shallow_clone()
+    }
+
+    /// The keys (`[len_h, head_dim]`, rotary applied) held by one layer's KV head.
+    pub fn keys(&self, layer: usize, head: usize) -> Tensor {
+        self.layers[layer].keys()[head].shallow_clone()
+    }
+
+    /// One layer's cache.
+    pub fn layer_cache(&self, layer: usize) -> &LayerCache {
+        &self.layers[layer]
+    }
+
+    pub fn policy(&self) -> &dyn CachePolicy {
+        self.policy.as_ref()
+    }
+
+    /// Ends the session, giving the policy back (to reuse it on another sequence).
+    pub fn into_policy(self) -> Box<dyn CachePolicy> {
+        self.policy
+    }
+
+    /// Waits for the device when timing precisely on CUDA.
+    fn sync(precise: bool, device: Device) {
+        if let (true, Device::Cuda(i)) = (precise, device) {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// One forward call; logits `[c, vocab]` of every token or `[1, vocab]` of the last.
+    fn call(&mut self, tokens: &[i64], all_logits: bool) -> Tensor {
+        tch::no_grad(|| {
+            let start = Instant::now();
+            let lm = self.lm;
+            let cfg = lm.config();
+            let vocab = cfg.vocab_size;
+            if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= vocab) {
+                panic!("token {bad} is outside the vocabulary (size {vocab})");
+            }
+            let device = lm.device();
+            let c = tokens.len() as i64;
+            let first = self.stats.tokens_seen;
+            let now = first + c - 1;
+            let ids = Tensor::from_slice(tokens).to_device(device).unsqueeze(0);
+            let q_pos = Tensor::arange_start(first, first + c, (Kind::Int64, device));
+            let (cos, sin) = lm.rotary(&q_pos);
+            let groups = cfg.kv_groups();
+            let eps = cfg.rms_norm_eps;
+            let mut policy_time = 0.0;
+            let mut x = lm.embed(&ids);
+            for (i, layer) in lm.layers.iter().enumerate() {
+                let h = rms_norm(&x, &layer.input_norm, eps);
+                let (q, k, v) = layer.project(&h, cfg, &cos, &sin);
+                let cache = &mut self.layers[i];
+                let before = cache.bytes();
+                cache.append(&k.squeeze_dim(0), &v.squeeze_dim(0), &q_pos);
+                self.bytes_now = self.bytes_now + cache.bytes() - before;
+                self.stats.peak_kv_bytes = self.stats.peak_kv_bytes.max(self.bytes_now);
+                let (att, probs) = cache.attend(&q.squeeze_dim(0), &q_pos, groups);
+                x = &x + layer.output(&att.unsqueeze(0));
+                x = &x + layer.mlp(&rms_norm(&x, &layer.post_norm, eps));
+
+                Self::sync(self.precise_timing, device);
+                let t = Instant::now();
+                let keys = cache.keys();
+                let positions = cache.positions();
+                let keep = self.policy.update(&Observation {
+                    layer: i,
+                    attention: &probs,
+                    keys: &keys,
+                    positions: &positions,
+                    now,
+                });
+                drop((keys, positions));
+                let before = cache.bytes();
+                cache.retain(&keep);
+                self.bytes_now = self.bytes_now + cache.bytes() - before;
+                Self::sync(self.precise_timing, device);
+                policy_time += t.elapsed().as_secs_f64();
+            }
+            let x = if all_logits { x } else { x.narrow(1, c - 1, 1) };
+            let logits = lm.logits(&x).squeeze_dim(0).to_kind(Kind::Float);
+            self.last_logits = Some(logits.get(logits.size()[0] - 1));
+            Self::sync(self.precise_timing, device);
+
+            self.stats.tokens_seen += c;
+            self.stats.calls += 1;
+            let cached: i64 = self.layers.iter().flat_map(LayerCache::lens).sum();
+            let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
+            let retained = cached as f64 / slots / self.stats.tokens_seen as f64;
+            self.retained_sum += retained;
+            self.stats.mean_retained_fraction = self.retained_sum / self.stats.calls as f64;
+            self.stats.peak_retained_fraction = self.stats.peak_retained_fraction.max(retained);
+            self.stats.policy_seconds += policy_time;
+            self.stats.forward_seconds += start.elapsed().as_secs_f64() - policy_time;
+            logits
+        })
+    }
+}
