@@ -68,7 +68,8 @@ pub struct KvTrainCli {
     /// The longest prompt trained on (tokens); also the held-out prompts' length.
     #[arg(long, default_value_t = 256)]
     context: usize,
-    /// The shortest prompt trained on (default: 32, or what the tasks need).
+    /// The shortest prompt trained on (default: 16, or what the tasks need); lengths are
+    /// drawn log-uniformly between it and --context.
     #[arg(long)]
     min_context: Option<usize>,
     /// A new or empty directory for config.json, model.safetensors and train.json.

@@ -2,9 +2,9 @@
 //! decoding tasks (passkey, recall, MQAR), so the cache policies have a model that needs
 //! what they might evict.
 //!
-//! Each step takes one task (in turn) and one prompt length (drawn between
-//! `min_context` and `context`, so short prompts teach the lookup quickly and long ones
-//! make it hold at length), a batch of fresh examples from the task's training stream,
+//! Each step takes one task (in turn) and one prompt length (drawn log-uniformly between
+//! `min_context` and `context`: short prompts teach the lookup within seconds, and a
+//! model that learned it there reads it back from hundreds of tokens), a batch of fresh examples from the task's training stream,
 //! and the next-token loss on the answer tokens the model must produce (the prompt's
 //! tokens, random filler, weigh `prompt_weight`, 0 by default: they cannot be learned and
 //! only slow the answers down). AdamW, linear warm-up then cosine decay, clipping: the
@@ -39,7 +39,7 @@ pub struct KvTrainArgs {
     pub tasks: Vec<LmTask>,
     pub task_config: LmTaskConfig,
     pub context: usize,
-    /// `None`: the shortest context every task fits in, at least 32.
+    /// `None`: the shortest context every task fits in, at least 16.
     pub min_context: Option<usize>,
     pub out: PathBuf,
     /// A preset of [`preset`].
@@ -118,7 +118,7 @@ impl KvTrainArgs {
                 .map(|t| t.min_context(&self.task_config))
                 .max()
                 .unwrap_or(1)
-                .max(32)
+                .max(16)
                 .min(self.context)
         })
     }
@@ -280,7 +280,12 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
         opt.set_lr(schedule.lr_at(step));
         let k = step as usize % args.tasks.len();
         let task = args.tasks[k];
-        let n = lengths.gen_range(min_context as u32..=args.context as u32) as usize;
+        // Log-uniform: most steps short (cheap, and the lookup is learned there), enough
+        // long ones for it to hold at length.
+        let u: f64 = lengths.gen();
+        let n = ((min_context as f64) * (args.context as f64 / min_context as f64).powf(u))
+            .round()
+            .clamp(min_context as f64, args.context as f64) as usize;
         let xs: Vec<LmExample> = (0..schedule.batch)
             .map(|_| task.draw(&args.task_config, n, &mut streams[k]))
             .collect();
