@@ -44,9 +44,26 @@ fn trained() -> PathBuf {
     ONCE.get_or_init(|| {
         let out = tmp("kv-model");
         ok(&[
-            "kv", "train", "--config", "tiny", "--passkey-digits", "1", "--context", "48",
-            "--min-context", "19", "--steps", "240", "--eval-examples", "10", "--log-every",
-            "60", "--threads", "1", "--out", s(&out),
+            "kv",
+            "train",
+            "--config",
+            "tiny",
+            "--passkey-digits",
+            "1",
+            "--context",
+            "48",
+            "--min-context",
+            "19",
+            "--steps",
+            "240",
+            "--eval-examples",
+            "10",
+            "--log-every",
+            "60",
+            "--threads",
+            "1",
+            "--out",
+            s(&out),
         ]);
         out
     })
@@ -90,7 +107,9 @@ fn hf_checkpoint(dir: &Path) {
     );
     std::fs::write(dir.join("config.json"), config).unwrap();
     tch::manual_seed(11);
-    let w = |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2).to_kind(Kind::BFloat16);
+    let w = |shape: &[i64]| {
+        (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2).to_kind(Kind::BFloat16)
+    };
     let ones = |n: i64| Tensor::ones([n], (Kind::BFloat16, Device::Cpu));
     let mut t = vec![
         ("model.embed_tokens.weight".to_string(), w(&[vocab, d])),
@@ -127,9 +146,22 @@ fn evolved() -> PathBuf {
 }
 
 const EVOLVE: &[&str] = &[
-    "--stages", "passkey;passkey,recall", "--population", "4", "--examples", "2",
-    "--update-every", "16", "--chunk", "16", "--namm-hidden", "4", "--seed", "3",
-    "--threads", "1",
+    "--stages",
+    "passkey;passkey,recall",
+    "--population",
+    "4",
+    "--examples",
+    "2",
+    "--update-every",
+    "16",
+    "--chunk",
+    "16",
+    "--namm-hidden",
+    "4",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
 ];
 
 fn evolve(out: &Path, generations: &str, extra: &[&str]) -> String {
@@ -153,7 +185,15 @@ fn kv_train_writes_a_loadable_checkpoint_and_refuses_bad_input() {
     let info = m.train.as_ref().unwrap();
     assert_eq!((m.cfg.num_hidden_layers, m.cfg.hidden_size), (2, 64));
     assert_eq!(m.cfg.vocab_size, i64::from(info.task_config.vocab_size()));
-    assert_eq!((info.context, info.min_context, info.steps), (48, 19, 240));
+    assert_eq!(
+        (
+            info.context,
+            info.eval_context,
+            info.min_context,
+            info.steps
+        ),
+        (48, 48, 19, 240)
+    );
     assert!(info.held_out["passkey"] >= 0.5, "{:?}", info.held_out);
     let names: Vec<&str> = info.held_out.keys().map(String::as_str).collect();
     assert_eq!(names, ["mqar", "passkey", "recall"]);
@@ -162,15 +202,24 @@ fn kv_train_writes_a_loadable_checkpoint_and_refuses_bad_input() {
     // No temporary directory is left beside it.
     let parent = dir.parent().unwrap();
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
-    assert!(!std::fs::read_dir(parent)
+    assert!(!std::fs::read_dir(parent).unwrap().any(|e| e
         .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(&format!(".{name}.partial"))));
+        .file_name()
+        .to_string_lossy()
+        .starts_with(&format!(".{name}.partial"))));
 
     // Bad input: nothing written.
     let e = fails(&["kv", "train", "--out", s(&dir), "--steps", "1"]);
     assert!(e.contains("not empty"), "{e}");
     let fresh = tmp("kv-train-bad");
-    let e = fails(&["kv", "train", "--tasks", "passkey,recal", "--out", s(&fresh)]);
+    let e = fails(&[
+        "kv",
+        "train",
+        "--tasks",
+        "passkey,recal",
+        "--out",
+        s(&fresh),
+    ]);
     assert!(e.contains("recal"), "{e}");
     let e = fails(&["kv", "train", "--context", "10", "--out", s(&fresh)]);
     assert!(e.contains("needs at least"), "{e}");
@@ -228,7 +277,11 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
     let log = evolve(&split, "2", &["--resume"]);
     assert!(log.contains("resuming at stage 1 generation 1"), "{log}");
     assert_eq!(comparable(&split), comparable(&straight));
-    assert_eq!(read_state(&split).unwrap().cmaes, state.cmaes, "C and B too");
+    assert_eq!(
+        read_state(&split).unwrap().cmaes,
+        state.cmaes,
+        "C and B too"
+    );
     assert_eq!(EvolvedNamm::read(&split).unwrap(), namm);
 
     // A resume with other settings is refused, naming them; the checkpoint is kept.
@@ -240,7 +293,16 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
     assert!(e.contains("other settings") && e.contains("sigma0"), "{e}");
     assert_eq!(comparable(&split), comparable(&straight));
     // Without --resume an existing run is refused.
-    let e = fails(&["kv", "evolve", "--model", s(&model), "--tasks", "passkey", "--out", s(&split)]);
+    let e = fails(&[
+        "kv",
+        "evolve",
+        "--model",
+        s(&model),
+        "--tasks",
+        "passkey",
+        "--out",
+        s(&split),
+    ]);
     assert!(e.contains("not empty"), "{e}");
 }
 
@@ -248,9 +310,28 @@ const POLICIES: &str = "full,window,streaming-llm,h2o,l2,tova,namm";
 
 fn bench_args<'a>(model: &'a Path, namm: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
-        "kv", "bench", "--model", s(model), "--policies", POLICIES, "--namm", s(namm),
-        "--ratios", "0.5,0.75", "--contexts", "40,48", "--tasks", "passkey,recall",
-        "--examples", "2", "--chunk", "16", "--threads", "1", "--out", s(out),
+        "kv",
+        "bench",
+        "--model",
+        s(model),
+        "--policies",
+        POLICIES,
+        "--namm",
+        s(namm),
+        "--ratios",
+        "0.5,0.75",
+        "--contexts",
+        "40,48",
+        "--tasks",
+        "passkey,recall",
+        "--examples",
+        "2",
+        "--chunk",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        s(out),
     ]
 }
 
@@ -283,7 +364,11 @@ fn bench_records_every_case_and_refuses_bad_input_without_touching_them() {
             None => assert_eq!(r.full_score, 0.0),
         }
         assert_eq!((r.examples, r.chunk, r.schema), (2, 16, 1));
-        for f in [r.mean_retained_fraction, r.final_retained_fraction, r.peak_retained_fraction] {
+        for f in [
+            r.mean_retained_fraction,
+            r.final_retained_fraction,
+            r.peak_retained_fraction,
+        ] {
             assert!((0.0..=1.0).contains(&f), "{}: {f}", r.case_id);
         }
         assert!(r.peak_kv_bytes > 0 && r.peak_kv_bytes <= full.peak_kv_bytes);
@@ -325,7 +410,13 @@ fn bench_records_every_case_and_refuses_bad_input_without_touching_them() {
     let with = |from: &str, to: &str| -> Vec<String> {
         bench_args(&model, &namm, &out)
             .into_iter()
-            .map(|a| if a == from { to.to_string() } else { a.to_string() })
+            .map(|a| {
+                if a == from {
+                    to.to_string()
+                } else {
+                    a.to_string()
+                }
+            })
             .chain(["--resume".to_string()])
             .collect()
     };
@@ -342,15 +433,43 @@ fn bench_records_every_case_and_refuses_bad_input_without_touching_them() {
         assert!(e.contains(needle), "{to}: {e}");
     }
     let e = fails(&[
-        "kv", "bench", "--model", s(&model), "--policies", "full,namm", "--out", s(&out), "--resume",
+        "kv",
+        "bench",
+        "--model",
+        s(&model),
+        "--policies",
+        "full,namm",
+        "--out",
+        s(&out),
+        "--resume",
     ]);
     assert!(e.contains("needs --namm"), "{e}");
     let broken = tmp("kv-broken-model");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::copy(model.join("config.json"), broken.join("config.json")).unwrap();
-    let e = fails(&["kv", "bench", "--model", s(&broken), "--policies", "full", "--out", s(&out), "--resume"]);
+    let e = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&broken),
+        "--policies",
+        "full",
+        "--out",
+        s(&out),
+        "--resume",
+    ]);
     assert!(e.contains("model.safetensors"), "{e}");
-    let e = fails(&["kv", "bench", "--model", s(&hf_dir()), "--policies", "full", "--out", s(&out), "--resume"]);
+    let e = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&hf_dir()),
+        "--policies",
+        "full",
+        "--out",
+        s(&out),
+        "--resume",
+    ]);
     assert!(e.contains("another model"), "{e}");
     assert_eq!(std::fs::read(out.join("kv.jsonl")).unwrap(), before);
 
@@ -391,9 +510,24 @@ fn a_hugging_face_llama_checkpoint_loads_and_runs_kv_bench() {
     assert!(m.cfg.tie_word_embeddings);
     let out = tmp("kv-bench-hf");
     ok(&[
-        "kv", "bench", "--model", s(&dir), "--policies", "full,h2o,l2", "--ratios", "0.5",
-        "--contexts", "40", "--tasks", "mqar", "--examples", "2", "--threads", "1",
-        "--out", s(&out),
+        "kv",
+        "bench",
+        "--model",
+        s(&dir),
+        "--policies",
+        "full,h2o,l2",
+        "--ratios",
+        "0.5",
+        "--contexts",
+        "40",
+        "--tasks",
+        "mqar",
+        "--examples",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
     ]);
     let rs = records(&out);
     assert_eq!(rs.len(), 3);
@@ -410,15 +544,35 @@ fn a_namm_evolved_on_one_model_runs_unchanged_on_another() {
     let other = hf_dir();
     let out = tmp("kv-transfer");
     ok(&[
-        "kv", "bench", "--model", s(&other), "--policies", "full,namm", "--namm", s(&namm),
-        "--contexts", "48", "--tasks", "passkey", "--examples", "2", "--chunk", "16",
-        "--threads", "1", "--out", s(&out),
+        "kv",
+        "bench",
+        "--model",
+        s(&other),
+        "--policies",
+        "full,namm",
+        "--namm",
+        s(&namm),
+        "--contexts",
+        "48",
+        "--tasks",
+        "passkey",
+        "--examples",
+        "2",
+        "--chunk",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
     ]);
     let rs = records(&out);
     assert_eq!(rs.len(), 2);
     let n = rs.iter().find(|r| r.policy == "namm").unwrap();
     let label = n.namm.as_ref().unwrap();
-    assert!(label.contains("evolved on") && label.contains("kv-model)"), "{label}");
+    assert!(
+        label.contains("evolved on") && label.contains("kv-model)"),
+        "{label}"
+    );
     assert!(n.model.ends_with("kv-hf"));
     // It decided something: the zero-mean NAMM keeps all, an evolved one need not.
     assert!(n.mean_retained_fraction <= 1.0 && n.final_retained_fraction > 0.0);
@@ -429,13 +583,28 @@ fn the_report_renders_tables_and_the_plot() {
     let model = trained();
     let out = tmp("kv-report-run");
     ok(&[
-        "kv", "bench", "--model", s(&model), "--policies", "full,window,h2o,l2", "--ratios",
-        "0.5,0.875", "--contexts", "40", "--tasks", "passkey,mqar", "--examples", "2",
-        "--threads", "1", "--out", s(&out),
+        "kv",
+        "bench",
+        "--model",
+        s(&model),
+        "--policies",
+        "full,window,h2o,l2",
+        "--ratios",
+        "0.5,0.875",
+        "--contexts",
+        "40",
+        "--tasks",
+        "passkey,mqar",
+        "--examples",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
     ]);
     let md = ok(&["kv", "report", s(&out), "--format", "md"]);
     for needle in [
-        "kv-model, context 40 tokens",
+        "kv-model, context 40 tokens, 2 prompts per task",
         "| policy",
         "mean (norm.)",
         "cache kept (mean)",
@@ -448,8 +617,13 @@ fn the_report_renders_tables_and_the_plot() {
     }
     let site = tmp("kv-report-site");
     ok(&["kv", "report", s(&out), "--out", s(&site)]);
-    assert!(std::fs::read_to_string(site.join("report.md")).unwrap().contains("Frontier"));
-    let plot = format!("frontier-{}-40.svg", model.file_name().unwrap().to_string_lossy());
+    assert!(std::fs::read_to_string(site.join("report.md"))
+        .unwrap()
+        .contains("Frontier"));
+    let plot = format!(
+        "frontier-{}-40.svg",
+        model.file_name().unwrap().to_string_lossy()
+    );
     let svg = std::fs::read_to_string(site.join(plot)).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("score vs cache kept"));
     // The output directory is not overwritten without --force.
@@ -458,4 +632,38 @@ fn the_report_renders_tables_and_the_plot() {
     ok(&["kv", "report", s(&out), "--out", s(&site), "--force"]);
     let e = fails(&["kv", "report", s(&tmp("kv-nothing"))]);
     assert!(e.contains("kv.jsonl") || e.contains("No such file"), "{e}");
+}
+
+#[test]
+fn a_namm_scoring_every_token_positive_decodes_exactly_as_the_full_cache() {
+    use xarena_bench::kv::eval::decode;
+    use xarena_datasets::lm_tasks::{LmSplit, LmTask};
+    use xarena_variants::kvcache::policy::namm::{param_layout, Namm, NammConfig};
+    use xarena_variants::kvcache::policy::Full;
+
+    tch::set_num_threads(1);
+    let m = load_model(&trained(), Device::Cpu).unwrap();
+    let cfg = NammConfig {
+        update_every: 16,
+        hidden_dim: 8,
+        ..NammConfig::default()
+    };
+    // Every weight 0 and the score's bias 1: every token scores 1, none is evicted.
+    let layout = param_layout(&cfg);
+    let mut params = vec![0f32; Namm::num_params(&cfg)];
+    let bias = layout.iter().find(|b| b.name == "score.bias").unwrap();
+    params[bias.offset] = 1.0;
+    let tasks = m.task_config();
+    for task in [LmTask::Passkey, LmTask::Mqar] {
+        for ex in task.examples(&tasks, 48, 3, 5, LmSplit::Test).unwrap() {
+            let namm = Namm::new(cfg.clone(), &params).unwrap();
+            let (a, _) = decode(&m.lm, Box::new(namm), &ex, 16);
+            let (b, _) = decode(&m.lm, Box::new(Full), &ex, 16);
+            assert_eq!(a.produced, b.produced);
+            assert_eq!(a.score, b.score);
+            assert_eq!(a.final_retained_fraction, 1.0);
+            assert_eq!(a.stats.peak_kv_bytes, b.stats.peak_kv_bytes);
+            assert_eq!(a.stats.kv_bytes, b.stats.kv_bytes);
+        }
+    }
 }

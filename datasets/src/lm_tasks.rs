@@ -326,7 +326,10 @@ impl LmTask {
         );
         match self {
             LmTask::Passkey => {
-                ensure!(ex.prompt.last() == Some(&ASK), "the prompt does not end in ASK");
+                ensure!(
+                    ex.prompt.last() == Some(&ASK),
+                    "the prompt does not end in ASK"
+                );
                 let at: Vec<usize> = (0..ex.prompt.len())
                     .filter(|&i| ex.prompt[i] == KEY)
                     .collect();
@@ -435,9 +438,7 @@ fn recall(cfg: &LmTaskConfig, context: usize, queries: u32, r: &mut ChaCha8Rng) 
     // BOS, the bindings, QUERY and a key: the rest is filler, the bindings at sorted
     // random cut points of it (several may share one, then they are adjacent).
     let room = context - 3 - 2 * pairs;
-    let mut cuts: Vec<u32> = (0..pairs)
-        .map(|_| uniform(r, 0, room as u32 + 1))
-        .collect();
+    let mut cuts: Vec<u32> = (0..pairs).map(|_| uniform(r, 0, room as u32 + 1)).collect();
     cuts.sort_unstable();
     let fill = filler(cfg, r, room);
     let mut prompt = Vec::with_capacity(context);

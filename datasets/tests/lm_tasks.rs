@@ -22,8 +22,12 @@ fn a_seed_gives_the_same_examples_and_streams_differ() {
         );
     }
     // Tasks draw from streams of their own.
-    let p = LmTask::Recall.examples(&cfg, 64, 3, 1, LmSplit::Test).unwrap();
-    let m = LmTask::Mqar.examples(&cfg, 64, 3, 1, LmSplit::Test).unwrap();
+    let p = LmTask::Recall
+        .examples(&cfg, 64, 3, 1, LmSplit::Test)
+        .unwrap();
+    let m = LmTask::Mqar
+        .examples(&cfg, 64, 3, 1, LmSplit::Test)
+        .unwrap();
     assert_ne!(p[0].prompt, m[0].prompt);
 }
 
@@ -42,7 +46,10 @@ fn answers_follow_from_the_prompt() {
     };
     for task in ALL {
         for context in [task.min_context(&cfg), 40, 300] {
-            for x in task.examples(&cfg, context, 40, 11, LmSplit::Train).unwrap() {
+            for x in task
+                .examples(&cfg, context, 40, 11, LmSplit::Train)
+                .unwrap()
+            {
                 assert_eq!(x.prompt.len(), context, "{task}");
                 assert_eq!(x.prompt[0], BOS);
                 assert_eq!(task.solve(&cfg, &x).unwrap(), x.answer, "{task}: {x:?}");
@@ -105,13 +112,18 @@ fn a_fixed_depth_puts_the_passkey_there_and_digits_are_uniform() {
             counts[(d - DIGIT0) as usize] += 1;
         }
     }
-    assert!(counts.iter().all(|&c| (300..500).contains(&c)), "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| (300..500).contains(&c)),
+        "{counts:?}"
+    );
 }
 
 #[test]
 fn scoring_counts_only_the_produced_tokens() {
     let cfg = LmTaskConfig::default();
-    let x = &LmTask::Mqar.examples(&cfg, 64, 1, 2, LmSplit::Test).unwrap()[0];
+    let x = &LmTask::Mqar
+        .examples(&cfg, 64, 1, 2, LmSplit::Test)
+        .unwrap()[0];
     assert_eq!(x.score(&x.answer), 1.0);
     // Wrong tokens at the given positions cost nothing; one wrong value costs 1/4.
     let mut p = x.answer.clone();

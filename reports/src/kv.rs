@@ -82,7 +82,11 @@ pub fn load_kv(paths: &[PathBuf]) -> Result<(Vec<KvRecord>, Vec<PathBuf>), LoadE
     let mut all = Vec::new();
     let mut cut = Vec::new();
     for p in paths {
-        let file = if p.is_dir() { p.join(KV_FILE) } else { p.clone() };
+        let file = if p.is_dir() {
+            p.join(KV_FILE)
+        } else {
+            p.clone()
+        };
         let (records, truncated) = read_kv(&file)?;
         all.extend(records);
         if truncated {
@@ -114,7 +118,15 @@ pub fn read_kv(file: &Path) -> Result<(Vec<KvRecord>, bool), LoadError> {
 /// Policies in the registry's order (as `xarena_variants::kvcache::POLICIES`), others
 /// after by name.
 fn policy_rank(p: &str) -> (usize, String) {
-    const ORDER: [&str; 7] = ["full", "window", "streaming-llm", "h2o", "l2", "tova", "namm"];
+    const ORDER: [&str; 7] = [
+        "full",
+        "window",
+        "streaming-llm",
+        "h2o",
+        "l2",
+        "tova",
+        "namm",
+    ];
     (
         ORDER.iter().position(|o| *o == p).unwrap_or(ORDER.len()),
         p.to_string(),
@@ -328,7 +340,9 @@ pub fn cost_table(g: &KvGroup) -> Grid {
         .to_vec(),
     );
     for r in &g.rows {
-        let share = full.filter(|f| *f > 0.0).map(|f| r.peak_kv_bytes as f64 / f);
+        let share = full
+            .filter(|f| *f > 0.0)
+            .map(|f| r.peak_kv_bytes as f64 / f);
         grid.push(vec![
             GridCell::from(r.label()),
             GridCell::new(format_bytes(r.peak_kv_bytes), Some(r.peak_kv_bytes as f64)),
@@ -359,7 +373,7 @@ pub fn kv_report(records: &[KvRecord], style: Style) -> String {
             .max()
             .unwrap_or(0);
         let head = format!(
-            "model {}, context {} tokens, {} examples per task",
+            "model: {}, context {} tokens, {} prompts per task",
             g.model, g.context, examples
         );
         out.push_str(&if md {
@@ -421,7 +435,7 @@ pub fn frontier_plot(g: &KvGroup) -> Result<Option<String>, String> {
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 format!(
-                    "score vs cache kept: {}, context {}",
+                    "score vs cache kept: model {}, context {}",
                     g.model, g.context
                 ),
                 ("sans-serif", 18),
@@ -470,7 +484,13 @@ pub fn plot_name(g: &KvGroup) -> String {
     let safe: String = g
         .model
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("frontier-{safe}-{}.svg", g.context)
 }

@@ -349,7 +349,16 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
                 .map(|r| r.score)
                 .context("the full cache's record is missing")?
         };
-        let record = make_record(&case, &label, &totals, full_score, &model, &setup, args, &environment);
+        let record = make_record(
+            &case,
+            &label,
+            &totals,
+            full_score,
+            &model,
+            &setup,
+            args,
+            &environment,
+        );
         writeln!(file, "{}", serde_json::to_string(&record)?)?;
         file.flush()?;
         file.sync_data()?;
@@ -400,7 +409,9 @@ fn make_record(
         decode_seconds_per_token: t.decode_seconds / steps,
         decode_policy_seconds_per_token: t.decode_policy_seconds / steps,
         decode_forward_seconds_per_token: (t.decode_seconds - t.decode_policy_seconds) / steps,
-        namm: (case.policy == "namm").then(|| setup.namm.clone()).flatten(),
+        namm: (case.policy == "namm")
+            .then(|| setup.namm.clone())
+            .flatten(),
         finished: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         env: environment.clone(),
     }

@@ -65,9 +65,12 @@ pub struct KvTrainCli {
     /// Tasks, comma separated: passkey, recall, mqar.
     #[arg(long, value_delimiter = ',', default_value = "passkey,recall,mqar")]
     tasks: Vec<LmTask>,
-    /// The longest prompt trained on (tokens); also the held-out prompts' length.
-    #[arg(long, default_value_t = 256)]
+    /// The longest prompt trained on (tokens).
+    #[arg(long, default_value_t = 128)]
     context: usize,
+    /// The held-out prompts' length (default: --context); kv evolve's default context.
+    #[arg(long)]
+    eval_context: Option<usize>,
     /// The shortest prompt trained on (default: 16, or what the tasks need); lengths are
     /// drawn log-uniformly between it and --context.
     #[arg(long)]
@@ -87,12 +90,12 @@ pub struct KvTrainCli {
     heads: Option<i64>,
     #[arg(long)]
     kv_heads: Option<i64>,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 3000)]
     steps: u64,
     #[arg(long, default_value_t = 16)]
     batch: i64,
     /// Peak learning rate (AdamW, 10% warm-up, cosine decay to 10%).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// Loss weight of the prompt's tokens (the answers weigh 1).
     #[arg(long, default_value_t = 0.0)]
@@ -156,7 +159,7 @@ pub struct KvEvolveCli {
     /// Prompts per task (the same for every member and generation).
     #[arg(long, default_value_t = 8)]
     examples: usize,
-    /// Prompt length (default: the model's training context).
+    /// Prompt length (default: the model's held-out context, train.json's eval_context).
     #[arg(long)]
     context: Option<usize>,
     /// Prompt tokens per prefill call.
@@ -184,7 +187,11 @@ pub struct KvBenchCli {
     #[arg(long)]
     model: PathBuf,
     /// Policies, comma separated: full, window, streaming-llm, h2o, l2, tova, namm.
-    #[arg(long, value_delimiter = ',', default_value = "full,window,streaming-llm,h2o,l2,tova")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,window,streaming-llm,h2o,l2,tova"
+    )]
     policies: Vec<String>,
     /// The evolved NAMM (a kv evolve directory or its namm.json), for `namm`.
     #[arg(long)]
@@ -259,6 +266,7 @@ fn cmd_train(a: KvTrainCli) -> Result<()> {
             ..LmTaskConfig::default()
         },
         context: a.context,
+        eval_context: a.eval_context,
         min_context: a.min_context,
         out: a.out,
         config: a.config,
@@ -280,13 +288,19 @@ fn cmd_train(a: KvTrainCli) -> Result<()> {
         .info
         .held_out
         .iter()
-        .map(|(k, v)| format!("{k} {:.1}% (chance {:.0}%)", 100.0 * v, 100.0 * t.info.chance[k]))
+        .map(|(k, v)| {
+            format!(
+                "{k} {:.1}% (chance {:.0}%)",
+                100.0 * v,
+                100.0 * t.info.chance[k]
+            )
+        })
         .collect();
     eprintln!(
         "xarena kv train: {} steps in {:.0} s; held out, full cache, context {}: {}; model in {}",
         t.info.steps,
         t.info.train_seconds,
-        t.info.context,
+        t.info.eval_context,
         scores.join(", "),
         t.out.display()
     );

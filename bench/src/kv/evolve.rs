@@ -59,7 +59,7 @@ pub struct EvolveArgs {
     pub namm_hidden: i64,
     /// Prompts per task, the same for every member and generation.
     pub examples: usize,
-    /// Prompt length; `None`: the model's training context (256 without `train.json`).
+    /// Prompt length; `None`: the model's held-out context (256 without `train.json`).
     pub context: Option<usize>,
     pub chunk: usize,
     pub seed: u64,
@@ -423,7 +423,7 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
     model.check_tasks(&task_config)?;
     let context = args
         .context
-        .or_else(|| model.train.as_ref().map(|t| t.context))
+        .or_else(|| model.train.as_ref().map(|t| t.eval_context))
         .unwrap_or(256);
     let mut all_tasks: Vec<LmTask> = args.stages.iter().flatten().copied().collect();
     all_tasks.sort();
@@ -487,8 +487,14 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
     let prompts: BTreeMap<LmTask, Vec<LmExample>> = all_tasks
         .iter()
         .map(|&t| {
-            t.examples(&task_config, context, args.examples, args.seed, LmSplit::Valid)
-                .map(|xs| (t, xs))
+            t.examples(
+                &task_config,
+                context,
+                args.examples,
+                args.seed,
+                LmSplit::Valid,
+            )
+            .map(|xs| (t, xs))
         })
         .collect::<Result<_>>()?;
     let eval = Evaluator {
@@ -514,7 +520,8 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         None => {
             let mut full_scores = BTreeMap::new();
             for &t in &all_tasks {
-                let (totals, _) = decode_all(&model.lm, Box::new(Full), &eval.prompts[&t], args.chunk);
+                let (totals, _) =
+                    decode_all(&model.lm, Box::new(Full), &eval.prompts[&t], args.chunk);
                 full_scores.insert(t.name().to_string(), totals.score());
                 log(&format!(
                     "full cache: {t} {:.3} on {} prompts of {context} tokens",
@@ -527,11 +534,7 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
                     stage.iter().any(|t| full_scores[t.name()] > 0.0),
                     "the model scores 0 with the full cache on every task of stage {} ({}): \
                      no fitness to normalise (train it longer, or pick other tasks)",
-                    stage
-                        .iter()
-                        .map(LmTask::name)
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    stage.iter().map(LmTask::name).collect::<Vec<_>>().join(","),
                     stage.len()
                 );
             }

@@ -26,8 +26,10 @@ pub struct TrainInfo {
     pub tasks: Vec<LmTask>,
     /// The tasks' shared settings (vocabulary, passkey digits, pairs, queries).
     pub task_config: LmTaskConfig,
-    /// The longest prompt trained on, and the held-out prompts' length.
+    /// The longest prompt trained on.
     pub context: usize,
+    /// The held-out prompts' length (`kv evolve`'s default context).
+    pub eval_context: usize,
     /// The shortest prompt trained on (lengths are drawn between the two).
     pub min_context: usize,
     /// The model's preset name with any overrides (`small`, `small+layers=2`).
@@ -44,7 +46,7 @@ pub struct TrainInfo {
     pub train_seconds: f64,
     pub parameters: i64,
     /// Held-out score per task: greedy decoding with the full cache, prompts of
-    /// `context` tokens from the test stream.
+    /// `eval_context` tokens from the test stream.
     pub held_out: BTreeMap<String, f64>,
     pub held_out_examples: usize,
     /// Per task, the score of guessing.
@@ -76,9 +78,10 @@ impl LoadedModel {
 
     /// The directory's name, as records show the model.
     pub fn label(&self) -> String {
-        self.dir
-            .file_name()
-            .map_or_else(|| self.dir.display().to_string(), |n| n.to_string_lossy().into())
+        self.dir.file_name().map_or_else(
+            || self.dir.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        )
     }
 
     /// Refuses a vocabulary too small for the tasks' tokens.

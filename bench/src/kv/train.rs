@@ -39,6 +39,8 @@ pub struct KvTrainArgs {
     pub tasks: Vec<LmTask>,
     pub task_config: LmTaskConfig,
     pub context: usize,
+    /// The held-out prompts' length; `None`: `context`.
+    pub eval_context: Option<usize>,
     /// `None`: the shortest context every task fits in, at least 16.
     pub min_context: Option<usize>,
     pub out: PathBuf,
@@ -65,7 +67,8 @@ impl Default for KvTrainArgs {
         KvTrainArgs {
             tasks: vec![LmTask::Passkey, LmTask::Recall, LmTask::Mqar],
             task_config: LmTaskConfig::default(),
-            context: 256,
+            context: 128,
+            eval_context: None,
             min_context: None,
             out: PathBuf::from("results/kv/model"),
             config: "small".into(),
@@ -73,9 +76,9 @@ impl Default for KvTrainArgs {
             hidden: None,
             heads: None,
             kv_heads: None,
-            steps: 1500,
+            steps: 3000,
             batch: 16,
-            lr: 3e-3,
+            lr: 1e-3,
             prompt_weight: 0.0,
             seed: 0,
             eval_examples: 100,
@@ -106,9 +109,15 @@ impl KvTrainArgs {
             cfg.intermediate_size = (cfg.hidden_size * 8 / 3 + 15) / 16 * 16;
         }
         cfg.vocab_size = i64::from(self.task_config.vocab_size());
-        cfg.max_position_embeddings = cfg.max_position_embeddings.max(self.context as i64 * 2);
+        cfg.max_position_embeddings = cfg
+            .max_position_embeddings
+            .max(self.context.max(self.eval_context()) as i64 * 2);
         cfg.check().context("the model's shape")?;
         Ok((cfg, label))
+    }
+
+    pub fn eval_context(&self) -> usize {
+        self.eval_context.unwrap_or(self.context)
     }
 
     pub fn min_context(&self) -> usize {
@@ -143,11 +152,15 @@ impl KvTrainArgs {
         self.task_config.validate()?;
         for t in &self.tasks {
             let least = t.min_context(&self.task_config);
-            anyhow::ensure!(
-                self.context >= least,
-                "--context {}: task {t} needs at least {least} tokens",
-                self.context
-            );
+            for (flag, c) in [
+                ("--context", self.context),
+                ("--eval-context", self.eval_context()),
+            ] {
+                anyhow::ensure!(
+                    c >= least,
+                    "{flag} {c}: task {t} needs at least {least} tokens"
+                );
+            }
         }
         let min = self.min_context();
         anyhow::ensure!(
@@ -167,7 +180,10 @@ impl KvTrainArgs {
             "--prompt-weight must be >= 0, got {}",
             self.prompt_weight
         );
-        anyhow::ensure!(self.eval_examples >= 1, "--eval-examples must be at least 1");
+        anyhow::ensure!(
+            self.eval_examples >= 1,
+            "--eval-examples must be at least 1"
+        );
         self.schedule().check()?;
         self.model_config()?;
         check_new_dir(&self.out, "--out")
@@ -207,7 +223,9 @@ fn batch_tensors(xs: &[LmExample], prompt_weight: f64, device: Device) -> (Tenso
 /// The weighted mean next-token cross-entropy.
 fn loss(lm: &DecoderLm, inputs: &Tensor, targets: &Tensor, weights: &Tensor) -> Tensor {
     let logp = lm.forward(inputs).log_softmax(-1, Kind::Float);
-    let nll = -logp.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+    let nll = -logp
+        .gather(-1, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
     (nll * weights).sum(Kind::Float) / weights.sum(Kind::Float).clamp_min(1e-9)
 }
 
@@ -259,7 +277,15 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
     let probe: Vec<Vec<LmExample>> = args
         .tasks
         .iter()
-        .map(|t| t.examples(&args.task_config, args.context, 64, args.seed, LmSplit::Valid))
+        .map(|t| {
+            t.examples(
+                &args.task_config,
+                args.context,
+                64,
+                args.seed,
+                LmSplit::Valid,
+            )
+        })
         .collect::<Result<_>>()?;
     eprintln!(
         "xarena kv train: {label} ({parameters} parameters), tasks {}, prompts of \
@@ -300,8 +326,7 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
         l.backward();
         opt.clip_grad_norm(schedule.clip_norm);
         opt.step();
-        if args.log_every > 0 && ((step + 1) % args.log_every == 0 || step + 1 == schedule.steps)
-        {
+        if args.log_every > 0 && ((step + 1) % args.log_every == 0 || step + 1 == schedule.steps) {
             let acc: Vec<String> = args
                 .tasks
                 .iter()
@@ -324,7 +349,7 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
     for task in &args.tasks {
         let xs = task.examples(
             &args.task_config,
-            args.context,
+            args.eval_context(),
             args.eval_examples,
             args.seed,
             LmSplit::Test,
@@ -338,6 +363,7 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
         tasks: args.tasks.clone(),
         task_config: args.task_config.clone(),
         context: args.context,
+        eval_context: args.eval_context(),
         min_context,
         preset: label,
         steps: schedule.steps,
@@ -363,7 +389,12 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
 
 /// Writes the checkpoint and `train.json` into a temporary sibling of `out`, then
 /// renames it to `out` (an empty `out` is removed first).
-pub fn write_model_dir(out: &Path, vs: &nn::VarStore, cfg: &LmConfig, info: &TrainInfo) -> Result<()> {
+pub fn write_model_dir(
+    out: &Path,
+    vs: &nn::VarStore,
+    cfg: &LmConfig,
+    info: &TrainInfo,
+) -> Result<()> {
     let name = out
         .file_name()
         .with_context(|| format!("--out {}: no directory name", out.display()))?;
@@ -371,7 +402,11 @@ pub fn write_model_dir(out: &Path, vs: &nn::VarStore, cfg: &LmConfig, info: &Tra
     if let Some(p) = parent {
         fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
     }
-    let tmp = out.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = out.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&tmp);
     save_checkpoint(&tmp, vs, cfg)?;
     write_json_atomic(&tmp.join(TRAIN_FILE), info)?;
@@ -379,5 +414,6 @@ pub fn write_model_dir(out: &Path, vs: &nn::VarStore, cfg: &LmConfig, info: &Tra
     if out.exists() {
         fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
     }
-    fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+    fs::rename(&tmp, out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
 }
