@@ -304,6 +304,7 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
         s(&split),
     ]);
     assert!(e.contains("not empty"), "{e}");
+    std::fs::remove_dir_all(&split).unwrap();
 }
 
 const POLICIES: &str = "full,window,streaming-llm,h2o,l2,tova,namm";
@@ -489,6 +490,9 @@ fn bench_records_every_case_and_refuses_bad_input_without_touching_them() {
     let old: KvRecord = serde_json::from_str(last).unwrap();
     let new = again.iter().find(|r| r.case_id == old.case_id).unwrap();
     assert_eq!((new.score, new.budget), (old.score, old.budget));
+    for d in [&out, &broken] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 fn hf_dir() -> PathBuf {
@@ -534,6 +538,7 @@ fn a_hugging_face_llama_checkpoint_loads_and_runs_kv_bench() {
     assert!(rs
         .iter()
         .all(|r| r.model.ends_with("kv-hf") && r.model_fingerprint == m.fingerprint));
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
@@ -576,6 +581,7 @@ fn a_namm_evolved_on_one_model_runs_unchanged_on_another() {
     assert!(n.model.ends_with("kv-hf"));
     // It decided something: the zero-mean NAMM keeps all, an evolved one need not.
     assert!(n.mean_retained_fraction <= 1.0 && n.final_retained_fraction > 0.0);
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
@@ -632,6 +638,9 @@ fn the_report_renders_tables_and_the_plot() {
     ok(&["kv", "report", s(&out), "--out", s(&site), "--force"]);
     let e = fails(&["kv", "report", s(&tmp("kv-nothing"))]);
     assert!(e.contains("kv.jsonl") || e.contains("No such file"), "{e}");
+    for d in [&out, &site] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 #[test]
