@@ -69,6 +69,10 @@ enum Command {
     /// Train a matrix of variants x tasks (the LRA accuracy table), resumable: each
     /// finished (variant, task) is recorded at once in DIR/accuracy.jsonl.
     Lra(LraCliArgs),
+    /// The KV-cache memory track: train a small decoder LM on long-context decoding
+    /// tasks, evolve a NAMM for it, benchmark cache policies, report.
+    #[command(subcommand)]
+    Kv(xarena_bench::kv::cli::KvCommand),
     /// Print the environment a run would record, as JSON.
     Env,
     /// Serve cases on stdin (started by `run`; not for direct use).
@@ -886,6 +890,7 @@ fn main() -> ExitCode {
         Command::Quality(args) => cmd_quality(args),
         Command::Train(args) => cmd_train(args),
         Command::Lra(args) => cmd_lra(args),
+        Command::Kv(c) => xarena_bench::kv::cli::run(c),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));
             serde_json::to_string_pretty(&env)

@@ -2,10 +2,12 @@
 //! right shapes and realistic values ([`inputs`]). The tasks generate seeded, cached
 //! splits: [`task`] (the common API and the cache), [`listops`], [`synthetic`]
 //! (associative recall, passkey, selective copy) and [`pathfinder`]; [`lra_files`] reads
-//! the official LRA data a user has downloaded.
+//! the official LRA data a user has downloaded. [`lm_tasks`] holds the decoding tasks of
+//! the KV-cache track (passkey, associative recall, MQAR: a prompt and answer tokens).
 
 pub mod inputs;
 pub mod listops;
+pub mod lm_tasks;
 pub mod lra_files;
 pub mod pathfinder;
 pub mod synthetic;

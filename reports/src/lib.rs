@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod anchors;
 pub mod compare;
 pub mod grid;
+pub mod kv;
 pub mod load;
 pub mod lra;
 pub mod merge;

@@ -248,6 +248,31 @@ impl Cmaes {
         self.best.as_ref()
     }
 
+    /// Moves C and B (`n x n` each, row-major) out of the state, leaving them empty: the
+    /// rest serialises small (a checkpoint keeps the matrices in a binary file).
+    /// [`Cmaes::put_matrices`] puts them back.
+    pub fn take_matrices(&mut self) -> (Vec<f64>, Vec<f64>) {
+        (
+            std::mem::take(&mut self.cov),
+            std::mem::take(&mut self.basis),
+        )
+    }
+
+    /// Puts back the matrices [`Cmaes::take_matrices`] took (or a checkpoint's).
+    pub fn put_matrices(&mut self, cov: Vec<f64>, basis: Vec<f64>) -> Result<()> {
+        let n2 = self.dim * self.dim;
+        ensure!(
+            cov.len() == n2 && basis.len() == n2,
+            "cma-es: matrices of {} and {} values for a {}-dimensional state (need {n2})",
+            cov.len(),
+            basis.len(),
+            self.dim
+        );
+        self.cov = cov;
+        self.basis = basis;
+        Ok(())
+    }
+
     /// The population of the current generation, `λ` members of `n` parameters. Asking
     /// again before [`Cmaes::tell`] gives the same members.
     pub fn ask(&mut self) -> Vec<Vec<f64>> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
-use xarena_reports::accuracy::{AccuracyRecord, ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
+use xarena_reports::accuracy::{ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
 use xarena_reports::schema::Environment;
 use xarena_variants::VariantSpec;
 
@@ -43,8 +43,9 @@ pub struct RunSettings {
     pub cache_dir: PathBuf,
 }
 
-/// One line of `accuracy.jsonl`: the report's [`AccuracyRecord`] fields, then what the
-/// training measured (extra fields, which the report's loader ignores).
+/// One line of `accuracy.jsonl`: the fields of the report's
+/// [`xarena_reports::accuracy::AccuracyRecord`], then what the training measured (extra
+/// fields, which the report's loader ignores).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccuracyLine {
     pub schema: u32,
@@ -63,24 +64,6 @@ pub struct AccuracyLine {
     pub peak_memory_bytes: Option<u64>,
     pub memory_method: String,
     pub parameters: i64,
-}
-
-impl AccuracyLine {
-    pub fn record(&self) -> AccuracyRecord {
-        AccuracyRecord {
-            schema: self.schema,
-            task: self.task.clone(),
-            variant: self.variant.clone(),
-            accuracy: self.accuracy,
-            steps: self.steps,
-            seed: self.seed,
-            env: self.env.clone(),
-            steps_per_s: Some(self.steps_per_s),
-            peak_memory_bytes: self.peak_memory_bytes,
-            train_seconds: Some(self.train_seconds),
-            preset: Some(self.preset.clone()),
-        }
-    }
 }
 
 /// `--out` must not exist, or be an empty directory.

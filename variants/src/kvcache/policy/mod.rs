@@ -165,6 +165,26 @@ pub(crate) fn check_budget(name: &str, budget: usize, least: usize) -> Result<()
     Ok(())
 }
 
+/// Per KV head, the rows to keep when only the first `sinks` and the most recent tokens
+/// stay, `budget` in all (rows are in position order); `None` for a head within budget.
+pub(crate) fn sinks_and_recent(obs: &Observation, sinks: i64, budget: i64) -> Vec<Option<Tensor>> {
+    obs.positions
+        .iter()
+        .map(|p| {
+            let len = p.size()[0];
+            (len > budget).then(|| {
+                let opts = (tch::Kind::Int64, p.device());
+                let recent = Tensor::arange_start(len - (budget - sinks), len, opts);
+                if sinks == 0 {
+                    recent
+                } else {
+                    Tensor::cat(&[Tensor::arange(sinks, opts), recent], 0)
+                }
+            })
+        })
+        .collect()
+}
+
 /// Ascending indices `[n]` (int64) of `rows` chosen among the first `len - 1` rows by
 /// `score` (the highest when `largest`), plus the newest row `len - 1`.
 pub(crate) fn top_plus_newest(score: &Tensor, rows: i64, largest: bool) -> Tensor {

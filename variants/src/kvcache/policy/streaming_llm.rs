@@ -5,9 +5,9 @@
 //! eviction studies do; the paper re-numbers positions within the cache, which matters
 //! only beyond the model's trained context.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use super::{check_budget, CachePolicy, Observation, PolicyInfo};
+use super::{check_budget, sinks_and_recent, CachePolicy, Observation, PolicyInfo};
 use crate::error::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -47,23 +47,7 @@ impl CachePolicy for StreamingLlm {
     fn reset(&mut self, _layers: usize, _kv_heads: usize) {}
 
     fn update(&mut self, obs: &Observation) -> Vec<Option<Tensor>> {
-        obs.positions
-            .iter()
-            .map(|p| {
-                let len = p.size()[0];
-                (len > self.budget).then(|| {
-                    // The sinks are never evicted, so they stay the first rows.
-                    let opts = (Kind::Int64, p.device());
-                    let recent = self.budget - self.sinks;
-                    Tensor::cat(
-                        &[
-                            Tensor::arange(self.sinks, opts),
-                            Tensor::arange_start(len - recent, len, opts),
-                        ],
-                        0,
-                    )
-                })
-            })
-            .collect()
+        // The sinks are never evicted, so they stay the first rows.
+        sinks_and_recent(obs, self.sinks, self.budget)
     }
 }

@@ -1,9 +1,9 @@
 //! `window`: the most recent `budget` tokens, the sliding window of local attention
 //! (Beltagy et al. 2020) applied to the cache.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use super::{check_budget, CachePolicy, Observation, PolicyInfo};
+use super::{check_budget, sinks_and_recent, CachePolicy, Observation, PolicyInfo};
 use crate::error::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -36,15 +36,7 @@ impl CachePolicy for Window {
     fn reset(&mut self, _layers: usize, _kv_heads: usize) {}
 
     fn update(&mut self, obs: &Observation) -> Vec<Option<Tensor>> {
-        obs.positions
-            .iter()
-            .map(|p| {
-                let len = p.size()[0];
-                // Rows are in position order: the newest are the last.
-                (len > self.budget).then(|| {
-                    Tensor::arange_start(len - self.budget, len, (Kind::Int64, p.device()))
-                })
-            })
-            .collect()
+        // A stream with no sinks.
+        sinks_and_recent(obs, 0, self.budget)
     }
 }

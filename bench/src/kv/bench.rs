@@ -1,0 +1,418 @@
+//! `xarena kv bench`: policies x compression ratios x contexts x tasks on a frozen model.
+//!
+//! A budgeted policy keeps `(1 - ratio) x context` tokens per KV head (kvpress's
+//! compression ratio: the fraction of the context removed); `full` and `namm` take no
+//! budget and run once per (context, task), NAMM's achieved ratio being measured. `full`
+//! always runs first: it is the reference of every normalised score. Every case decodes
+//! the same prompts (the test stream of the tasks), and its record is appended to
+//! `DIR/kv.jsonl` and flushed as soon as it finishes. Everything (policies, budgets,
+//! tasks, contexts, the model, the NAMM) is checked before the first case; a directory
+//! with records is refused unless `--resume`, which skips the cases already recorded
+//! (a last line cut short by a kill is dropped) and refuses another model, NAMM or
+//! prompt set.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
+use xarena_reports::kv::{read_kv, KvRecord, KV_FILE, KV_SCHEMA_VERSION};
+use xarena_variants::kvcache::policy::{build_policy, policy_info, POLICIES};
+use xarena_variants::kvcache::CachePolicy;
+
+use super::eval::{decode_all, Totals};
+use super::evolve::EvolvedNamm;
+use super::model::{load_model, LoadedModel};
+use super::{check_new_dir, read_json, write_json_atomic};
+use crate::measure::env;
+
+/// The run's settings beside the records: a resume must match them.
+pub const RUN_FILE: &str = "kv-run.json";
+
+/// Everything `xarena kv bench` takes.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub model: PathBuf,
+    pub policies: Vec<String>,
+    pub namm: Option<PathBuf>,
+    pub ratios: Vec<f64>,
+    pub contexts: Vec<usize>,
+    pub tasks: Vec<LmTask>,
+    pub examples: usize,
+    pub chunk: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            model: PathBuf::new(),
+            policies: POLICIES
+                .iter()
+                .filter(|p| **p != "namm")
+                .map(|p| p.to_string())
+                .collect(),
+            namm: None,
+            ratios: vec![0.25, 0.5, 0.75, 0.875],
+            contexts: vec![256, 512],
+            tasks: vec![LmTask::Passkey, LmTask::Recall, LmTask::Mqar],
+            examples: 20,
+            chunk: 32,
+            seed: 0,
+            out: PathBuf::new(),
+            resume: false,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// `kv-run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSetup {
+    pub model: String,
+    pub model_fingerprint: String,
+    /// The evolved NAMM's directory and a hash of its file.
+    pub namm: Option<String>,
+    pub task_config: LmTaskConfig,
+    pub examples: usize,
+    pub chunk: usize,
+    pub seed: u64,
+}
+
+/// One case before it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    pub policy: String,
+    pub ratio: Option<f64>,
+    pub budget: Option<usize>,
+    pub context: usize,
+    pub task: LmTask,
+}
+
+impl Case {
+    pub fn id(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.policy,
+            self.ratio.map_or("-".into(), |r| r.to_string()),
+            self.context,
+            self.task
+        )
+    }
+}
+
+/// Tokens per KV head a ratio leaves of a context (at least one).
+pub fn budget(ratio: f64, context: usize) -> usize {
+    (((1.0 - ratio) * context as f64).round() as usize).max(1)
+}
+
+impl BenchArgs {
+    /// The cases in the order they run: per context and task, `full` first.
+    pub fn cases(&self) -> Vec<Case> {
+        let mut out = Vec::new();
+        for &context in &self.contexts {
+            for &task in &self.tasks {
+                let mut push = |policy: &str, ratio: Option<f64>| {
+                    out.push(Case {
+                        policy: policy.to_string(),
+                        ratio,
+                        budget: ratio.map(|r| budget(r, context)),
+                        context,
+                        task,
+                    })
+                };
+                push("full", None);
+                for p in &self.policies {
+                    match p.as_str() {
+                        "full" => {}
+                        "namm" => push("namm", None),
+                        _ => {
+                            for &r in &self.ratios {
+                                push(p, Some(r));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every check that needs no model.
+    fn check(&self) -> Result<()> {
+        anyhow::ensure!(!self.policies.is_empty(), "--policies: name at least one");
+        for p in &self.policies {
+            anyhow::ensure!(
+                policy_info(p).is_some(),
+                "--policies: unknown cache policy `{p}` (known: {})",
+                POLICIES.join(", ")
+            );
+        }
+        let has_namm = self.policies.iter().any(|p| p == "namm");
+        anyhow::ensure!(
+            !has_namm || self.namm.is_some(),
+            "--policies namm needs --namm DIR (an evolved NAMM: xarena kv evolve writes one)"
+        );
+        anyhow::ensure!(
+            has_namm || self.namm.is_none(),
+            "--namm is given but `namm` is not among --policies"
+        );
+        let budgeted = self
+            .policies
+            .iter()
+            .any(|p| policy_info(p).is_some_and(|i| i.budgeted));
+        anyhow::ensure!(
+            !budgeted || !self.ratios.is_empty(),
+            "--ratios: the budgeted policies need at least one"
+        );
+        for &r in &self.ratios {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&r),
+                "--ratios: {r} is not a fraction of the context to remove in [0, 1)"
+            );
+        }
+        anyhow::ensure!(!self.contexts.is_empty(), "--contexts: name at least one");
+        anyhow::ensure!(!self.tasks.is_empty(), "--tasks: name at least one");
+        anyhow::ensure!(self.examples >= 1, "--examples must be at least 1");
+        anyhow::ensure!(self.chunk >= 1, "--chunk must be at least 1");
+        // Every budgeted policy is built at every budget, so a budget one refuses (too
+        // small for streaming-llm's sinks) fails now.
+        for case in self.cases() {
+            if let Some(b) = case.budget {
+                build_policy(&case.policy, Some(b)).with_context(|| {
+                    format!(
+                        "ratio {} at context {}",
+                        case.ratio.unwrap_or(0.0),
+                        case.context
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `bench` did.
+pub struct BenchOutcome {
+    pub ran: usize,
+    pub skipped: usize,
+    pub records: Vec<KvRecord>,
+}
+
+fn namm_label(path: &Path, n: &EvolvedNamm) -> String {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    format!(
+        "{} (generation {}, evolved on {})",
+        dir.file_name()
+            .map_or_else(|| dir.display().to_string(), |s| s.to_string_lossy().into()),
+        n.generations,
+        n.model
+    )
+}
+
+fn namm_hash(n: &EvolvedNamm) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(n)?;
+    Ok(format!("{:x}", Sha256::digest(&bytes))[..16].to_string())
+}
+
+/// Checks everything, then runs the cases not yet recorded, appending each record.
+pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result<BenchOutcome> {
+    args.check()?;
+    let namm = match &args.namm {
+        Some(p) => Some(EvolvedNamm::read(p)?),
+        None => None,
+    };
+    let model: LoadedModel = load_model(&args.model, args.device)?;
+    let task_config = model.task_config();
+    model.check_tasks(&task_config)?;
+    for &c in &args.contexts {
+        for t in &args.tasks {
+            let least = t.min_context(&task_config);
+            anyhow::ensure!(
+                c >= least,
+                "--contexts: {c} tokens cannot hold task {t} (at least {least})"
+            );
+        }
+    }
+    let setup = RunSetup {
+        model: model.label(),
+        model_fingerprint: model.fingerprint.clone(),
+        namm: match (&namm, &args.namm) {
+            (Some(n), Some(p)) => Some(format!("{} {}", namm_label(p, n), namm_hash(n)?)),
+            _ => None,
+        },
+        task_config: task_config.clone(),
+        examples: args.examples,
+        chunk: args.chunk,
+        seed: args.seed,
+    };
+    let records_path = args.out.join(KV_FILE);
+    let run_path = args.out.join(RUN_FILE);
+    let mut done: BTreeMap<String, KvRecord> = BTreeMap::new();
+    if args.resume && run_path.is_file() {
+        let before: RunSetup = read_json(&run_path)?;
+        anyhow::ensure!(
+            before == setup,
+            "--resume: {} was run with another model, NAMM or prompt set ({} vs now {}); \
+             use a new --out",
+            args.out.display(),
+            serde_json::to_string(&before)?,
+            serde_json::to_string(&setup)?
+        );
+        if records_path.is_file() {
+            let (records, truncated) = read_kv(&records_path)?;
+            for r in records {
+                done.insert(r.case_id.clone(), r);
+            }
+            if truncated {
+                // Rewrites the file without the cut line, so appends start clean.
+                let mut text = String::new();
+                for r in done.values() {
+                    text.push_str(&serde_json::to_string(r)?);
+                    text.push('\n');
+                }
+                super::write_atomic(&records_path, text.as_bytes())?;
+            }
+        }
+    } else {
+        check_new_dir(
+            &args.out,
+            if args.resume {
+                "--out (no kv-run.json to resume)"
+            } else {
+                "--out"
+            },
+        )?;
+        fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        write_json_atomic(&run_path, &setup)?;
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&records_path)
+        .with_context(|| format!("opening {}", records_path.display()))?;
+
+    let environment = env::capture(i64::from(tch::get_num_threads()));
+    let mut prompts: BTreeMap<(LmTask, usize), Vec<LmExample>> = BTreeMap::new();
+    let mut outcome = BenchOutcome {
+        ran: 0,
+        skipped: 0,
+        records: Vec::new(),
+    };
+    for case in args.cases() {
+        let id = case.id();
+        if let Some(r) = done.get(&id) {
+            outcome.skipped += 1;
+            outcome.records.push(r.clone());
+            continue;
+        }
+        let xs = match prompts.entry((case.task, case.context)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(case.task.examples(
+                &task_config,
+                case.context,
+                args.examples,
+                args.seed,
+                LmSplit::Test,
+            )?),
+        };
+        let policy: Box<dyn CachePolicy> = match (case.policy.as_str(), &namm) {
+            ("namm", Some(n)) => Box::new(n.policy()?),
+            (p, _) => build_policy(p, case.budget)?,
+        };
+        let label = policy.describe();
+        let (totals, _) = decode_all(&model.lm, policy, xs, args.chunk);
+        let full_score = if case.policy == "full" {
+            totals.score()
+        } else {
+            let full_id = Case {
+                policy: "full".into(),
+                ratio: None,
+                budget: None,
+                ..case.clone()
+            }
+            .id();
+            done.get(&full_id)
+                .map(|r| r.score)
+                .context("the full cache's record is missing")?
+        };
+        let record = make_record(
+            &case,
+            &label,
+            &totals,
+            full_score,
+            &model,
+            &setup,
+            args,
+            &environment,
+        );
+        writeln!(file, "{}", serde_json::to_string(&record)?)?;
+        file.flush()?;
+        file.sync_data()?;
+        log(&record);
+        done.insert(id, record.clone());
+        outcome.records.push(record);
+        outcome.ran += 1;
+    }
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_record(
+    case: &Case,
+    label: &str,
+    t: &Totals,
+    full_score: f64,
+    model: &LoadedModel,
+    setup: &RunSetup,
+    args: &BenchArgs,
+    environment: &xarena_reports::Environment,
+) -> KvRecord {
+    let steps = t.decode_steps.max(1) as f64;
+    let per = |s: f64| s / t.examples.max(1) as f64;
+    KvRecord {
+        schema: KV_SCHEMA_VERSION,
+        case_id: case.id(),
+        model: model.label(),
+        model_fingerprint: model.fingerprint.clone(),
+        policy: case.policy.clone(),
+        policy_label: label.to_string(),
+        ratio: case.ratio,
+        budget: case.budget,
+        context: case.context,
+        task: case.task.name().to_string(),
+        examples: t.examples as usize,
+        seed: args.seed,
+        chunk: args.chunk,
+        score: t.score(),
+        full_score,
+        normalized_score: (full_score > 0.0).then(|| t.score() / full_score),
+        mean_retained_fraction: t.mean_retained(),
+        final_retained_fraction: t.final_retained(),
+        peak_retained_fraction: t.peak_retained,
+        peak_kv_bytes: t.peak_kv_bytes,
+        prefill_seconds: per(t.prefill_seconds),
+        prefill_policy_seconds: per(t.prefill_policy_seconds),
+        decode_seconds_per_token: t.decode_seconds / steps,
+        decode_policy_seconds_per_token: t.decode_policy_seconds / steps,
+        decode_forward_seconds_per_token: (t.decode_seconds - t.decode_policy_seconds) / steps,
+        namm: (case.policy == "namm")
+            .then(|| setup.namm.clone())
+            .flatten(),
+        finished: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        env: environment.clone(),
+    }
+}

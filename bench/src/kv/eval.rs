@@ -1,0 +1,139 @@
+//! Decoding one prompt under a cache policy and scoring the answer: the prompt in chunks
+//! (the policy sees every chunk and evicts as it goes), then the answer token by token,
+//! greedy (given tokens, MQAR's later keys, are fed as they are). Every answer token is
+//! fed back, so each example has at least one decoding step to time.
+
+use std::time::Instant;
+
+use tch::Tensor;
+use xarena_datasets::lm_tasks::LmExample;
+use xarena_variants::kvcache::{CachePolicy, DecoderLm, Session, SessionStats};
+
+/// What decoding one example measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The answer the model gave (given tokens copied).
+    pub produced: Vec<u32>,
+    /// Fraction of the scored answer tokens right.
+    pub score: f64,
+    /// Wall time of the prefill (the policy's work included) and the policy's share.
+    pub prefill_seconds: f64,
+    pub prefill_policy_seconds: f64,
+    /// Decoding steps, their wall time and the policy's share.
+    pub decode_steps: u64,
+    pub decode_seconds: f64,
+    pub decode_policy_seconds: f64,
+    /// The session's statistics at the end.
+    pub stats: SessionStats,
+    /// Cached tokens / tokens seen at the end, averaged over layers and KV heads.
+    pub final_retained_fraction: f64,
+}
+
+fn argmax(logits: &Tensor) -> u32 {
+    logits.argmax(-1, false).int64_value(&[]) as u32
+}
+
+/// Decodes `ex` with `policy` (reset first), prefilling `chunk` tokens per call; gives
+/// the policy back for the next example.
+pub fn decode(
+    lm: &DecoderLm,
+    policy: Box<dyn CachePolicy>,
+    ex: &LmExample,
+    chunk: usize,
+) -> (Decoded, Box<dyn CachePolicy>) {
+    let prompt: Vec<i64> = ex.prompt.iter().map(|&t| i64::from(t)).collect();
+    let mut session = Session::new(lm, policy);
+    let t = Instant::now();
+    let mut logits = session.prefill(&prompt, chunk);
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let after_prefill = session.stats();
+    let t = Instant::now();
+    let mut produced = Vec::with_capacity(ex.answer.len());
+    for (&truth, &given) in ex.answer.iter().zip(&ex.given) {
+        let token = if given { truth } else { argmax(&logits) };
+        produced.push(token);
+        logits = session.step(i64::from(token));
+    }
+    let decode_seconds = t.elapsed().as_secs_f64();
+    let stats = session.stats();
+    let cfg = lm.config();
+    let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
+    let cached: i64 = session.lens().iter().flatten().sum();
+    let final_retained_fraction = cached as f64 / slots / stats.tokens_seen.max(1) as f64;
+    let decoded = Decoded {
+        score: ex.score(&produced),
+        produced,
+        prefill_seconds,
+        prefill_policy_seconds: after_prefill.policy_seconds,
+        decode_steps: ex.answer.len() as u64,
+        decode_seconds,
+        decode_policy_seconds: stats.policy_seconds - after_prefill.policy_seconds,
+        stats,
+        final_retained_fraction,
+    };
+    (decoded, session.into_policy())
+}
+
+/// Totals over several examples.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub examples: u64,
+    pub score_sum: f64,
+    pub prefill_seconds: f64,
+    pub prefill_policy_seconds: f64,
+    pub decode_steps: u64,
+    pub decode_seconds: f64,
+    pub decode_policy_seconds: f64,
+    pub mean_retained_sum: f64,
+    pub final_retained_sum: f64,
+    pub peak_retained: f64,
+    pub peak_kv_bytes: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, d: &Decoded) {
+        self.examples += 1;
+        self.score_sum += d.score;
+        self.prefill_seconds += d.prefill_seconds;
+        self.prefill_policy_seconds += d.prefill_policy_seconds;
+        self.decode_steps += d.decode_steps;
+        self.decode_seconds += d.decode_seconds;
+        self.decode_policy_seconds += d.decode_policy_seconds;
+        self.mean_retained_sum += d.stats.mean_retained_fraction;
+        self.final_retained_sum += d.final_retained_fraction;
+        self.peak_retained = self.peak_retained.max(d.stats.peak_retained_fraction);
+        self.peak_kv_bytes = self.peak_kv_bytes.max(d.stats.peak_kv_bytes);
+    }
+
+    fn per_example(&self, sum: f64) -> f64 {
+        sum / self.examples.max(1) as f64
+    }
+
+    pub fn score(&self) -> f64 {
+        self.per_example(self.score_sum)
+    }
+
+    pub fn mean_retained(&self) -> f64 {
+        self.per_example(self.mean_retained_sum)
+    }
+
+    pub fn final_retained(&self) -> f64 {
+        self.per_example(self.final_retained_sum)
+    }
+}
+
+/// Decodes every example with one policy (reset per example) and adds them up.
+pub fn decode_all(
+    lm: &DecoderLm,
+    mut policy: Box<dyn CachePolicy>,
+    examples: &[LmExample],
+    chunk: usize,
+) -> (Totals, Box<dyn CachePolicy>) {
+    let mut totals = Totals::default();
+    for ex in examples {
+        let (d, p) = decode(lm, policy, ex, chunk);
+        policy = p;
+        totals.add(&d);
+    }
+    (totals, policy)
+}

@@ -1,0 +1,678 @@
+//! The KV-cache track's commands end to end (`xarena kv train | evolve | bench | report`)
+//! on tiny models the tests write: a checkpoint that loads, an evolution that resumes to
+//! the identical state, a benchmark that records every case and refuses bad input
+//! without touching its records, the report, and a NAMM evolved on one model running
+//! unchanged on another of different width, depth and heads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{stderr, stdout, tmp, xarena};
+use tch::{Device, Kind, Tensor};
+use xarena_bench::kv::evolve::{read_state, EvolvedNamm};
+use xarena_bench::kv::model::load_model;
+use xarena_datasets::lm_tasks::LmTaskConfig;
+use xarena_reports::kv::{read_kv, KvRecord};
+use xarena_variants::kvcache::llama::write_safetensors;
+
+fn run(args: &[&str]) -> std::process::Output {
+    xarena().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} should fail: {}", stdout(&o));
+    stderr(&o)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A briefly trained `tiny` model (2 layers, hidden 64, 2 heads, 1 KV head), once per
+/// test process: short prompts teach it the one-digit passkey within a few seconds
+/// (recall and MQAR stay near chance), so the full cache scores above zero there.
+fn trained() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let out = tmp("kv-model");
+        ok(&[
+            "kv",
+            "train",
+            "--config",
+            "tiny",
+            "--passkey-digits",
+            "1",
+            "--context",
+            "48",
+            "--min-context",
+            "19",
+            "--steps",
+            "240",
+            "--eval-examples",
+            "10",
+            "--log-every",
+            "60",
+            "--threads",
+            "1",
+            "--out",
+            s(&out),
+        ]);
+        out
+    })
+    .clone()
+}
+
+/// A random Llama checkpoint as Hugging Face writes one: bf16 weights, tied embeddings,
+/// config keys this suite does not use; 3 layers, hidden 48, 3 heads, 3 KV heads (a
+/// different width, depth and head count from `tiny`).
+fn hf_checkpoint(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = i64::from(LmTaskConfig::default().vocab_size()) + 5;
+    let (d, f, layers) = (48i64, 128i64, 3);
+    let config = format!(
+        r#"{{
+  "architectures": ["LlamaForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 1,
+  "eos_token_id": 2,
+  "hidden_act": "silu",
+  "hidden_size": {d},
+  "initializer_range": 0.02,
+  "intermediate_size": {f},
+  "max_position_embeddings": 512,
+  "mlp_bias": false,
+  "model_type": "llama",
+  "num_attention_heads": 3,
+  "num_hidden_layers": {layers},
+  "num_key_value_heads": 3,
+  "pretraining_tp": 1,
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": null,
+  "rope_theta": 10000.0,
+  "tie_word_embeddings": true,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.46.0",
+  "use_cache": true,
+  "vocab_size": {vocab}
+}}"#
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    tch::manual_seed(11);
+    let w = |shape: &[i64]| {
+        (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2).to_kind(Kind::BFloat16)
+    };
+    let ones = |n: i64| Tensor::ones([n], (Kind::BFloat16, Device::Cpu));
+    let mut t = vec![
+        ("model.embed_tokens.weight".to_string(), w(&[vocab, d])),
+        ("model.norm.weight".to_string(), ones(d)),
+    ];
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [d, d]),
+            ("self_attn.k_proj", [d, d]),
+            ("self_attn.v_proj", [d, d]),
+            ("self_attn.o_proj", [d, d]),
+            ("mlp.gate_proj", [f, d]),
+            ("mlp.up_proj", [f, d]),
+            ("mlp.down_proj", [d, f]),
+        ] {
+            t.push((format!("{p}.{name}.weight"), w(&shape)));
+        }
+        t.push((format!("{p}.input_layernorm.weight"), ones(d)));
+        t.push((format!("{p}.post_attention_layernorm.weight"), ones(d)));
+    }
+    write_safetensors(dir.join("model.safetensors"), &t).unwrap();
+}
+
+/// A NAMM evolved on the trained model (2 generations of 4), once per test process.
+fn evolved() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let out = tmp("kv-evolved");
+        evolve(&out, "2", &[]);
+        out
+    })
+    .clone()
+}
+
+const EVOLVE: &[&str] = &[
+    "--stages",
+    "passkey;passkey,recall",
+    "--population",
+    "4",
+    "--examples",
+    "2",
+    "--update-every",
+    "16",
+    "--chunk",
+    "16",
+    "--namm-hidden",
+    "4",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
+];
+
+fn evolve(out: &Path, generations: &str, extra: &[&str]) -> String {
+    let model = trained();
+    let mut args = vec!["kv", "evolve", "--model", s(&model), "--out", s(out)];
+    args.extend(EVOLVE);
+    args.extend(["--generations", generations]);
+    args.extend(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stderr(&o)
+}
+
+#[test]
+fn kv_train_writes_a_loadable_checkpoint_and_refuses_bad_input() {
+    let dir = trained();
+    for f in ["config.json", "model.safetensors", "train.json"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let m = load_model(&dir, Device::Cpu).unwrap();
+    let info = m.train.as_ref().unwrap();
+    assert_eq!((m.cfg.num_hidden_layers, m.cfg.hidden_size), (2, 64));
+    assert_eq!(m.cfg.vocab_size, i64::from(info.task_config.vocab_size()));
+    assert_eq!(
+        (
+            info.context,
+            info.eval_context,
+            info.min_context,
+            info.steps
+        ),
+        (48, 48, 19, 240)
+    );
+    assert!(info.held_out["passkey"] >= 0.5, "{:?}", info.held_out);
+    let names: Vec<&str> = info.held_out.keys().map(String::as_str).collect();
+    assert_eq!(names, ["mqar", "passkey", "recall"]);
+    assert!(info.held_out.values().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(m.parameters, info.parameters);
+    // No temporary directory is left beside it.
+    let parent = dir.parent().unwrap();
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    assert!(!std::fs::read_dir(parent).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(&format!(".{name}.partial"))));
+
+    // Bad input: nothing written.
+    let e = fails(&["kv", "train", "--out", s(&dir), "--steps", "1"]);
+    assert!(e.contains("not empty"), "{e}");
+    let fresh = tmp("kv-train-bad");
+    let e = fails(&[
+        "kv",
+        "train",
+        "--tasks",
+        "passkey,recal",
+        "--out",
+        s(&fresh),
+    ]);
+    assert!(e.contains("recal"), "{e}");
+    let e = fails(&["kv", "train", "--context", "10", "--out", s(&fresh)]);
+    assert!(e.contains("needs at least"), "{e}");
+    let e = fails(&["kv", "train", "--config", "huge", "--out", s(&fresh)]);
+    assert!(e.contains("unknown model preset `huge`"), "{e}");
+    let e = fails(&["kv", "train", "--heads", "3", "--out", s(&fresh)]);
+    assert!(e.contains("num_attention_heads"), "{e}");
+    assert!(!fresh.exists());
+}
+
+/// `evolve.json` without the timings, which differ from run to run.
+fn comparable(out: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("evolve.json")).unwrap()).unwrap();
+    for h in v["history"].as_array_mut().unwrap() {
+        h.as_object_mut().unwrap().remove("seconds");
+    }
+    v
+}
+
+#[test]
+fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
+    let straight = evolved();
+    let state = read_state(&straight).unwrap();
+    // Two stages of two generations: the second adds a task and starts at the first's
+    // mean.
+    assert!(state.finished);
+    assert_eq!(state.history.len(), 4);
+    let stages: Vec<usize> = state.history.iter().map(|h| h.stage).collect();
+    assert_eq!(stages, [0, 0, 1, 1]);
+    assert_eq!(state.history[0].mean_ratios.len(), 1);
+    assert!(state.history[2].mean_ratios.contains_key("passkey"));
+    assert!(state.stats.frozen && state.stats.count > 0);
+    assert_eq!(state.cmaes.generation(), 2, "the second stage's own CMA-ES");
+    assert!(state.best.as_ref().unwrap().fitness >= state.history[0].fitness_min);
+    let namm = EvolvedNamm::read(&straight).unwrap();
+    let mean: Vec<f32> = state.cmaes.mean().iter().map(|&m| m as f32).collect();
+    assert_eq!(namm.params, mean, "namm.json holds the mean");
+    assert_eq!(namm.generations, 4);
+    assert_eq!(namm.config.hidden_dim, 4);
+    let files: Vec<String> = std::fs::read_dir(&straight)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|f| f.ends_with(".f64"))
+        .collect();
+    assert_eq!(files, ["cmaes-00004.f64"], "older matrices removed");
+
+    // Stopped after one generation (--max-minutes), then resumed to the end: the same
+    // state, bit for bit.
+    let split = tmp("kv-evolve-split");
+    let log = evolve(&split, "2", &["--max-minutes", "0.000001"]);
+    assert!(log.contains("stopped by --max-minutes"), "{log}");
+    let after_one = read_state(&split).unwrap();
+    assert_eq!((after_one.history.len(), after_one.stage), (1, 0));
+    let log = evolve(&split, "2", &["--resume"]);
+    assert!(log.contains("resuming at stage 1 generation 1"), "{log}");
+    assert_eq!(comparable(&split), comparable(&straight));
+    assert_eq!(
+        read_state(&split).unwrap().cmaes,
+        state.cmaes,
+        "C and B too"
+    );
+    assert_eq!(EvolvedNamm::read(&split).unwrap(), namm);
+
+    // A resume with other settings is refused, naming them; the checkpoint is kept.
+    let model = trained();
+    let mut args = vec!["kv", "evolve", "--model", s(&model), "--out", s(&split)];
+    args.extend(EVOLVE);
+    args.extend(["--generations", "2", "--resume", "--sigma", "0.1"]);
+    let e = fails(&args);
+    assert!(e.contains("other settings") && e.contains("sigma0"), "{e}");
+    assert_eq!(comparable(&split), comparable(&straight));
+    // Without --resume an existing run is refused.
+    let e = fails(&[
+        "kv",
+        "evolve",
+        "--model",
+        s(&model),
+        "--tasks",
+        "passkey",
+        "--out",
+        s(&split),
+    ]);
+    assert!(e.contains("not empty"), "{e}");
+    std::fs::remove_dir_all(&split).unwrap();
+}
+
+const POLICIES: &str = "full,window,streaming-llm,h2o,l2,tova,namm";
+
+fn bench_args<'a>(model: &'a Path, namm: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "kv",
+        "bench",
+        "--model",
+        s(model),
+        "--policies",
+        POLICIES,
+        "--namm",
+        s(namm),
+        "--ratios",
+        "0.5,0.75",
+        "--contexts",
+        "40,48",
+        "--tasks",
+        "passkey,recall",
+        "--examples",
+        "2",
+        "--chunk",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        s(out),
+    ]
+}
+
+fn records(out: &Path) -> Vec<KvRecord> {
+    let (r, cut) = read_kv(&out.join("kv.jsonl")).unwrap();
+    assert!(!cut);
+    r
+}
+
+#[test]
+fn bench_records_every_case_and_refuses_bad_input_without_touching_them() {
+    let model = trained();
+    let namm = evolved();
+    let out = tmp("kv-bench");
+    let table = ok(&bench_args(&model, &namm, &out));
+    assert!(table.contains("Frontier"), "{table}");
+    let rs = records(&out);
+    // 2 contexts x 2 tasks x (full + 5 policies x 2 ratios + namm).
+    assert_eq!(rs.len(), 48);
+    let ids: std::collections::BTreeSet<&str> = rs.iter().map(|r| r.case_id.as_str()).collect();
+    assert_eq!(ids.len(), 48, "case ids are unique");
+    for r in &rs {
+        let full = rs
+            .iter()
+            .find(|f| f.policy == "full" && f.context == r.context && f.task == r.task)
+            .unwrap();
+        assert_eq!(r.full_score, full.score, "{}", r.case_id);
+        match r.normalized_score {
+            Some(n) => assert!((n - r.score / r.full_score).abs() < 1e-12),
+            None => assert_eq!(r.full_score, 0.0),
+        }
+        assert_eq!((r.examples, r.chunk, r.schema), (2, 16, 1));
+        for f in [
+            r.mean_retained_fraction,
+            r.final_retained_fraction,
+            r.peak_retained_fraction,
+        ] {
+            assert!((0.0..=1.0).contains(&f), "{}: {f}", r.case_id);
+        }
+        assert!(r.peak_kv_bytes > 0 && r.peak_kv_bytes <= full.peak_kv_bytes);
+        assert!(r.prefill_seconds > 0.0 && r.decode_seconds_per_token > 0.0);
+        assert!(r.decode_policy_seconds_per_token <= r.decode_seconds_per_token);
+        match (r.policy.as_str(), r.ratio) {
+            ("full", None) => {
+                assert_eq!(r.final_retained_fraction, 1.0);
+                assert_eq!(r.normalized_score.unwrap_or(1.0), 1.0);
+            }
+            ("namm", None) => {
+                assert!(r.namm.as_ref().unwrap().contains("evolved on"));
+                assert!(r.policy_label.starts_with("namm:update_every=16"));
+            }
+            (_, Some(ratio)) => {
+                let budget = ((1.0 - ratio) * r.context as f64).round() as usize;
+                assert_eq!(r.budget, Some(budget));
+                assert!(r.policy_label.contains(&format!("budget={budget}")));
+                // At the end the cache holds the budget of the tokens seen (prompt and
+                // answer).
+                // One-digit passkey, one recall value.
+                let answer = 1;
+                let expected = budget as f64 / (r.context + answer) as f64;
+                assert!(
+                    (r.final_retained_fraction - expected).abs() < 1e-9,
+                    "{}: {} vs {expected}",
+                    r.case_id,
+                    r.final_retained_fraction
+                );
+            }
+            other => panic!("unexpected case {other:?}"),
+        }
+    }
+
+    // Bad input: a clear error, a non-zero exit, the records untouched.
+    let before = std::fs::read(out.join("kv.jsonl")).unwrap();
+    let e = fails(&bench_args(&model, &namm, &out));
+    assert!(e.contains("not empty"), "{e}");
+    let with = |from: &str, to: &str| -> Vec<String> {
+        bench_args(&model, &namm, &out)
+            .into_iter()
+            .map(|a| {
+                if a == from {
+                    to.to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .chain(["--resume".to_string()])
+            .collect()
+    };
+    for (from, to, needle) in [
+        (POLICIES, "full,h2o,lru", "unknown cache policy `lru`"),
+        ("0.5,0.75", "0.5,1.0", "not a fraction of the context"),
+        ("40,48", "18,48", "cannot hold task recall"),
+        ("0.5,0.75", "0.5,0.95", "budget must be at least 5"),
+        ("passkey,recall", "passkey,copy", "unknown task `copy`"),
+    ] {
+        let args = with(from, to);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = fails(&args);
+        assert!(e.contains(needle), "{to}: {e}");
+    }
+    let e = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&model),
+        "--policies",
+        "full,namm",
+        "--out",
+        s(&out),
+        "--resume",
+    ]);
+    assert!(e.contains("needs --namm"), "{e}");
+    let broken = tmp("kv-broken-model");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(model.join("config.json"), broken.join("config.json")).unwrap();
+    let e = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&broken),
+        "--policies",
+        "full",
+        "--out",
+        s(&out),
+        "--resume",
+    ]);
+    assert!(e.contains("model.safetensors"), "{e}");
+    let e = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&hf_dir()),
+        "--policies",
+        "full",
+        "--out",
+        s(&out),
+        "--resume",
+    ]);
+    assert!(e.contains("another model"), "{e}");
+    assert_eq!(std::fs::read(out.join("kv.jsonl")).unwrap(), before);
+
+    // Resuming runs nothing new; a last line cut short by a kill is run again.
+    let mut args = bench_args(&model, &namm, &out);
+    args.push("--resume");
+    ok(&args);
+    assert_eq!(std::fs::read(out.join("kv.jsonl")).unwrap(), before);
+    let text = String::from_utf8(before.clone()).unwrap();
+    let last = text.trim_end().rsplit('\n').next().unwrap();
+    let cut = &text[..text.len() - last.len() / 2 - 1];
+    std::fs::write(out.join("kv.jsonl"), cut).unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = records(&out);
+    assert_eq!(again.len(), 48);
+    let old: KvRecord = serde_json::from_str(last).unwrap();
+    let new = again.iter().find(|r| r.case_id == old.case_id).unwrap();
+    assert_eq!((new.score, new.budget), (old.score, old.budget));
+    for d in [&out, &broken] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+fn hf_dir() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = tmp("kv-hf");
+        hf_checkpoint(&dir);
+        dir
+    })
+    .clone()
+}
+
+#[test]
+fn a_hugging_face_llama_checkpoint_loads_and_runs_kv_bench() {
+    let dir = hf_dir();
+    let m = load_model(&dir, Device::Cpu).unwrap();
+    assert!(m.train.is_none());
+    assert_eq!((m.cfg.num_hidden_layers, m.cfg.num_key_value_heads), (3, 3));
+    assert!(m.cfg.tie_word_embeddings);
+    let out = tmp("kv-bench-hf");
+    ok(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&dir),
+        "--policies",
+        "full,h2o,l2",
+        "--ratios",
+        "0.5",
+        "--contexts",
+        "40",
+        "--tasks",
+        "mqar",
+        "--examples",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    let rs = records(&out);
+    assert_eq!(rs.len(), 3);
+    assert!(rs
+        .iter()
+        .all(|r| r.model.ends_with("kv-hf") && r.model_fingerprint == m.fingerprint));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_namm_evolved_on_one_model_runs_unchanged_on_another() {
+    // Evolved on `tiny` (2 layers, hidden 64, 2 heads, 1 KV head); run on a model of 3
+    // layers, hidden 48, 3 heads and 3 KV heads.
+    let namm = evolved();
+    let other = hf_dir();
+    let out = tmp("kv-transfer");
+    ok(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&other),
+        "--policies",
+        "full,namm",
+        "--namm",
+        s(&namm),
+        "--contexts",
+        "48",
+        "--tasks",
+        "passkey",
+        "--examples",
+        "2",
+        "--chunk",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    let rs = records(&out);
+    assert_eq!(rs.len(), 2);
+    let n = rs.iter().find(|r| r.policy == "namm").unwrap();
+    let label = n.namm.as_ref().unwrap();
+    assert!(
+        label.contains("evolved on") && label.contains("kv-model)"),
+        "{label}"
+    );
+    assert!(n.model.ends_with("kv-hf"));
+    // It decided something: the zero-mean NAMM keeps all, an evolved one need not.
+    assert!(n.mean_retained_fraction <= 1.0 && n.final_retained_fraction > 0.0);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_report_renders_tables_and_the_plot() {
+    let model = trained();
+    let out = tmp("kv-report-run");
+    ok(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&model),
+        "--policies",
+        "full,window,h2o,l2",
+        "--ratios",
+        "0.5,0.875",
+        "--contexts",
+        "40",
+        "--tasks",
+        "passkey,mqar",
+        "--examples",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    let md = ok(&["kv", "report", s(&out), "--format", "md"]);
+    for needle in [
+        "kv-model, context 40 tokens, 2 prompts per task",
+        "| policy",
+        "mean (norm.)",
+        "cache kept (mean)",
+        "h2o @ 0.875",
+        "Frontier",
+        "ratio 0.875",
+        "decode / token",
+    ] {
+        assert!(md.contains(needle), "{needle} missing:\n{md}");
+    }
+    let site = tmp("kv-report-site");
+    ok(&["kv", "report", s(&out), "--out", s(&site)]);
+    assert!(std::fs::read_to_string(site.join("report.md"))
+        .unwrap()
+        .contains("Frontier"));
+    let plot = format!(
+        "frontier-{}-40.svg",
+        model.file_name().unwrap().to_string_lossy()
+    );
+    let svg = std::fs::read_to_string(site.join(plot)).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("score vs cache kept"));
+    // The output directory is not overwritten without --force.
+    let e = fails(&["kv", "report", s(&out), "--out", s(&site)]);
+    assert!(e.contains("--force"), "{e}");
+    ok(&["kv", "report", s(&out), "--out", s(&site), "--force"]);
+    let e = fails(&["kv", "report", s(&tmp("kv-nothing"))]);
+    assert!(e.contains("kv.jsonl") || e.contains("No such file"), "{e}");
+    for d in [&out, &site] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_namm_scoring_every_token_positive_decodes_exactly_as_the_full_cache() {
+    use xarena_bench::kv::eval::decode;
+    use xarena_datasets::lm_tasks::{LmSplit, LmTask};
+    use xarena_variants::kvcache::policy::namm::{param_layout, Namm, NammConfig};
+    use xarena_variants::kvcache::policy::Full;
+
+    tch::set_num_threads(1);
+    let m = load_model(&trained(), Device::Cpu).unwrap();
+    let cfg = NammConfig {
+        update_every: 16,
+        hidden_dim: 8,
+        ..NammConfig::default()
+    };
+    // Every weight 0 and the score's bias 1: every token scores 1, none is evicted.
+    let layout = param_layout(&cfg);
+    let mut params = vec![0f32; Namm::num_params(&cfg)];
+    let bias = layout.iter().find(|b| b.name == "score.bias").unwrap();
+    params[bias.offset] = 1.0;
+    let tasks = m.task_config();
+    for task in [LmTask::Passkey, LmTask::Mqar] {
+        for ex in task.examples(&tasks, 48, 3, 5, LmSplit::Test).unwrap() {
+            let namm = Namm::new(cfg.clone(), &params).unwrap();
+            let (a, _) = decode(&m.lm, Box::new(namm), &ex, 16);
+            let (b, _) = decode(&m.lm, Box::new(Full), &ex, 16);
+            assert_eq!(a.produced, b.produced);
+            assert_eq!(a.score, b.score);
+            assert_eq!(a.final_retained_fraction, 1.0);
+            assert_eq!(a.stats.peak_kv_bytes, b.stats.peak_kv_bytes);
+            assert_eq!(a.stats.kv_bytes, b.stats.kv_bytes);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The KV-cache memory track's records (`xarena kv bench` writes them, one per case:
+//! policy x compression ratio x context x task) and their report: the frontier (score
+//! against retained cache, per policy), the NAMM paper's table (each policy's score
+//! normalised to the full cache, with its cache fraction), the costs, and an SVG plot of
+//! score against retained fraction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::grid::{Grid, GridCell};
+use crate::load::{read_versioned, LoadError};
+use crate::schema::Environment;
+use crate::table::{format_bytes, format_seconds, Style};
+
+pub const KV_SCHEMA_VERSION: u32 = 1;
+
+/// The records file inside a `kv bench` directory.
+pub const KV_FILE: &str = "kv.jsonl";
+
+/// One case: a policy at a compression ratio on one task at one context length, over
+/// `examples` prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvRecord {
+    pub schema: u32,
+    /// `policy|ratio|context|task`: unique within a run, the key of resuming.
+    pub case_id: String,
+    /// The model directory's name and a hash of its config and weights.
+    pub model: String,
+    pub model_fingerprint: String,
+    /// The registry name (`full`, `h2o`, `namm`, ...).
+    pub policy: String,
+    /// The policy with its settings (`h2o:budget=128,recent=64`).
+    pub policy_label: String,
+    /// Fraction of the context removed (kvpress's compression ratio); `None` for `full`
+    /// and `namm`, which take no budget.
+    pub ratio: Option<f64>,
+    /// Tokens kept per KV head: `(1 - ratio) x context`, rounded.
+    pub budget: Option<usize>,
+    /// Prompt tokens.
+    pub context: usize,
+    pub task: String,
+    pub examples: usize,
+    /// Prompts' seed (the test stream of `xarena_datasets::lm_tasks`).
+    pub seed: u64,
+    /// Prompt tokens per prefill call (the policy acts after each).
+    pub chunk: usize,
+    /// Fraction of the scored answer tokens right, greedy decoding, mean over examples.
+    pub score: f64,
+    /// The full cache's score on the same prompts.
+    pub full_score: f64,
+    /// `score / full_score`; `None` when the full cache scores 0.
+    pub normalized_score: Option<f64>,
+    /// Cached tokens / tokens seen, averaged over layers and KV heads: sampled after
+    /// every forward call and averaged (mean) or maximised (peak) over the sequence, and
+    /// at the end of the sequence (final); means over examples (peak: the largest).
+    pub mean_retained_fraction: f64,
+    pub final_retained_fraction: f64,
+    pub peak_retained_fraction: f64,
+    /// The most bytes of keys and values held at once (largest over examples).
+    pub peak_kv_bytes: u64,
+    /// Mean per example: prefill wall time and the policy's part of it.
+    pub prefill_seconds: f64,
+    pub prefill_policy_seconds: f64,
+    /// Per decoded token: wall time, the policy's part and the rest (the forward).
+    pub decode_seconds_per_token: f64,
+    pub decode_policy_seconds_per_token: f64,
+    pub decode_forward_seconds_per_token: f64,
+    /// The evolved NAMM's directory name and generation, for `namm` cases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namm: Option<String>,
+    /// UTC time the case finished.
+    pub finished: String,
+    pub env: Environment,
+}
+
+/// The records of every run directory (its `kv.jsonl`) or `.jsonl` file given, and the
+/// paths whose last line was cut short (left out).
+pub fn load_kv(paths: &[PathBuf]) -> Result<(Vec<KvRecord>, Vec<PathBuf>), LoadError> {
+    let mut all = Vec::new();
+    let mut cut = Vec::new();
+    for p in paths {
+        let file = if p.is_dir() {
+            p.join(KV_FILE)
+        } else {
+            p.clone()
+        };
+        let (records, truncated) = read_kv(&file)?;
+        all.extend(records);
+        if truncated {
+            cut.push(file);
+        }
+    }
+    Ok((all, cut))
+}
+
+/// One records file; a score or fraction outside 0..=1 is refused with its line.
+pub fn read_kv(file: &Path) -> Result<(Vec<KvRecord>, bool), LoadError> {
+    let check = |r: &KvRecord| {
+        for (name, v) in [
+            ("score", r.score),
+            ("full_score", r.full_score),
+            ("mean_retained_fraction", r.mean_retained_fraction),
+            ("final_retained_fraction", r.final_retained_fraction),
+            ("peak_retained_fraction", r.peak_retained_fraction),
+        ] {
+            if !(0.0..=1.0 + 1e-9).contains(&v) {
+                return Err(format!("{name} {v} is not a fraction between 0 and 1"));
+            }
+        }
+        Ok(())
+    };
+    read_versioned(file, KV_SCHEMA_VERSION, check)
+}
+
+/// Policies in the registry's order (as `xarena_variants::kvcache::POLICIES`), others
+/// after by name.
+fn policy_rank(p: &str) -> (usize, String) {
+    const ORDER: [&str; 7] = [
+        "full",
+        "window",
+        "streaming-llm",
+        "h2o",
+        "l2",
+        "tova",
+        "namm",
+    ];
+    (
+        ORDER.iter().position(|o| *o == p).unwrap_or(ORDER.len()),
+        p.to_string(),
+    )
+}
+
+/// A policy at one setting, over the tasks of one (model, context).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KvRow {
+    pub policy: String,
+    pub ratio: Option<f64>,
+    /// Normalised score per task (`None`: the full cache scored 0 there).
+    pub normalized: BTreeMap<String, Option<f64>>,
+    pub score: BTreeMap<String, f64>,
+    /// Means over tasks.
+    pub mean_normalized: Option<f64>,
+    pub mean_retained: f64,
+    pub final_retained: f64,
+    pub peak_kv_bytes: u64,
+    pub prefill_seconds: f64,
+    pub decode_seconds_per_token: f64,
+    pub decode_policy_seconds_per_token: f64,
+}
+
+/// The rows of one model at one context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KvGroup {
+    pub model: String,
+    pub context: usize,
+    pub tasks: Vec<String>,
+    pub rows: Vec<KvRow>,
+}
+
+impl KvRow {
+    /// `h2o @ 0.50`, `namm`.
+    pub fn label(&self) -> String {
+        match self.ratio {
+            Some(r) => format!("{} @ {}", self.policy, (r * 1000.0).round() / 1000.0),
+            None => self.policy.clone(),
+        }
+    }
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
+}
+
+/// Groups records by (model, context) and, within, by (policy, ratio); later records of
+/// the same case replace earlier ones.
+pub fn kv_groups(records: &[KvRecord]) -> Vec<KvGroup> {
+    let mut cases: BTreeMap<(String, usize, String), &KvRecord> = BTreeMap::new();
+    for r in records {
+        cases.insert((r.model.clone(), r.context, r.case_id.clone()), r);
+    }
+    let mut groups: BTreeMap<(String, usize), Vec<&KvRecord>> = BTreeMap::new();
+    for ((model, context, _), r) in cases {
+        groups.entry((model, context)).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((model, context), rs)| {
+            let tasks: Vec<String> = rs
+                .iter()
+                .map(|r| r.task.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut settings: BTreeMap<((usize, String), i64), Vec<&KvRecord>> = BTreeMap::new();
+            for r in rs {
+                // Ratios ascending (least compression first); none (full, namm) first.
+                let key = r.ratio.map_or(-1, |x| (x * 1e6).round() as i64);
+                settings
+                    .entry((policy_rank(&r.policy), key))
+                    .or_default()
+                    .push(r);
+            }
+            let rows = settings
+                .into_values()
+                .map(|rs| KvRow {
+                    policy: rs[0].policy.clone(),
+                    ratio: rs[0].ratio,
+                    normalized: rs
+                        .iter()
+                        .map(|r| (r.task.clone(), r.normalized_score))
+                        .collect(),
+                    score: rs.iter().map(|r| (r.task.clone(), r.score)).collect(),
+                    mean_normalized: {
+                        let v: Vec<f64> = rs.iter().filter_map(|r| r.normalized_score).collect();
+                        (!v.is_empty()).then(|| mean(v.into_iter()))
+                    },
+                    mean_retained: mean(rs.iter().map(|r| r.mean_retained_fraction)),
+                    final_retained: mean(rs.iter().map(|r| r.final_retained_fraction)),
+                    peak_kv_bytes: rs.iter().map(|r| r.peak_kv_bytes).max().unwrap_or(0),
+                    prefill_seconds: mean(rs.iter().map(|r| r.prefill_seconds)),
+                    decode_seconds_per_token: mean(rs.iter().map(|r| r.decode_seconds_per_token)),
+                    decode_policy_seconds_per_token: mean(
+                        rs.iter().map(|r| r.decode_policy_seconds_per_token),
+                    ),
+                })
+                .collect();
+            KvGroup {
+                model,
+                context,
+                tasks,
+                rows,
+            }
+        })
+        .collect()
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1}%", 100.0 * x)
+    } else {
+        "-".into()
+    }
+}
+
+fn frac(x: Option<f64>) -> GridCell {
+    match x {
+        Some(v) if v.is_finite() => GridCell::new(format!("{v:.3}"), Some(v)),
+        _ => GridCell::new("-", None),
+    }
+}
+
+/// The NAMM paper's table: per policy and ratio, each task's score normalised to the full
+/// cache, their mean, and the cache kept (mean over the sequence, and at its end).
+pub fn normalized_table(g: &KvGroup) -> Grid {
+    let mut header = vec!["policy".to_string()];
+    header.extend(g.tasks.iter().cloned());
+    header.extend([
+        "mean (norm.)".to_string(),
+        "cache kept (mean)".to_string(),
+        "cache kept (end)".to_string(),
+    ]);
+    let mut grid = Grid::new(header);
+    for r in &g.rows {
+        let mut row = vec![GridCell::from(r.label())];
+        for t in &g.tasks {
+            row.push(frac(r.normalized.get(t).copied().flatten()));
+        }
+        row.push(frac(r.mean_normalized));
+        row.push(GridCell::new(pct(r.mean_retained), Some(r.mean_retained)));
+        row.push(GridCell::new(pct(r.final_retained), Some(r.final_retained)));
+        grid.push(row);
+    }
+    grid
+}
+
+/// The frontier: per policy, its mean normalised score and mean cache kept at each ratio.
+pub fn frontier_table(g: &KvGroup) -> Grid {
+    let ratios: BTreeSet<i64> = g
+        .rows
+        .iter()
+        .filter_map(|r| r.ratio.map(|x| (x * 1e6).round() as i64))
+        .collect();
+    let mut header = vec!["policy".to_string(), "no budget".to_string()];
+    header.extend(ratios.iter().map(|r| format!("ratio {}", *r as f64 / 1e6)));
+    let mut grid = Grid::new(header);
+    let mut policies: Vec<&str> = g.rows.iter().map(|r| r.policy.as_str()).collect();
+    policies.dedup();
+    for p in policies {
+        let cell = |r: Option<&KvRow>| match r {
+            Some(r) => GridCell::new(
+                format!(
+                    "{} @ {}",
+                    r.mean_normalized.map_or("-".into(), |v| format!("{v:.3}")),
+                    pct(r.mean_retained)
+                ),
+                r.mean_normalized,
+            ),
+            None => GridCell::new("", None),
+        };
+        let mut row = vec![GridCell::from(p)];
+        row.push(cell(
+            g.rows.iter().find(|r| r.policy == p && r.ratio.is_none()),
+        ));
+        for &k in &ratios {
+            row.push(cell(g.rows.iter().find(|r| {
+                r.policy == p && r.ratio.map(|x| (x * 1e6).round() as i64) == Some(k)
+            })));
+        }
+        grid.push(row);
+    }
+    grid
+}
+
+/// Costs: peak KV memory (and its share of the full cache's), prefill time, and the
+/// decoding time per token with the policy's own share.
+pub fn cost_table(g: &KvGroup) -> Grid {
+    let full = g
+        .rows
+        .iter()
+        .find(|r| r.policy == "full")
+        .map(|r| r.peak_kv_bytes as f64);
+    let mut grid = Grid::new(
+        [
+            "policy",
+            "peak KV",
+            "of full",
+            "prefill",
+            "decode / token",
+            "policy / token",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for r in &g.rows {
+        let share = full
+            .filter(|f| *f > 0.0)
+            .map(|f| r.peak_kv_bytes as f64 / f);
+        grid.push(vec![
+            GridCell::from(r.label()),
+            GridCell::new(format_bytes(r.peak_kv_bytes), Some(r.peak_kv_bytes as f64)),
+            GridCell::new(share.map_or("-".into(), pct), share),
+            GridCell::new(format_seconds(r.prefill_seconds), Some(r.prefill_seconds)),
+            GridCell::new(
+                format_seconds(r.decode_seconds_per_token),
+                Some(r.decode_seconds_per_token),
+            ),
+            GridCell::new(
+                format_seconds(r.decode_policy_seconds_per_token),
+                Some(r.decode_policy_seconds_per_token),
+            ),
+        ]);
+    }
+    grid
+}
+
+/// The whole report as text: per (model, context), the three tables.
+pub fn kv_report(records: &[KvRecord], style: Style) -> String {
+    let mut out = String::new();
+    let md = matches!(style, Style::Markdown);
+    for g in kv_groups(records) {
+        let examples = records
+            .iter()
+            .filter(|r| r.model == g.model && r.context == g.context)
+            .map(|r| r.examples)
+            .max()
+            .unwrap_or(0);
+        let head = format!(
+            "model: {}, context {} tokens, {} prompts per task",
+            g.model, g.context, examples
+        );
+        out.push_str(&if md {
+            format!("### {head}\n\n")
+        } else {
+            format!("{head}\n\n")
+        });
+        let sections = [
+            (
+                "Score normalised to the full cache, with the cache kept",
+                normalized_table(&g),
+            ),
+            (
+                "Frontier: mean normalised score @ mean cache kept",
+                frontier_table(&g),
+            ),
+            ("Costs", cost_table(&g)),
+        ];
+        for (title, grid) in sections {
+            out.push_str(&if md {
+                format!("{title}:\n\n{}\n\n", grid.text(style))
+            } else {
+                format!("{title}\n{}\n\n", grid.text(style))
+            });
+        }
+    }
+    out
+}
+
+/// Score against cache kept for one (model, context): a line per policy through its
+/// ratios, a point for a policy with no budget. `None` when there is nothing to draw.
+pub fn frontier_plot(g: &KvGroup) -> Result<Option<String>, String> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in &g.rows {
+        let Some(y) = r.mean_normalized else {
+            continue;
+        };
+        let p = (r.mean_retained, y);
+        match series.iter_mut().find(|s| s.0 == r.policy) {
+            Some(s) => s.1.push(p),
+            None => series.push((r.policy.clone(), vec![p])),
+        }
+    }
+    if series.is_empty() {
+        return Ok(None);
+    }
+    for s in &mut series {
+        s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let y_hi = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.05;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "score vs cache kept: model {}, context {}",
+                    g.model, g.context
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..1.02, 0.0..y_hi)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("cache kept (mean fraction of the tokens seen)")
+            .y_desc("score / full-cache score")
+            .x_label_formatter(&|x| format!("{:.0}%", 100.0 * x))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (label, pts)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(Some(svg))
+}
+
+/// The plot's file name for a group.
+pub fn plot_name(g: &KvGroup) -> String {
+    let safe: String = g
+        .model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("frontier-{safe}-{}.svg", g.context)
+}
