@@ -136,6 +136,7 @@ fn policy_rank(p: &str) -> (usize, String) {
 /// A policy at one setting, over the tasks of one (model, context).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KvRow {
+    /// The registry name; `namm (DIR)` where a group holds more than one NAMM.
     pub policy: String,
     pub ratio: Option<f64>,
     /// Normalised score per task (`None`: the full cache scored 0 there).
@@ -179,39 +180,72 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// A `namm` record's NAMM as a row names it: the directory it was evolved in (the
+/// record's `namm` is `DIR (generation G, evolved on MODEL) HASH`), with the hash when
+/// two directories share a name.
+fn namm_source(namm: &str, hash_too: bool) -> String {
+    let dir = namm.split(" (").next().unwrap_or(namm);
+    match namm.rsplit(' ').next() {
+        Some(hash) if hash_too && hash != dir => format!("{dir} {hash}"),
+        _ => dir.to_string(),
+    }
+}
+
 /// Groups records by (model, context) and, within, by (policy, ratio); later records of
-/// the same case replace earlier ones.
+/// the same case replace earlier ones. Runs of different NAMMs (several `kv bench`
+/// directories in one report) stay apart: with more than one NAMM in a group, each
+/// row's policy names its NAMM, `namm (evolve-paper)`.
 pub fn kv_groups(records: &[KvRecord]) -> Vec<KvGroup> {
-    let mut cases: BTreeMap<(String, usize, String), &KvRecord> = BTreeMap::new();
+    type CaseKey = (String, usize, String, Option<String>);
+    let mut cases: BTreeMap<CaseKey, &KvRecord> = BTreeMap::new();
     for r in records {
-        cases.insert((r.model.clone(), r.context, r.case_id.clone()), r);
+        let key = (
+            r.model.clone(),
+            r.context,
+            r.case_id.clone(),
+            r.namm.clone(),
+        );
+        cases.insert(key, r);
     }
     let mut groups: BTreeMap<(String, usize), Vec<&KvRecord>> = BTreeMap::new();
-    for ((model, context, _), r) in cases {
+    for ((model, context, _, _), r) in cases {
         groups.entry((model, context)).or_default().push(r);
     }
     groups
         .into_iter()
         .map(|((model, context), rs)| {
+            let namms: BTreeSet<&str> = rs.iter().filter_map(|r| r.namm.as_deref()).collect();
+            let dirs: BTreeSet<String> = namms.iter().map(|n| namm_source(n, false)).collect();
+            let policy_name = |r: &KvRecord| match &r.namm {
+                Some(n) if namms.len() > 1 => {
+                    format!(
+                        "{} ({})",
+                        r.policy,
+                        namm_source(n, dirs.len() < namms.len())
+                    )
+                }
+                _ => r.policy.clone(),
+            };
             let tasks: Vec<String> = rs
                 .iter()
                 .map(|r| r.task.clone())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let mut settings: BTreeMap<((usize, String), i64), Vec<&KvRecord>> = BTreeMap::new();
+            type SettingKey = ((usize, String), String, i64);
+            let mut settings: BTreeMap<SettingKey, Vec<&KvRecord>> = BTreeMap::new();
             for r in rs {
                 // Ratios ascending (least compression first); none (full, namm) first.
                 let key = r.ratio.map_or(-1, |x| (x * 1e6).round() as i64);
                 settings
-                    .entry((policy_rank(&r.policy), key))
+                    .entry((policy_rank(&r.policy), policy_name(r), key))
                     .or_default()
                     .push(r);
             }
             let rows = settings
-                .into_values()
-                .map(|rs| KvRow {
-                    policy: rs[0].policy.clone(),
+                .into_iter()
+                .map(|((_, policy, _), rs)| KvRow {
+                    policy,
                     ratio: rs[0].ratio,
                     normalized: rs
                         .iter()

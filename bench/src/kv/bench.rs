@@ -287,14 +287,11 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
             }
         }
     } else {
-        check_new_dir(
-            &args.out,
-            if args.resume {
-                "--out (no kv-run.json to resume)"
-            } else {
-                "--out"
-            },
-        )?;
+        if args.resume {
+            check_new_dir(&args.out, "--out (no kv-run.json to resume)", "")?;
+        } else {
+            check_new_dir(&args.out, "--out", " (or pass --resume to continue there)")?;
+        }
         fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?;
         write_json_atomic(&run_path, &setup)?;

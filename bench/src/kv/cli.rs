@@ -413,7 +413,7 @@ fn cmd_report(a: KvReportCli) -> Result<()> {
     );
     if let Some(dir) = &a.out {
         if dir.exists() && !a.force {
-            super::check_new_dir(dir, "--out (or pass --force)")?;
+            super::check_new_dir(dir, "--out", " (or pass --force)")?;
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut written = vec!["report.md".to_string()];

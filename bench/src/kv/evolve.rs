@@ -476,9 +476,9 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         Some(state)
     } else {
         if !args.resume {
-            check_new_dir(&args.out, "--out")?;
+            check_new_dir(&args.out, "--out", " (or pass --resume to continue there)")?;
         } else {
-            check_new_dir(&args.out, "--out (nothing to resume there)")?;
+            check_new_dir(&args.out, "--out (nothing to resume there)", "")?;
         }
         None
     };

@@ -186,7 +186,7 @@ impl KvTrainArgs {
         );
         self.schedule().check()?;
         self.model_config()?;
-        check_new_dir(&self.out, "--out")
+        check_new_dir(&self.out, "--out", "")
     }
 }
 
@@ -410,7 +410,7 @@ pub fn write_model_dir(
     let _ = fs::remove_dir_all(&tmp);
     save_checkpoint(&tmp, vs, cfg)?;
     write_json_atomic(&tmp.join(TRAIN_FILE), info)?;
-    check_new_dir(out, "--out")?;
+    check_new_dir(out, "--out", "")?;
     if out.exists() {
         fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
     }

@@ -19,7 +19,8 @@ use xarena_reports::accuracy::ACCURACY_FILE;
 use xarena_variants::{find, Scope, VariantSpec};
 
 use super::presets::{preset, TASKS};
-use super::run::{train_command, write_atomic, AccuracyLine, RunSettings, TrainArgs};
+use super::run::{train_command, AccuracyLine, RunSettings, TrainArgs};
+use crate::files::write_atomic;
 use crate::train::trainer::TrainReport;
 
 pub const MATRIX_FILE: &str = "matrix.json";
@@ -220,7 +221,7 @@ fn collect(out: &Path) -> Result<()> {
     for f in files {
         all.push_str(&fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?);
     }
-    write_atomic(&out.join(ACCURACY_FILE), &all)
+    write_atomic(&out.join(ACCURACY_FILE), all.as_bytes())
 }
 
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {

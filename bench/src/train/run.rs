@@ -3,7 +3,7 @@
 //! failed or killed run never leaves an accuracy file that looks complete.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use super::data::task_data;
 use super::model::ModelSpec;
 use super::presets::{preset, TASKS};
 use super::trainer::{train, TrainReport, Trained};
+use crate::files::{check_new_dir, write_atomic};
 use crate::measure::env;
 
 /// The training configuration beside the checkpoint.
@@ -66,33 +67,6 @@ pub struct AccuracyLine {
     pub parameters: i64,
 }
 
-/// `--out` must not exist, or be an empty directory.
-pub fn check_out(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        dir.is_dir(),
-        "--out {}: exists and is not a directory",
-        dir.display()
-    );
-    let mut entries =
-        fs::read_dir(dir).with_context(|| format!("--out {}: reading it", dir.display()))?;
-    anyhow::ensure!(
-        entries.next().is_none(),
-        "--out {}: not empty; name a new or empty directory",
-        dir.display()
-    );
-    Ok(())
-}
-
-/// Writes `contents` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, contents: &str) -> Result<()> {
-    let tmp = path.with_extension("jsonl.partial");
-    fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
-}
-
 fn device_name(d: Device) -> String {
     match d {
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -115,7 +89,7 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         preset.train.steps = steps;
         preset.train.warmup_steps = preset.train.warmup_steps.min(steps / 10);
     }
-    check_out(&args.out)?;
+    check_new_dir(&args.out, "--out", "")?;
     let data = task_data(
         &preset,
         args.settings.data_dir.as_deref(),
@@ -165,9 +139,7 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         memory_method: report.memory_method.clone(),
         parameters: report.parameters,
     };
-    write_atomic(
-        &args.out.join(ACCURACY_FILE),
-        &(serde_json::to_string(&line)? + "\n"),
-    )?;
+    let text = serde_json::to_string(&line)? + "\n";
+    write_atomic(&args.out.join(ACCURACY_FILE), text.as_bytes())?;
     Ok((line, report))
 }
