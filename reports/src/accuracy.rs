@@ -204,11 +204,12 @@ pub fn training_grid(records: &[AccuracyRecord]) -> Option<Grid> {
     let mut header = vec!["training: steps/s (x vanilla), peak MiB (x vanilla)".to_string()];
     header.extend(tasks.iter().cloned());
     let mut grid = Grid::new(header);
+    let reference: Vec<(Option<f64>, Option<f64>)> =
+        tasks.iter().map(|t| mean_of("vanilla", t)).collect();
     for v in variants(records) {
         let mut row: Vec<GridCell> = vec![v.clone().into()];
-        for t in &tasks {
+        for (t, &(ref_speed, ref_mem)) in tasks.iter().zip(&reference) {
             let (speed, mem) = mean_of(&v, t);
-            let (ref_speed, ref_mem) = mean_of("vanilla", t);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!(" ({:.2}x)", a / b),
                 _ => String::new(),

@@ -440,7 +440,7 @@ pub fn kv_report(records: &[KvRecord], style: Style) -> String {
 /// Score against cache kept for one (model, context): a line per policy through its
 /// ratios, a point for a policy with no budget. `None` when there is nothing to draw.
 pub fn frontier_plot(g: &KvGroup) -> Result<Option<String>, String> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut series: Vec<crate::plots::Series> = Vec::new();
     for r in &g.rows {
         let Some(y) = r.mean_normalized else {
             continue;
@@ -487,27 +487,7 @@ pub fn frontier_plot(g: &KvGroup) -> Result<Option<String>, String> {
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| e.to_string())?;
-        for (i, (label, pts)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(label.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                .map_err(|e| e.to_string())?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        crate::plots::draw_lines(&mut chart, &series, 4, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(Some(svg))

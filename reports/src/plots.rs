@@ -54,36 +54,53 @@ pub fn log_log(
             .label_style((FONT, 13))
             .draw()
             .map_err(|e| e.to_string())?;
-        for (i, (label, pts)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(f64, f64)> = pts
-                .iter()
-                .copied()
-                .filter(|p| p.0 > 0.0 && p.1 > 0.0)
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(label.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                .map_err(|e| e.to_string())?;
-        }
+        let positive: Vec<Series> = series
+            .iter()
+            .map(|(label, pts)| {
+                let pts = pts.iter().copied().filter(|p| p.0 > 0.0 && p.1 > 0.0);
+                (label.clone(), pts.collect())
+            })
+            .collect();
         // Upper left: lines of cost against N rise to the right, leaving it empty.
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        draw_lines(&mut chart, &positive, 3, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(Some(svg))
+}
+
+/// Draws each series as a line with a dot per point, in Palette99's colours, and the
+/// legend at `legend`.
+pub(crate) fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &[Series],
+    dot: i32,
+    legend: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, dot, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 12))
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// Latency vs N and peak memory (or decode state) vs N, one line per variant.
