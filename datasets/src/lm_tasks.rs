@@ -26,7 +26,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::task::{rng, uniform};
+use crate::task::{distinct, rng, uniform};
 
 /// Padding (never generated; batches of different lengths pad with it).
 pub const PAD: u32 = 0;
@@ -418,17 +418,6 @@ fn passkey(cfg: &LmTaskConfig, context: usize, r: &mut ChaCha8Rng) -> LmExample 
         given: vec![false; m],
         answer: digits,
     }
-}
-
-/// `n` distinct values from `0..range` in drawn order (a partial Fisher-Yates shuffle).
-fn distinct(r: &mut ChaCha8Rng, n: u32, range: u32) -> Vec<u32> {
-    let mut pool: Vec<u32> = (0..range).collect();
-    for i in 0..n {
-        let j = uniform(r, i, range);
-        pool.swap(i as usize, j as usize);
-    }
-    pool.truncate(n as usize);
-    pool
 }
 
 fn recall(cfg: &LmTaskConfig, context: usize, queries: u32, r: &mut ChaCha8Rng) -> LmExample {

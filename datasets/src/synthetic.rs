@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::task::{rng, uniform, Example, Sizes, Split, Task};
+use crate::task::{distinct, rng, uniform, Example, Sizes, Split, Task};
 
 /// Default splits of the synthetic tasks.
 pub const SYNTHETIC_SIZES: Sizes = Sizes {
@@ -38,18 +38,6 @@ fn by_split(sizes: Sizes, seed: u64, mut one: impl FnMut(&mut ChaCha8Rng) -> Exa
         valid: part(sizes.valid, 1),
         test: part(sizes.test, 2),
     }
-}
-
-/// `n` distinct values from `0..range`, in drawn order (a partial Fisher-Yates shuffle).
-fn distinct(r: &mut ChaCha8Rng, n: u32, range: u32) -> Vec<u32> {
-    assert!(n <= range);
-    let mut pool: Vec<u32> = (0..range).collect();
-    for i in 0..n {
-        let j = uniform(r, i, range);
-        pool.swap(i as usize, j as usize);
-    }
-    pool.truncate(n as usize);
-    pool
 }
 
 // ---------------------------------------------------------------------------------------

@@ -122,6 +122,18 @@ pub fn uniform(r: &mut ChaCha8Rng, lo: u32, hi: u32) -> u32 {
     r.gen_range(lo..hi)
 }
 
+/// `n` distinct values from `0..range`, in drawn order (a partial Fisher-Yates shuffle).
+pub fn distinct(r: &mut ChaCha8Rng, n: u32, range: u32) -> Vec<u32> {
+    assert!(n <= range);
+    let mut pool: Vec<u32> = (0..range).collect();
+    for i in 0..n {
+        let j = uniform(r, i, range);
+        pool.swap(i as usize, j as usize);
+    }
+    pool.truncate(n as usize);
+    pool
+}
+
 /// The JSON the cache key hashes.
 fn key_json(task: &dyn Task, seed: u64) -> serde_json::Value {
     serde_json::json!({
