@@ -670,7 +670,7 @@ fn a_namm_scoring_every_token_positive_decodes_exactly_as_the_full_cache() {
             let (b, _) = decode(&m.lm, Box::new(Full), &ex, 16);
             assert_eq!(a.produced, b.produced);
             assert_eq!(a.score, b.score);
-            assert_eq!(a.final_retained_fraction, 1.0);
+            assert_eq!(a.stats.retained_fraction, 1.0);
             assert_eq!(a.stats.peak_kv_bytes, b.stats.peak_kv_bytes);
             assert_eq!(a.stats.kv_bytes, b.stats.kv_bytes);
         }

@@ -627,12 +627,14 @@ fn kv_bytes_shrink_with_the_budget() {
     assert_eq!(full.kv_bytes, 40 * row);
     assert_eq!(full.peak_kv_bytes, 40 * row);
     assert_eq!(full.mean_retained_fraction, 1.0);
+    assert_eq!(full.retained_fraction, 1.0);
     for name in ["window", "streaming-llm", "h2o", "l2", "tova"] {
         let st = run(name, Some(8));
         assert_eq!(st.kv_bytes, 8 * row, "{name}");
         // One layer holds a chunk of 10 beside its 8 before evicting; the other 8.
         assert_eq!(st.peak_kv_bytes, (8 * row + 18 * row) / 2, "{name}");
         assert_eq!(st.peak_retained_fraction, 0.8, "{name}");
+        assert_eq!(st.retained_fraction, 8.0 / 40.0, "{name}");
         // Sampled after each call: 8/10, 8/20, 8/30, then 8/31 .. 8/40.
         let samples: f64 = [10.0, 20.0, 30.0]
             .iter()

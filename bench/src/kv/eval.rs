@@ -23,10 +23,8 @@ pub struct Decoded {
     pub decode_steps: u64,
     pub decode_seconds: f64,
     pub decode_policy_seconds: f64,
-    /// The session's statistics at the end.
+    /// The session's statistics at the end (`retained_fraction`: the cache kept then).
     pub stats: SessionStats,
-    /// Cached tokens / tokens seen at the end, averaged over layers and KV heads.
-    pub final_retained_fraction: f64,
 }
 
 fn argmax(logits: &Tensor) -> u32 {
@@ -56,10 +54,6 @@ pub fn decode(
     }
     let decode_seconds = t.elapsed().as_secs_f64();
     let stats = session.stats();
-    let cfg = lm.config();
-    let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
-    let cached: i64 = session.lens().iter().flatten().sum();
-    let final_retained_fraction = cached as f64 / slots / stats.tokens_seen.max(1) as f64;
     let decoded = Decoded {
         score: ex.score(&produced),
         produced,
@@ -69,7 +63,6 @@ pub fn decode(
         decode_seconds,
         decode_policy_seconds: stats.policy_seconds - after_prefill.policy_seconds,
         stats,
-        final_retained_fraction,
     };
     (decoded, session.into_policy())
 }
@@ -100,7 +93,7 @@ impl Totals {
         self.decode_seconds += d.decode_seconds;
         self.decode_policy_seconds += d.decode_policy_seconds;
         self.mean_retained_sum += d.stats.mean_retained_fraction;
-        self.final_retained_sum += d.final_retained_fraction;
+        self.final_retained_sum += d.stats.retained_fraction;
         self.peak_retained = self.peak_retained.max(d.stats.peak_retained_fraction);
         self.peak_kv_bytes = self.peak_kv_bytes.max(d.stats.peak_kv_bytes);
     }

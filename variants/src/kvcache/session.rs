@@ -24,7 +24,8 @@ pub struct SessionStats {
     /// tokens (before the policy evicted) and after each eviction.
     pub peak_kv_bytes: u64,
     /// Cached tokens / tokens seen, averaged over layers and KV heads, sampled after each
-    /// call: the mean and the largest sample.
+    /// call: the latest sample (now), the mean and the largest.
+    pub retained_fraction: f64,
     pub mean_retained_fraction: f64,
     pub peak_retained_fraction: f64,
     /// Time inside `CachePolicy::update` and the eviction gathers.
@@ -242,6 +243,7 @@ impl<'a> Session<'a> {
             let cached: i64 = self.layers.iter().flat_map(LayerCache::lens).sum();
             let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
             let retained = cached as f64 / slots / self.stats.tokens_seen as f64;
+            self.stats.retained_fraction = retained;
             self.retained_sum += retained;
             self.stats.mean_retained_fraction = self.retained_sum / self.stats.calls as f64;
             self.stats.peak_retained_fraction = self.stats.peak_retained_fraction.max(retained);
