@@ -29,6 +29,8 @@ pub fn summarise(samples: &[f64], warmup_iterations: u64) -> Latency {
         max_s: s[s.len() - 1],
         iterations: s.len() as u64,
         warmup_iterations,
+        per_sample: 1,
+        device: None,
     }
 }
 

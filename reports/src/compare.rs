@@ -474,6 +474,8 @@ mod tests {
             max_s: p90,
             iterations: 10,
             warmup_iterations: 2,
+            per_sample: 1,
+            device: None,
         }
     }
 
@@ -494,6 +496,8 @@ mod tests {
             cuda_driver: None,
             xarena_version: "0.1.0".into(),
             git_commit: Some("abc".into()),
+            tf32: None,
+            roofline: vec![],
         }
     }
 
@@ -543,6 +547,10 @@ mod tests {
             params: None,
             state_bytes: None,
             backend: None,
+            peak_fraction: None,
+            intensity: None,
+            gpu: None,
+            check: None,
             started_at: "2026-01-01T00:00:00.000Z".into(),
             wall_s: 1.0,
             env: env(),

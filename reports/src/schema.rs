@@ -167,6 +167,34 @@ pub struct Latency {
     pub max_s: f64,
     pub iterations: u64,
     pub warmup_iterations: u64,
+    /// Iterations per timed sample. 1: the device was synchronised around every
+    /// iteration. K > 1: a short GPU case ran K iterations between two synchronisations
+    /// and each sample is their mean, so launch and synchronisation costs are amortised
+    /// as in a real loop (the statistics above are over those means).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub per_sample: u64,
+    /// Device time per iteration from CUDA events recorded around each sample (CUDA
+    /// only): what the GPU took, without the host's dispatch where the queue stayed full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceTime>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// Per-iteration device time over the timed samples, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceTime {
+    pub median_s: f64,
+    pub p10_s: f64,
+    pub p90_s: f64,
+    /// `cuda-events`: elapsed time between two events on the case's stream.
+    pub method: String,
 }
 
 /// Memory of one iteration, measured on its own after warm-up.
@@ -193,6 +221,65 @@ pub struct Claims {
     pub time_exponent: f64,
     pub memory_exponent: f64,
     pub exact: bool,
+}
+
+/// TF32 in force on CUDA (LibTorch's global context): matrix multiplies through cuBLAS
+/// and convolutions through cuDNN. Matters for f32 cases only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tf32 {
+    pub matmul: bool,
+    pub cudnn: bool,
+}
+
+/// The roofline's two ceilings for one device and dtype, measured once per run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    /// `cpu` or `cuda:<index>`.
+    pub device: String,
+    pub dtype: Dtype,
+    /// The best of repeated large square matrix multiplies, in FLOP/s.
+    pub matmul_flops_per_s: f64,
+    /// The side of the square matrices used.
+    pub matmul_size: i64,
+    /// Device-to-device copy bandwidth, bytes read plus bytes written per second.
+    pub copy_bytes_per_s: f64,
+}
+
+/// One NVML reading of a GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
+    pub temperature_c: Option<u32>,
+    pub power_w: Option<f64>,
+    /// NVML's clock-event (throttle) reasons in force, by name; empty when none.
+    pub throttle_reasons: Vec<String>,
+}
+
+/// The GPU a case ran on, as NVML names it, and its state before and after the case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuState {
+    /// NVML's index (PCI order), which `CUDA_VISIBLE_DEVICES` does not renumber.
+    pub nvml_index: u32,
+    pub uuid: Option<String>,
+    pub name: String,
+    pub before: GpuSample,
+    pub after: GpuSample,
+    /// A performance-limiting reason (power, thermal, slowdown) was in force before or
+    /// after the case; idle and application-clock settings do not count.
+    pub throttled: bool,
+}
+
+/// The check run on the device before timing: forward and backward at a small N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCheck {
+    pub seq_len: i64,
+    /// Every output and gradient was finite.
+    pub finite: bool,
+    /// Exact variants: the largest difference from the CPU float32 result, relative to
+    /// that result's largest magnitude, and the dtype's tolerance.
+    pub max_rel_err: Option<f64>,
+    pub tolerance: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +310,13 @@ pub struct Environment {
     pub cuda_driver: Option<String>,
     pub xarena_version: String,
     pub git_commit: Option<String>,
+    /// CUDA's TF32 settings, when CUDA is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<Tf32>,
+    /// Peak matmul rate and copy bandwidth per device and dtype of the sweep, when
+    /// measured (`--roofline`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roofline: Vec<Peak>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +344,18 @@ pub struct Record {
     pub state_bytes: Option<u64>,
     /// The kernel the library chose, where it chooses (fused SDPA).
     pub backend: Option<String>,
+    /// Achieved FLOP/s over the roofline's matmul peak for this device and dtype.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_fraction: Option<f64>,
+    /// FLOPs per byte of the case's minimum memory traffic, where it can be estimated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intensity: Option<f64>,
+    /// CUDA: the GPU the case ran on and its NVML state around the case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuState>,
+    /// The correctness check on the device before timing, where it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<DeviceCheck>,
     /// When the case started (RFC 3339, UTC) and how long it took end to end.
     pub started_at: String,
     pub wall_s: f64,

@@ -91,5 +91,7 @@ pub fn capture(threads: i64) -> Environment {
         cuda_driver,
         xarena_version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit: git_commit(),
+        tf32: None,
+        roofline: Vec::new(),
     }
 }
