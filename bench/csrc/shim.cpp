@@ -4,6 +4,8 @@
 // where no CUDA device is present. Every C++ exception stops here.
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/DeviceType.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/headeronly/version.h>
 
@@ -42,6 +44,57 @@ int xarena_cuda_reset_peak(int device, char* err, size_t len) {
   try {
     c10::getDeviceAllocator(c10::DeviceType::CUDA)
         ->resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, len, e.what());
+    return 1;
+  }
+}
+
+// Device time: two timing-enabled events on the device's current stream (the stream the
+// case's kernels go to). Device-generic c10::Event, so no CUDA headers are needed.
+struct XarenaTimer {
+  c10::Device device;
+  c10::Event start;
+  c10::Event stop;
+  explicit XarenaTimer(c10::DeviceIndex index)
+      : device(c10::DeviceType::CUDA, index),
+        start(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT),
+        stop(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT) {}
+  c10::Stream stream() const {
+    return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(device);
+  }
+};
+
+void* xarena_cuda_timer_new(int device, char* err, size_t len) {
+  try {
+    return new XarenaTimer(static_cast<c10::DeviceIndex>(device));
+  } catch (const std::exception& e) {
+    set_error(err, len, e.what());
+    return nullptr;
+  }
+}
+
+void xarena_cuda_timer_free(void* timer) { delete static_cast<XarenaTimer*>(timer); }
+
+// Records the start (which = 0) or the stop (which = 1) event on the current stream.
+int xarena_cuda_timer_record(void* timer, int which, char* err, size_t len) {
+  try {
+    auto* t = static_cast<XarenaTimer*>(timer);
+    (which == 0 ? t->start : t->stop).record(t->stream());
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, len, e.what());
+    return 1;
+  }
+}
+
+// Waits for the stop event, then writes the milliseconds between the two events.
+int xarena_cuda_timer_elapsed_ms(void* timer, double* ms, char* err, size_t len) {
+  try {
+    auto* t = static_cast<XarenaTimer*>(timer);
+    t->stop.synchronize();
+    *ms = t->start.elapsedTime(t->stop);
     return 0;
   } catch (const std::exception& e) {
     set_error(err, len, e.what());

@@ -247,8 +247,11 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
     let (per_iter, warmup) = timing::warm_up(device, &req.timing, &mut setup, &mut step);
     prepared.setup();
     let probe = memory::probe(device, || prepared.step())?;
-    let iterations = timing::iterations_for(&req.timing, per_iter);
-    let latency = timing::measure(device, iterations, warmup, &mut setup, &mut step);
+    // Decode resets its state before every step: its samples stay one iteration each.
+    let batchable = case.key.mode != Mode::Decode;
+    let per_sample = timing::per_sample_for(&req.timing, device, per_iter, batchable);
+    let samples = timing::iterations_for(&req.timing, per_iter, per_sample);
+    let latency = timing::measure(device, samples, per_sample, warmup, &mut setup, &mut step);
 
     prepared.setup();
     Ok(Outcome {

@@ -226,6 +226,10 @@ struct RunArgs {
     min_iters: Option<u64>,
     #[arg(long)]
     max_iters: Option<u64>,
+    /// Minimum seconds of one timed sample: a shorter iteration runs K times between two
+    /// synchronisations (default: 0.002 on CUDA, 0 on the CPU).
+    #[arg(long)]
+    min_sample: Option<f64>,
     /// Seconds before a case's worker is killed and the case recorded as `timeout`.
     #[arg(long)]
     timeout: Option<f64>,
@@ -420,6 +424,7 @@ impl RunArgs {
         t.warmup_s = self.warmup.unwrap_or(t.warmup_s);
         t.min_iters = self.min_iters.unwrap_or(t.min_iters);
         t.max_iters = self.max_iters.unwrap_or(t.max_iters);
+        t.min_sample_s = self.min_sample.or(t.min_sample_s);
         sweep.timeout_s = self.timeout.unwrap_or(sweep.timeout_s);
         sweep.threads = self.threads.unwrap_or(sweep.threads);
         Ok(sweep)

@@ -78,6 +78,7 @@ pub struct TimingFile {
     pub min_time_s: Option<f64>,
     pub min_iters: Option<u64>,
     pub max_iters: Option<u64>,
+    pub min_sample_s: Option<f64>,
 }
 
 impl SweepFile {
@@ -180,6 +181,7 @@ impl Sweep {
             c.min_time_s = t.min_time_s.unwrap_or(c.min_time_s);
             c.min_iters = t.min_iters.unwrap_or(c.min_iters);
             c.max_iters = t.max_iters.unwrap_or(c.max_iters);
+            c.min_sample_s = t.min_sample_s.or(c.min_sample_s);
         }
         if let Some(t) = file.timeout_s {
             self.timeout_s = t;
@@ -218,7 +220,7 @@ impl Sweep {
         }
         let t = &self.timing;
         let valid = |s: f64| s.is_finite() && s >= 0.0;
-        if !valid(t.min_time_s) || !valid(t.warmup_s) {
+        if !valid(t.min_time_s) || !valid(t.warmup_s) || !t.min_sample_s.is_none_or(valid) {
             return Err(field("timing", "times must be finite and non-negative"));
         }
         if t.min_iters < 1 || t.max_iters < t.min_iters {

@@ -24,8 +24,12 @@ const RESULT_PREFIX: &str = "XARENA-RESULT ";
 
 /// Environment variable for tests of the failure paths: a comma-separated list of
 /// `<fault>@<variant>` makes a worker `panic`, `abort`, `hang` or `exit` on that
-/// variant's cases.
+/// variant's cases, or `poison` its process: that case fails and so does every later
+/// case in the same worker, as after a CUDA device-side assert or illegal access.
 pub const FAULT_ENV: &str = "XARENA_FAULT";
+
+/// Set by the `poison` fault: the worker's state is unusable from then on.
+static POISONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn inject_fault(req: &Request) {
     let Ok(spec) = std::env::var(FAULT_ENV) else {
@@ -40,6 +44,7 @@ fn inject_fault(req: &Request) {
         "panic" => panic!("injected fault"),
         "abort" => std::process::abort(),
         "exit" => std::process::exit(3),
+        "poison" => POISONED.store(true, std::sync::atomic::Ordering::SeqCst),
         "hang" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
@@ -59,7 +64,14 @@ pub fn serve() -> anyhow::Result<()> {
         }
         let req: Request = serde_json::from_str(&line)?;
         inject_fault(&req);
-        let outcome = case::run(&req);
+        let outcome = if POISONED.load(std::sync::atomic::Ordering::SeqCst) {
+            Outcome::failed(
+                Status::Error,
+                "injected fault: the worker's device context is poisoned",
+            )
+        } else {
+            case::run(&req)
+        };
         writeln!(
             stdout,
             "{RESULT_PREFIX}{}",
@@ -179,6 +191,14 @@ fn death(status: Option<ExitStatus>, stderr: &str) -> Outcome {
     }
 }
 
+/// Whether a reused worker may take the next case. Not after a failure: a CUDA
+/// device-side assert or illegal access poisons the process's context for good, and an
+/// error caught on the CPU may have left LibTorch's state half-changed, so the next case
+/// gets a fresh process (a restart costs well under a second; failures are rare).
+fn keep_worker(reuse: bool, status: Option<Status>) -> bool {
+    reuse && status == Some(Status::Ok)
+}
+
 /// Hands cases to workers and turns every way a worker can fail into an outcome.
 pub struct Supervisor {
     exe: PathBuf,
@@ -224,10 +244,10 @@ impl Supervisor {
                     let Some(json) = l.strip_prefix(RESULT_PREFIX) else {
                         continue;
                     };
-                    let outcome = serde_json::from_str(json).unwrap_or_else(|e| {
+                    let outcome: Outcome = serde_json::from_str(json).unwrap_or_else(|e| {
                         Outcome::failed(Status::Error, format!("unreadable worker result: {e}"))
                     });
-                    if self.reuse {
+                    if keep_worker(self.reuse, outcome.status) {
                         self.worker = Some(worker);
                     } else {
                         worker.finish();
@@ -252,6 +272,21 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_worker_is_ended_after_any_failure() {
+        assert!(keep_worker(true, Some(Status::Ok)));
+        for bad in [Status::Error, Status::Oom, Status::Timeout] {
+            assert!(!keep_worker(true, Some(bad)), "{bad}");
+        }
+        assert!(!keep_worker(true, None));
+        assert!(!keep_worker(false, Some(Status::Ok)));
     }
 }
 

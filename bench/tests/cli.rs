@@ -65,6 +65,35 @@ fn failing_cases_are_recorded_and_the_sweep_goes_on() {
 }
 
 #[test]
+fn a_reused_worker_is_replaced_after_a_failure() {
+    // `poison` fails its case and every later case of the same process, as a CUDA
+    // device-side assert does: with --reuse-worker the cases after it must still run.
+    let out = tmp("poisoned");
+    let o = run(
+        &[
+            "--variants",
+            "local,vanilla,sdpa",
+            "--seq",
+            "32",
+            "--reuse-worker",
+        ],
+        &out,
+        &[("XARENA_FAULT", "poison@local")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = statuses(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (variant, _, status, message) in &got {
+        if variant == "local" {
+            assert_eq!(*status, Status::Error);
+            assert!(message.as_deref().unwrap().contains("poisoned"));
+        } else {
+            assert_eq!(*status, Status::Ok, "{variant}: {message:?}");
+        }
+    }
+}
+
+#[test]
 fn an_allocation_too_large_for_the_machine_is_recorded_as_oom() {
     let out = tmp("oom");
     // 64 x 2^20 tokens x 8 wide is 2 GiB of input, and the score matrix 2^46 entries.

@@ -165,6 +165,7 @@ pub struct Latency {
     pub mean_s: f64,
     pub min_s: f64,
     pub max_s: f64,
+    /// Timed iterations in all: samples x `per_sample`.
     pub iterations: u64,
     pub warmup_iterations: u64,
     /// Iterations per timed sample. 1: the device was synchronised around every

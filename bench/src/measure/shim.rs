@@ -1,6 +1,6 @@
 //! Safe wrappers over `csrc/shim.cpp`.
 
-use std::ffi::{c_char, c_int, c_long, CStr};
+use std::ffi::{c_char, c_int, c_long, c_void, CStr};
 
 extern "C" {
     fn xarena_cuda_memory(
@@ -12,6 +12,20 @@ extern "C" {
     ) -> c_int;
     fn xarena_cuda_reset_peak(device: c_int, err: *mut c_char, len: usize) -> c_int;
     fn xarena_torch_version() -> *const c_char;
+    fn xarena_cuda_timer_new(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
+    fn xarena_cuda_timer_free(timer: *mut c_void);
+    fn xarena_cuda_timer_record(
+        timer: *mut c_void,
+        which: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn xarena_cuda_timer_elapsed_ms(
+        timer: *mut c_void,
+        ms: *mut f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn xarena_cuda_runtime_version() -> c_long;
 }
 
@@ -54,4 +68,49 @@ pub fn cuda_runtime_version() -> Option<String> {
     // SAFETY: no arguments; the shim catches every exception.
     let v = unsafe { xarena_cuda_runtime_version() };
     (v > 0).then(|| format!("{}.{}", v / 1000, (v % 1000) / 10))
+}
+
+/// A pair of CUDA events on a device's current stream, for device-side timing.
+pub struct CudaTimer(*mut c_void);
+
+impl CudaTimer {
+    pub fn new(device: usize) -> Result<CudaTimer, String> {
+        let mut timer = std::ptr::null_mut();
+        // SAFETY: a buffer of the stated length; a null result comes with a message.
+        call(|err, len| unsafe {
+            timer = xarena_cuda_timer_new(device as c_int, err, len);
+            c_int::from(timer.is_null())
+        })?;
+        Ok(CudaTimer(timer))
+    }
+
+    fn record(&mut self, which: c_int) -> Result<(), String> {
+        // SAFETY: self.0 is a live timer from xarena_cuda_timer_new.
+        call(|err, len| unsafe { xarena_cuda_timer_record(self.0, which, err, len) })
+    }
+
+    /// Enqueues the start event: work launched after this is timed.
+    pub fn start(&mut self) -> Result<(), String> {
+        self.record(0)
+    }
+
+    /// Enqueues the stop event.
+    pub fn stop(&mut self) -> Result<(), String> {
+        self.record(1)
+    }
+
+    /// Seconds between start and stop on the device, waiting for the stop event.
+    pub fn elapsed_s(&self) -> Result<f64, String> {
+        let mut ms = 0.0;
+        // SAFETY: self.0 is a live timer; ms is a plain out-pointer.
+        call(|err, len| unsafe { xarena_cuda_timer_elapsed_ms(self.0, &mut ms, err, len) })?;
+        Ok(ms / 1e3)
+    }
+}
+
+impl Drop for CudaTimer {
+    fn drop(&mut self) {
+        // SAFETY: created by xarena_cuda_timer_new and freed once.
+        unsafe { xarena_cuda_timer_free(self.0) }
+    }
 }

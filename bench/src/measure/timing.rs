@@ -1,10 +1,16 @@
-//! Repeated timed iterations with the device synchronised around each.
+//! Repeated timed samples with the device synchronised around each.
 //!
 //! Warm-up runs until both a minimum time and a minimum count have passed (the first
 //! iterations pay for lazy initialisation: kernels, allocator pools, thread pools). The
-//! warm-up's typical iteration sets how many timed iterations fill `min_time`, within
-//! `[min_iters, max_iters]`, so fast cases run many iterations and timer resolution and
-//! launch overhead don't dominate, and slow cases still give a spread.
+//! warm-up's typical iteration sets how many timed samples fill `min_time`, within
+//! `[min_iters, max_iters]`, so fast cases run many and timer resolution doesn't dominate,
+//! and slow cases still give a spread.
+//!
+//! On a GPU a synchronisation costs tens of microseconds and starts every sample with an
+//! empty launch queue, so a host clock around one short iteration measures the dispatch
+//! of its kernels rather than their work. Short cases there run K iterations between two
+//! synchronisations (each sample their mean, as in a real loop that never waits), and
+//! CUDA events on the case's stream give the device's own time beside the host's.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +18,16 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use xarena_reports::analysis::{quantile, summarise};
-use xarena_reports::schema::Latency;
+use xarena_reports::schema::{DeviceTime, Latency};
+
+use super::shim::CudaTimer;
+
+/// On CUDA, a sample lasts at least this long unless the config says otherwise: about 100
+/// synchronisations' worth, so their cost is within 1% of the sample.
+pub const CUDA_MIN_SAMPLE_S: f64 = 2e-3;
+
+/// At most this many iterations between two synchronisations.
+pub const MAX_PER_SAMPLE: u64 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TimingConfig {
@@ -20,11 +35,16 @@ pub struct TimingConfig {
     pub warmup_s: f64,
     /// ...and at least this many iterations.
     pub warmup_iters: u64,
-    /// Timed iterations fill at least this long...
+    /// Timed samples fill at least this long...
     pub min_time_s: f64,
-    /// ...with at least and at most this many iterations.
+    /// ...with at least and at most this many samples.
     pub min_iters: u64,
     pub max_iters: u64,
+    /// A sample lasts at least this long: a shorter iteration runs K times between two
+    /// synchronisations. `None`: the device's default ([`CUDA_MIN_SAMPLE_S`] on CUDA,
+    /// one iteration per sample on the CPU, where nothing is synchronised).
+    #[serde(default)]
+    pub min_sample_s: Option<f64>,
 }
 
 impl Default for TimingConfig {
@@ -35,6 +55,7 @@ impl Default for TimingConfig {
             min_time_s: 1.0,
             min_iters: 5,
             max_iters: 1000,
+            min_sample_s: None,
         }
     }
 }
@@ -82,10 +103,34 @@ pub fn warm_up(
     (quantile(&steady, 0.5), times.len() as u64)
 }
 
-/// How many timed iterations fill `min_time` at `per_iter` seconds each.
-pub fn iterations_for(config: &TimingConfig, per_iter: f64) -> u64 {
-    let wanted = if per_iter > 0.0 {
-        (config.min_time_s / per_iter).ceil() as u64
+/// Iterations per sample (K) for an iteration of `per_iter` seconds. 1 when the config
+/// and device ask for no batching, or when the step needs its `setup` before every
+/// iteration (`batchable` false: decode mode).
+pub fn per_sample_for(
+    config: &TimingConfig,
+    device: Device,
+    per_iter: f64,
+    batchable: bool,
+) -> u64 {
+    let min = config.min_sample_s.unwrap_or(match device {
+        Device::Cuda(_) => CUDA_MIN_SAMPLE_S,
+        _ => 0.0,
+    });
+    if !batchable || min <= 0.0 || per_iter >= min {
+        return 1;
+    }
+    if per_iter <= 0.0 {
+        return MAX_PER_SAMPLE;
+    }
+    ((min / per_iter).ceil() as u64).clamp(1, MAX_PER_SAMPLE)
+}
+
+/// How many timed samples of `per_sample` iterations fill `min_time` at `per_iter` seconds
+/// an iteration.
+pub fn iterations_for(config: &TimingConfig, per_iter: f64, per_sample: u64) -> u64 {
+    let per = per_iter * per_sample.max(1) as f64;
+    let wanted = if per > 0.0 {
+        (config.min_time_s / per).ceil() as u64
     } else {
         config.max_iters
     };
@@ -95,18 +140,88 @@ pub fn iterations_for(config: &TimingConfig, per_iter: f64) -> u64 {
     )
 }
 
-/// The timed iterations after warm-up, each after `setup`.
+/// Times samples on one device: the host clock, and CUDA events where the device is a GPU.
+pub struct Sampler {
+    device: Device,
+    events: Option<CudaTimer>,
+}
+
+impl Sampler {
+    pub fn new(device: Device) -> Sampler {
+        let events = match device {
+            // Without events the host time still stands; the record then has no device time.
+            Device::Cuda(i) => CudaTimer::new(i).ok(),
+            _ => None,
+        };
+        Sampler { device, events }
+    }
+
+    /// `setup`, then `k` iterations of `f` between two synchronisations: host and device
+    /// seconds per iteration.
+    pub fn sample(
+        &mut self,
+        k: u64,
+        setup: &mut impl FnMut(),
+        f: &mut impl FnMut(),
+    ) -> (f64, Option<f64>) {
+        let k = k.max(1);
+        setup();
+        synchronize(self.device);
+        let start = Instant::now();
+        let started = self.events.as_mut().map(|e| e.start().is_ok());
+        for _ in 0..k {
+            f();
+        }
+        let stopped = self.events.as_mut().map(|e| e.stop().is_ok());
+        synchronize(self.device);
+        let host = start.elapsed().as_secs_f64() / k as f64;
+        let device = match (&self.events, started, stopped) {
+            (Some(e), Some(true), Some(true)) => e.elapsed_s().ok().map(|s| s / k as f64),
+            _ => None,
+        };
+        (host, device)
+    }
+}
+
+/// The timed samples after warm-up, each after `setup`: `samples` of `per_sample`
+/// iterations.
 pub fn measure(
     device: Device,
-    iterations: u64,
+    samples: u64,
+    per_sample: u64,
     warmup: u64,
     setup: &mut impl FnMut(),
     f: &mut impl FnMut(),
 ) -> Latency {
-    let samples: Vec<f64> = (0..iterations)
-        .map(|_| time_after(device, setup, f))
-        .collect();
-    summarise(&samples, warmup)
+    let mut sampler = Sampler::new(device);
+    let (host, dev): (Vec<f64>, Vec<Option<f64>>) = (0..samples)
+        .map(|_| sampler.sample(per_sample, setup, f))
+        .unzip();
+    summarise_samples(&host, &dev, per_sample, warmup)
+}
+
+/// Host statistics over the samples, with the device's beside them when every sample
+/// has one.
+pub fn summarise_samples(
+    host: &[f64],
+    device: &[Option<f64>],
+    per_sample: u64,
+    warmup: u64,
+) -> Latency {
+    let mut latency = summarise(host, warmup);
+    latency.per_sample = per_sample.max(1);
+    latency.iterations = host.len() as u64 * latency.per_sample;
+    let dev: Option<Vec<f64>> = device.iter().copied().collect();
+    if let Some(mut d) = dev.filter(|d| !d.is_empty()) {
+        d.sort_by(f64::total_cmp);
+        latency.device = Some(DeviceTime {
+            median_s: quantile(&d, 0.5),
+            p10_s: quantile(&d, 0.1),
+            p90_s: quantile(&d, 0.9),
+            method: "cuda-events".into(),
+        });
+    }
+    latency
 }
 
 #[cfg(test)]
@@ -121,10 +236,64 @@ mod tests {
             max_iters: 100,
             ..Default::default()
         };
-        assert_eq!(iterations_for(&c, 0.1), 10);
-        assert_eq!(iterations_for(&c, 1.0), 5);
-        assert_eq!(iterations_for(&c, 1e-6), 100);
-        assert_eq!(iterations_for(&c, 0.0), 100);
+        assert_eq!(iterations_for(&c, 0.1, 1), 10);
+        assert_eq!(iterations_for(&c, 1.0, 1), 5);
+        assert_eq!(iterations_for(&c, 1e-6, 1), 100);
+        assert_eq!(iterations_for(&c, 0.0, 1), 100);
+        // Samples of 4 iterations: a quarter as many samples fill the same time.
+        assert_eq!(iterations_for(&c, 0.01, 4), 25);
+    }
+
+    #[test]
+    fn short_cases_batch_on_cuda_and_not_on_the_cpu() {
+        let c = TimingConfig::default();
+        let cuda = Device::Cuda(0);
+        // 20 us an iteration: 100 of them fill the 2 ms sample.
+        assert_eq!(per_sample_for(&c, cuda, 20e-6, true), 100);
+        assert_eq!(per_sample_for(&c, cuda, 1e-9, true), MAX_PER_SAMPLE);
+        assert_eq!(per_sample_for(&c, cuda, 5e-3, true), 1);
+        // Decode needs its setup before every step.
+        assert_eq!(per_sample_for(&c, cuda, 20e-6, false), 1);
+        assert_eq!(per_sample_for(&c, Device::Cpu, 20e-6, true), 1);
+        let forced = TimingConfig {
+            min_sample_s: Some(1e-3),
+            ..c
+        };
+        assert_eq!(per_sample_for(&forced, Device::Cpu, 1e-4, true), 10);
+        let off = TimingConfig {
+            min_sample_s: Some(0.0),
+            ..c
+        };
+        assert_eq!(per_sample_for(&off, cuda, 1e-6, true), 1);
+    }
+
+    #[test]
+    fn batched_samples_run_k_iterations_and_report_per_iteration_time() {
+        let (mut calls, mut setups) = (0, 0);
+        let lat = measure(Device::Cpu, 3, 7, 2, &mut || setups += 1, &mut || {
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        assert_eq!((calls, setups), (21, 3));
+        assert_eq!((lat.iterations, lat.per_sample), (21, 7));
+        // Each sample is a mean per iteration: at least the 1 ms each slept.
+        assert!(lat.min_s >= 1e-3, "{lat:?}");
+        // No events on the CPU.
+        assert!(lat.device.is_none());
+    }
+
+    #[test]
+    fn device_time_is_kept_only_when_every_sample_has_one() {
+        let host = [3e-3, 1e-3, 2e-3];
+        let lat = summarise_samples(&host, &[Some(2e-3), Some(0.5e-3), Some(1e-3)], 4, 1);
+        let d = lat.device.expect("device time");
+        assert_eq!((d.median_s, d.method.as_str()), (1e-3, "cuda-events"));
+        assert_eq!(
+            (lat.median_s, lat.iterations, lat.per_sample),
+            (2e-3, 12, 4)
+        );
+        let partial = summarise_samples(&host, &[Some(2e-3), None, Some(1e-3)], 1, 1);
+        assert!(partial.device.is_none());
     }
 
     #[test]
