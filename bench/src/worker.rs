@@ -275,6 +275,14 @@ impl Supervisor {
     }
 }
 
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.finish();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,13 +295,5 @@ mod tests {
         }
         assert!(!keep_worker(true, None));
         assert!(!keep_worker(false, Some(Status::Ok)));
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.finish();
-        }
     }
 }
