@@ -12,7 +12,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use xarena_variants::kvcache::llama::{self, CheckpointError};
 use xarena_variants::kvcache::policy::{self, H2o, L2Norm, StreamingLlm, Tova, TovaScope, Window};
 use xarena_variants::kvcache::{
-    build_policy, CachePolicy, DecoderLm, LmConfig, Observation, Session, POLICIES,
+    build_policy, CachePolicy, DecoderLm, LayerCache, LmConfig, Observation, Session, POLICIES,
 };
 
 /// Grouped-query attention: 4 query heads on 2 KV heads.
@@ -647,6 +647,157 @@ fn kv_bytes_shrink_with_the_budget() {
         );
         assert!(st.policy_seconds > 0.0 && st.forward_seconds > 0.0);
     }
+}
+
+/// The cat-based cache this one replaced, per head: what its live views must equal.
+struct CatCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    pos: Vec<Tensor>,
+}
+
+impl CatCache {
+    fn append(&mut self, k: &Tensor, v: &Tensor, p: &Tensor) {
+        for g in 0..self.k.len() {
+            self.k[g] = Tensor::cat(&[&self.k[g], &k.get(g as i64)], 0);
+            self.v[g] = Tensor::cat(&[&self.v[g], &v.get(g as i64)], 0);
+            self.pos[g] = Tensor::cat(&[&self.pos[g], p], 0);
+        }
+    }
+
+    fn retain(&mut self, keep: &[Option<Tensor>]) {
+        for (g, o) in keep.iter().enumerate() {
+            if let Some(t) = o {
+                self.k[g] = self.k[g].index_select(0, t);
+                self.v[g] = self.v[g].index_select(0, t);
+                self.pos[g] = self.pos[g].index_select(0, t);
+            }
+        }
+    }
+
+    fn check(&self, c: &LayerCache, at: &str) {
+        let lens: Vec<i64> = self.pos.iter().map(|p| p.size()[0]).collect();
+        assert_eq!(c.lens(), lens, "{at}");
+        for (mine, theirs) in [
+            (c.keys(), &self.k),
+            (c.values(), &self.v),
+            (c.positions(), &self.pos),
+        ] {
+            for (a, b) in mine.iter().zip(theirs) {
+                assert!(
+                    a.equal(b),
+                    "{at}: a live view differs from the cat reference"
+                );
+            }
+        }
+        let bytes: i64 = lens.iter().sum::<i64>() * 2 * c.keys()[0].size()[1] * 4;
+        assert_eq!(c.bytes(), bytes as u64, "{at}: live bytes");
+    }
+}
+
+#[test]
+fn the_cache_appends_and_evicts_in_place_and_equals_concatenation() {
+    tch::manual_seed(23);
+    let (heads, hd) = (2, 8);
+    let opts = (Kind::Float, Device::Cpu);
+    let mut c = LayerCache::new(heads, hd, Kind::Float, Device::Cpu);
+    let empty = || (0..heads).map(|_| Tensor::zeros([0, hd], opts)).collect();
+    let mut r = CatCache {
+        k: empty(),
+        v: empty(),
+        pos: (0..heads)
+            .map(|_| Tensor::zeros([0], (Kind::Int64, Device::Cpu)))
+            .collect(),
+    };
+    let mut next = 0i64;
+    let mut feed = |c: &mut LayerCache, r: &mut CatCache, n: i64| {
+        let (k, v) = (
+            Tensor::randn([heads, n, hd], opts),
+            Tensor::randn([heads, n, hd], opts),
+        );
+        let p = Tensor::arange_start(next, next + n, (Kind::Int64, Device::Cpu));
+        next += n;
+        c.append(&k, &v, &p);
+        r.append(&k, &v, &p);
+    };
+    // Room for 50 tokens ahead: one token at a time, the buffer never moves.
+    c.reserve(50);
+    let cap = c.capacity();
+    assert!(cap >= 50);
+    feed(&mut c, &mut r, 1);
+    let ptr = c.keys()[0].data_ptr();
+    for t in 1..30 {
+        feed(&mut c, &mut r, 1);
+        assert_eq!(
+            c.keys()[0].data_ptr(),
+            ptr,
+            "token {t}: the buffer was reallocated"
+        );
+        r.check(&c, &format!("token {t}"));
+    }
+    // Evictions compact in place: heads of different lengths, then even again.
+    let ragged = [Some(Tensor::from_slice(&[0i64, 3, 4, 10, 29])), None];
+    c.retain(&ragged);
+    r.retain(&ragged);
+    assert!(!c.is_even());
+    r.check(&c, "after a per-head eviction");
+    for t in 0..10 {
+        feed(&mut c, &mut r, 1);
+        r.check(&c, &format!("ragged token {t}"));
+    }
+    let even = [
+        Some(Tensor::from_slice(&[1i64, 2, 14])),
+        Some(Tensor::from_slice(&[0i64, 20, 39])),
+    ];
+    c.retain(&even);
+    r.retain(&even);
+    assert!(c.is_even());
+    r.check(&c, "after an eviction to equal lengths");
+    feed(&mut c, &mut r, 4);
+    let all = [
+        Some(Tensor::from_slice(&[0i64, 2, 5])),
+        Some(Tensor::from_slice(&[1i64, 3, 6])),
+    ];
+    c.retain(&all);
+    r.retain(&all);
+    r.check(&c, "after a batched eviction");
+    assert_eq!(c.keys()[0].data_ptr(), ptr, "evictions reallocated");
+    assert_eq!(c.capacity(), cap);
+    // Past the capacity it grows by doubling (not per token), still equal to the cat.
+    let mut moves = 0;
+    let mut last = c.keys()[0].data_ptr();
+    for t in 0..3 * cap {
+        feed(&mut c, &mut r, 1);
+        let now = c.keys()[0].data_ptr();
+        moves += usize::from(now != last);
+        last = now;
+        if t % 17 == 0 {
+            r.check(&c, &format!("growing, token {t}"));
+        }
+    }
+    r.check(&c, "grown");
+    assert_eq!(
+        moves,
+        2,
+        "from {cap} rows: doubled twice for {} tokens",
+        3 * cap + 3
+    );
+}
+
+#[test]
+fn a_reserved_session_decodes_without_reallocating() {
+    let cfg = gqa();
+    let (_vs, lm) = model(&cfg, 21);
+    let toks = tokens(40, cfg.vocab_size, 22);
+    let mut s = Session::new(&lm, build_policy("window", Some(8)).unwrap());
+    s.reserve(12);
+    let _ = s.prefill(&toks[..12], 12);
+    let ptr = s.layer_cache(1).keys()[0].data_ptr();
+    for &t in &toks[12..] {
+        let _ = s.step(t);
+        assert_eq!(s.layer_cache(1).keys()[0].data_ptr(), ptr);
+    }
+    assert_eq!(ints(&s.positions(1, 1)), (32..40).collect::<Vec<i64>>());
 }
 
 #[test]

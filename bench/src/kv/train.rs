@@ -31,6 +31,7 @@ use super::eval::decode_all;
 use super::model::{preset, TrainInfo, TRAIN_FILE, TRAIN_SCHEMA_VERSION};
 use super::{check_new_dir, write_json_atomic};
 use crate::measure::env;
+use crate::train::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
 use crate::train::trainer::{Decay, TrainConfig};
 
 /// Everything `xarena kv train` takes.
@@ -210,12 +211,14 @@ fn batch_tensors(xs: &[LmExample], prompt_weight: f64, device: Device) -> (Tenso
             weights.push(w as f32);
         }
     }
-    let t = Tensor::from_slice(&tokens)
-        .view([xs.len() as i64, len as i64])
-        .to_device(device);
-    let w = Tensor::from_slice(&weights)
-        .view([xs.len() as i64, len as i64 - 1])
-        .to_device(device);
+    let t = upload(
+        Tensor::from_slice(&tokens).view([xs.len() as i64, len as i64]),
+        device,
+    );
+    let w = upload(
+        Tensor::from_slice(&weights).view([xs.len() as i64, len as i64 - 1]),
+        device,
+    );
     let n = len as i64 - 1;
     (t.narrow(1, 0, n), t.narrow(1, 1, n), w)
 }
@@ -301,9 +304,10 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
     );
     let tail = (schedule.steps / 10).max(1);
     let mut tail_loss = Vec::new();
-    let start = Instant::now();
-    for step in 0..schedule.steps {
-        opt.set_lr(schedule.lr_at(step));
+    let vars = opt.trainable_variables();
+    // Step `step`'s batch; the draws stay in step order whether made at the step or one
+    // ahead of it.
+    let mut draw = |step: u64| {
         let k = step as usize % args.tasks.len();
         let task = args.tasks[k];
         // Log-uniform: most steps short (cheap, and the lookup is learned there), enough
@@ -315,18 +319,40 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
         let xs: Vec<LmExample> = (0..schedule.batch)
             .map(|_| task.draw(&args.task_config, n, &mut streams[k]))
             .collect();
-        let (inputs, targets, w) = batch_tensors(&xs, args.prompt_weight, device);
-        let l = loss(&lm, &inputs, &targets, &w);
-        let value = l.double_value(&[]);
-        anyhow::ensure!(value.is_finite(), "the loss is {value} at step {step}");
-        if step + tail >= schedule.steps {
-            tail_loss.push(value);
+        batch_tensors(&xs, args.prompt_weight, device)
+    };
+    let mut next = None;
+    let mut losses = LossLog::default();
+    let mut value = f64::NAN;
+    let start = Instant::now();
+    for step in 0..schedule.steps {
+        opt.set_lr(schedule.lr_at(step));
+        let (inputs, targets, w) = next.take().unwrap_or_else(|| draw(step));
+        // On CUDA the next batch is built and on its way while this step runs.
+        if device.is_cuda() && step + 1 < schedule.steps {
+            next = Some(draw(step + 1));
         }
+        let l = loss(&lm, &inputs, &targets, &w);
+        // Kept on the device: reading it would wait for the step to finish.
+        losses.push(step, &l);
         opt.zero_grad();
         l.backward();
-        opt.clip_grad_norm(schedule.clip_norm);
+        clip_grad_norm(&vars, schedule.clip_norm);
         opt.step();
-        if args.log_every > 0 && ((step + 1) % args.log_every == 0 || step + 1 == schedule.steps) {
+        let log =
+            args.log_every > 0 && ((step + 1) % args.log_every == 0 || step + 1 == schedule.steps);
+        if log || losses.len() >= LOSS_READ_EVERY || step + 1 == schedule.steps {
+            // A non-finite loss stops the run when read (up to LOSS_READ_EVERY steps
+            // late), named with the step it appeared at.
+            for (s, v) in losses.read() {
+                anyhow::ensure!(v.is_finite(), "the loss is {v} at step {s}");
+                if s + tail >= schedule.steps {
+                    tail_loss.push(v);
+                }
+                value = v;
+            }
+        }
+        if log {
             let acc: Vec<String> = args
                 .tasks
                 .iter()

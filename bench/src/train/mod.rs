@@ -11,6 +11,7 @@
 //! [`presets::Preset`]. [`matrix`] runs `xarena lra`: variants x tasks, resumable.
 
 pub mod data;
+pub mod device;
 pub mod matrix;
 pub mod model;
 pub mod presets;

@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
+use super::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
 use super::model::{Classifier, ModelSpec};
 use super::{Example, TaskData};
 use crate::measure::memory;
@@ -202,10 +203,11 @@ fn to_tensors(examples: &[&Example], device: Device) -> (Tensor, Tensor) {
         .collect();
     let labels: Vec<i64> = examples.iter().map(|e| i64::from(e.label)).collect();
     (
-        Tensor::from_slice(&flat)
-            .view([examples.len() as i64, n])
-            .to_device(device),
-        Tensor::from_slice(&labels).to_device(device),
+        upload(
+            Tensor::from_slice(&flat).view([examples.len() as i64, n]),
+            device,
+        ),
+        upload(Tensor::from_slice(&labels), device),
     )
 }
 
@@ -266,30 +268,49 @@ pub fn train(
     let tail = (cfg.steps / 10).max(1);
     let mut tail_loss = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
+    let vars = opt.trainable_variables();
+    // Batches in the order of the draws, whether drawn at their step or one ahead.
+    let mut draw = || {
+        let picked: Vec<&Example> = (0..batch)
+            .map(|_| &task.train[rng.gen_range(0..task.train.len())])
+            .collect();
+        to_tensors(&picked, device)
+    };
+    let mut losses = LossLog::default();
     let start = Instant::now();
     let probe = memory::probe(device, || {
+        let mut next = None;
         for step in 0..cfg.steps {
             opt.set_lr(cfg.lr_at(step));
-            let picked: Vec<&Example> = (0..batch)
-                .map(|_| &task.train[rng.gen_range(0..task.train.len())])
-                .collect();
-            let (tokens, labels) = to_tensors(&picked, device);
+            let (tokens, labels) = next.take().unwrap_or_else(&mut draw);
+            // On CUDA the next batch is built and on its way while this step runs.
+            if device.is_cuda() && step + 1 < cfg.steps {
+                next = Some(draw());
+            }
             let logits = trained.model.forward_t(&tokens, true);
             let loss = logits.cross_entropy_for_logits(&labels);
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                failure = Some(anyhow::anyhow!("the loss is {value} at step {step}"));
-                return;
-            }
-            if step + tail >= cfg.steps {
-                tail_loss.push(value);
-            }
+            // Kept on the device: reading it would wait for the step to finish.
+            losses.push(step, &loss);
             opt.zero_grad();
             loss.backward();
             if cfg.clip_norm > 0.0 {
-                opt.clip_grad_norm(cfg.clip_norm);
+                clip_grad_norm(&vars, cfg.clip_norm);
             }
             opt.step();
+            if losses.len() < LOSS_READ_EVERY && step + 1 < cfg.steps {
+                continue;
+            }
+            // A non-finite loss stops the run when read (up to LOSS_READ_EVERY steps
+            // late), named with the step it appeared at.
+            for (s, value) in losses.read() {
+                if !value.is_finite() {
+                    failure = Some(anyhow::anyhow!("the loss is {value} at step {s}"));
+                    return;
+                }
+                if s + tail >= cfg.steps {
+                    tail_loss.push(value);
+                }
+            }
         }
     });
     let train_seconds = start.elapsed().as_secs_f64();

@@ -1,43 +1,42 @@
 //! The managed KV cache of one layer: per KV head its keys `[len_h, head_dim]` (rotary
 //! applied), values and int64 positions `[len_h]`, rows in ascending position order.
-//! Evicted rows are gone from the tensors, so heads may hold different numbers of tokens.
+//! Evicted rows are gone from the live rows, so heads may hold different numbers of tokens.
 //!
+//! As inference engines (and `crate::decode::KvCache`) do, the rows live in buffers
+//! allocated ahead, `[kv_heads, capacity, hd]`, head `g`'s live rows first: a call's
+//! tokens are copied in place after them, and an eviction writes the kept rows back to
+//! the front, so neither copies the whole cache per token as a concatenation would. The
+//! capacity doubles when a call does not fit (or is set ahead with [`LayerCache::reserve`]).
 //! While every head holds the same number of tokens (all policies but per-head ones such
-//! as NAMM), the heads are stacked in one tensor per kind, so attention and eviction
-//! are one batched operation instead of one per head; the per-head views are free.
+//! as NAMM), attention and eviction are one batched operation instead of one per head.
 
 use tch::{Kind, Tensor};
 
-use crate::attention::tensor_bytes;
-
-enum Store {
-    /// Every head holds the same number of tokens: `k`, `v` `[kv_heads, len, hd]`,
-    /// `pos` `[kv_heads, len]` (heads may hold different tokens).
-    Even { k: Tensor, v: Tensor, pos: Tensor },
-    /// Heads hold different numbers of tokens: one tensor per head.
-    Ragged {
-        k: Vec<Tensor>,
-        v: Vec<Tensor>,
-        pos: Vec<Tensor>,
-    },
-}
+/// The least capacity a growing cache allocates, in tokens per head.
+const MIN_CAPACITY: i64 = 64;
 
 /// One layer's cache.
 pub struct LayerCache {
-    store: Store,
+    /// `[heads, capacity, hd]`; head `g`'s live rows are its first `lens[g]`.
+    k: Tensor,
+    v: Tensor,
+    /// `[heads, capacity]` int64, live as `k`.
+    pos: Tensor,
+    /// Live rows per head, kept on the host (shapes, never read back from the device).
+    lens: Vec<i64>,
     heads: i64,
     head_dim: i64,
 }
 
 impl LayerCache {
-    /// An empty cache of `heads` KV heads, in `kind` on `device`.
+    /// An empty cache of `heads` KV heads, in `kind` on `device`; it allocates on the
+    /// first append (or [`LayerCache::reserve`]).
     pub fn new(heads: i64, head_dim: i64, kind: Kind, device: tch::Device) -> LayerCache {
         LayerCache {
-            store: Store::Even {
-                k: Tensor::zeros([heads, 0, head_dim], (kind, device)),
-                v: Tensor::zeros([heads, 0, head_dim], (kind, device)),
-                pos: Tensor::zeros([heads, 0], (Kind::Int64, device)),
-            },
+            k: Tensor::empty([heads, 0, head_dim], (kind, device)),
+            v: Tensor::empty([heads, 0, head_dim], (kind, device)),
+            pos: Tensor::empty([heads, 0], (Kind::Int64, device)),
+            lens: vec![0; heads as usize],
             heads,
             head_dim,
         }
@@ -45,59 +44,93 @@ impl LayerCache {
 
     /// Tokens held, per head.
     pub fn lens(&self) -> Vec<i64> {
-        match &self.store {
-            Store::Even { pos, .. } => vec![pos.size()[1]; self.heads as usize],
-            Store::Ragged { pos, .. } => pos.iter().map(|p| p.size()[0]).collect(),
-        }
+        self.lens.clone()
     }
 
-    /// Bytes of keys and values held (positions are bookkeeping, not counted).
+    /// Rows allocated per head (live or free).
+    pub fn capacity(&self) -> i64 {
+        self.k.size()[1]
+    }
+
+    /// Bytes of live keys and values (positions are bookkeeping, the free rows of the
+    /// buffers headroom: neither is counted).
     pub fn bytes(&self) -> u64 {
-        match &self.store {
-            Store::Even { k, v, .. } => tensor_bytes(k) + tensor_bytes(v),
-            Store::Ragged { k, v, .. } => k.iter().chain(v).map(tensor_bytes).sum(),
-        }
+        let row = (self.head_dim as usize * self.k.kind().elt_size_in_bytes()) as u64;
+        2 * row * self.lens.iter().sum::<i64>() as u64
     }
 
-    /// Per head: the keys `[len_h, hd]` (views, no copy while heads are stacked).
-    pub fn keys(&self) -> Vec<Tensor> {
-        match &self.store {
-            Store::Even { k, .. } => (0..self.heads).map(|g| k.select(0, g)).collect(),
-            Store::Ragged { k, .. } => k.iter().map(Tensor::shallow_clone).collect(),
+    /// Makes room for `tokens` more tokens on every head, so that appending them does not
+    /// reallocate.
+    pub fn reserve(&mut self, tokens: i64) {
+        let needed = self.lens.iter().copied().max().unwrap_or(0) + tokens;
+        if needed <= self.capacity() {
+            return;
         }
+        let cap = needed.max(2 * self.capacity()).max(MIN_CAPACITY);
+        // Rows up to the longest head, so every head's live rows come along.
+        let used = self.lens.iter().copied().max().unwrap_or(0);
+        let grow = |old: &Tensor| {
+            let mut shape = old.size();
+            shape[1] = cap;
+            let new = Tensor::empty(shape.as_slice(), (old.kind(), old.device()));
+            new.narrow(1, 0, used).copy_(&old.narrow(1, 0, used));
+            new
+        };
+        self.k = grow(&self.k);
+        self.v = grow(&self.v);
+        self.pos = grow(&self.pos);
+    }
+
+    /// Per head: the keys `[len_h, hd]`. Views of the buffers, valid until the next
+    /// append or retain (which write in place): copy what must outlive that.
+    pub fn keys(&self) -> Vec<Tensor> {
+        self.live(&self.k)
     }
 
     pub fn values(&self) -> Vec<Tensor> {
-        match &self.store {
-            Store::Even { v, .. } => (0..self.heads).map(|g| v.select(0, g)).collect(),
-            Store::Ragged { v, .. } => v.iter().map(Tensor::shallow_clone).collect(),
-        }
+        self.live(&self.v)
     }
 
     pub fn positions(&self) -> Vec<Tensor> {
-        match &self.store {
-            Store::Even { pos, .. } => (0..self.heads).map(|g| pos.select(0, g)).collect(),
-            Store::Ragged { pos, .. } => pos.iter().map(Tensor::shallow_clone).collect(),
-        }
+        self.live(&self.pos)
     }
 
-    /// Appends one call's keys and values `[kv_heads, c, hd]` at `positions` `[c]`.
+    fn live(&self, x: &Tensor) -> Vec<Tensor> {
+        (0..self.heads)
+            .map(|g| x.select(0, g).narrow(0, 0, self.lens[g as usize]))
+            .collect()
+    }
+
+    /// The common length when every head holds the same number of tokens.
+    fn even_len(&self) -> Option<i64> {
+        let l = self.lens[0];
+        self.lens.iter().all(|&m| m == l).then_some(l)
+    }
+
+    /// Appends one call's keys and values `[kv_heads, c, hd]` at `positions` `[c]`, in
+    /// place after each head's live rows.
     pub fn append(&mut self, k_new: &Tensor, v_new: &Tensor, positions: &Tensor) {
-        match &mut self.store {
-            Store::Even { k, v, pos } => {
-                *k = Tensor::cat(&[&*k, k_new], 1);
-                *v = Tensor::cat(&[&*v, v_new], 1);
-                let c = positions.size()[0];
+        let c = positions.size()[0];
+        self.reserve(c);
+        match self.even_len() {
+            Some(l) => {
+                self.k.narrow(1, l, c).copy_(k_new);
+                self.v.narrow(1, l, c).copy_(v_new);
                 let p = positions.unsqueeze(0).expand([self.heads, c], false);
-                *pos = Tensor::cat(&[&*pos, &p], 1);
+                self.pos.narrow(1, l, c).copy_(&p);
             }
-            Store::Ragged { k, v, pos } => {
-                for g in 0..self.heads as usize {
-                    k[g] = Tensor::cat(&[&k[g], &k_new.select(0, g as i64)], 0);
-                    v[g] = Tensor::cat(&[&v[g], &v_new.select(0, g as i64)], 0);
-                    pos[g] = Tensor::cat(&[&pos[g], positions], 0);
+            None => {
+                for g in 0..self.heads {
+                    let l = self.lens[g as usize];
+                    let at = |x: &Tensor| x.select(0, g).narrow(0, l, c);
+                    at(&self.k).copy_(&k_new.select(0, g));
+                    at(&self.v).copy_(&v_new.select(0, g));
+                    at(&self.pos).copy_(positions);
                 }
             }
+        }
+        for l in &mut self.lens {
+            *l += c;
         }
     }
 
@@ -125,15 +158,17 @@ impl LayerCache {
             };
             scores.softmax(-1, Kind::Float)
         };
-        match &self.store {
-            Store::Even { k, v, pos } => {
+        match self.even_len() {
+            Some(l) => {
+                let (k, v) = (self.k.narrow(1, 0, l), self.v.narrow(1, 0, l));
                 let qg = q.view([self.heads, groups, c, hd]);
-                let p = probs(&qg, &k.unsqueeze(1), pos);
+                let p = probs(&qg, &k.unsqueeze(1), &self.pos.narrow(1, 0, l));
                 let out = p.to_kind(v.kind()).matmul(&v.unsqueeze(1)).view([h, c, hd]);
                 let mean = p.mean_dim(1, false, Kind::Float);
                 (out, (0..self.heads).map(|g| mean.select(0, g)).collect())
             }
-            Store::Ragged { k, v, pos } => {
+            None => {
+                let (k, v, pos) = (self.keys(), self.values(), self.positions());
                 let mut outs = Vec::with_capacity(self.heads as usize);
                 let mut obs = Vec::with_capacity(self.heads as usize);
                 for g in 0..self.heads as usize {
@@ -147,7 +182,8 @@ impl LayerCache {
         }
     }
 
-    /// Keeps, per head, the rows a policy chose (`None`: all); rows stay in order.
+    /// Keeps, per head, the rows a policy chose (`None`: all); rows stay in order. The
+    /// kept rows are gathered, then written back to the front of the buffers.
     pub fn retain(&mut self, keep: &[Option<Tensor>]) {
         assert_eq!(
             keep.len() as i64,
@@ -157,19 +193,16 @@ impl LayerCache {
         if keep.iter().all(Option::is_none) {
             return;
         }
-        let lens = self.lens();
         let kept: Vec<i64> = keep
             .iter()
-            .zip(&lens)
+            .zip(&self.lens)
             .map(|(o, &l)| o.as_ref().map_or(l, |t| t.size()[0]))
             .collect();
-        let even = kept.iter().all(|&m| m == kept[0]);
-        let device = self.device();
+        let device = self.k.device();
         let hd = self.head_dim;
-        let store = std::mem::replace(&mut self.store, Store::placeholder());
-        self.store = match store {
-            Store::Even { k, v, pos } if even => {
-                let l = lens[0];
+        match self.even_len() {
+            Some(l) if kept.iter().all(|&m| m == kept[0]) => {
+                let m = kept[0];
                 let idx: Vec<Tensor> = keep
                     .iter()
                     .map(|o| match o {
@@ -178,76 +211,34 @@ impl LayerCache {
                     })
                     .collect();
                 let idx = Tensor::stack(&idx, 0);
-                let rows = idx.unsqueeze(-1).expand([self.heads, kept[0], hd], false);
-                Store::Even {
-                    k: k.gather(1, &rows, false),
-                    v: v.gather(1, &rows, false),
-                    pos: pos.gather(1, &idx, false),
-                }
+                let rows = idx.unsqueeze(-1).expand([self.heads, m, hd], false);
+                // The gather reads into a new tensor, so writing it over the rows it
+                // came from is safe.
+                let k = self.k.narrow(1, 0, l).gather(1, &rows, false);
+                let v = self.v.narrow(1, 0, l).gather(1, &rows, false);
+                let pos = self.pos.narrow(1, 0, l).gather(1, &idx, false);
+                self.k.narrow(1, 0, m).copy_(&k);
+                self.v.narrow(1, 0, m).copy_(&v);
+                self.pos.narrow(1, 0, m).copy_(&pos);
             }
-            Store::Even { k, v, pos } => {
-                let split = |x: &Tensor| -> Vec<Tensor> {
-                    (0..self.heads)
-                        .map(|g| {
-                            let head = x.select(0, g);
-                            match &keep[g as usize] {
-                                Some(t) => head.index_select(0, &t.to_device(device)),
-                                // A copy, so the stacked tensor is freed.
-                                None => head.copy(),
-                            }
-                        })
-                        .collect()
-                };
-                Store::Ragged {
-                    k: split(&k),
-                    v: split(&v),
-                    pos: split(&pos),
-                }
-            }
-            Store::Ragged { k, v, pos } => {
-                let pick = |xs: Vec<Tensor>| -> Vec<Tensor> {
-                    xs.into_iter()
-                        .zip(keep)
-                        .map(|(x, o)| match o {
-                            Some(t) => x.index_select(0, &t.to_device(device)),
-                            None => x,
-                        })
-                        .collect()
-                };
-                let (k, v, pos) = (pick(k), pick(v), pick(pos));
-                if even {
-                    Store::Even {
-                        k: Tensor::stack(&k, 0),
-                        v: Tensor::stack(&v, 0),
-                        pos: Tensor::stack(&pos, 0),
+            _ => {
+                for (g, o) in keep.iter().enumerate() {
+                    let Some(t) = o else { continue };
+                    let (t, l, m) = (t.to_device(device), self.lens[g], kept[g]);
+                    for x in [&self.k, &self.v, &self.pos] {
+                        let head = x.select(0, g as i64);
+                        let rows = head.narrow(0, 0, l).index_select(0, &t);
+                        head.narrow(0, 0, m).copy_(&rows);
                     }
-                } else {
-                    Store::Ragged { k, v, pos }
                 }
             }
-        };
+        }
+        self.lens = kept;
     }
 
-    /// Whether the heads are stacked (all hold the same number of tokens).
+    /// Whether every head holds the same number of tokens (attention and eviction are
+    /// then batched over the heads).
     pub fn is_even(&self) -> bool {
-        matches!(self.store, Store::Even { .. })
-    }
-
-    fn device(&self) -> tch::Device {
-        match &self.store {
-            Store::Even { k, .. } => k.device(),
-            Store::Ragged { k, .. } => k[0].device(),
-        }
-    }
-}
-
-impl Store {
-    /// Holds nothing; only while [`LayerCache::retain`] rebuilds the store.
-    fn placeholder() -> Store {
-        Store::Ragged {
-            k: Vec::new(),
-            v: Vec::new(),
-            pos: Vec::new(),
-        }
+        self.even_len().is_some()
     }
 }

@@ -128,6 +128,7 @@ impl<'a> Session<'a> {
                 .last_logits
                 .as_ref()
                 .expect("generate_greedy: prefill first");
+            // Read back: the token is this function's output and the next call's input.
             let next = logits.argmax(-1, false).int64_value(&[]);
             out.push(next);
             let _ = self.step(next);
@@ -151,14 +152,23 @@ impl<'a> Session<'a> {
         self.layers.iter().map(LayerCache::lens).collect()
     }
 
-    /// The positions (`[len_h]` int64) held by one layer's KV head.
+    /// The positions (`[len_h]` int64) held by one layer's KV head: a copy, as the cache
+    /// overwrites its buffers in place.
     pub fn positions(&self, layer: usize, head: usize) -> Tensor {
-        self.layers[layer].positions()[head].shallow_clone()
+        self.layers[layer].positions()[head].copy()
     }
 
-    /// The keys (`[len_h, head_dim]`, rotary applied) held by one layer's KV head.
+    /// The keys (`[len_h, head_dim]`, rotary applied) held by one layer's KV head (a copy).
     pub fn keys(&self, layer: usize, head: usize) -> Tensor {
-        self.layers[layer].keys()[head].shallow_clone()
+        self.layers[layer].keys()[head].copy()
+    }
+
+    /// Makes room in every layer's cache for `tokens` more tokens, so that decoding them
+    /// does not reallocate (the cache otherwise doubles as it fills). A reset forgets it.
+    pub fn reserve(&mut self, tokens: i64) {
+        for layer in &mut self.layers {
+            layer.reserve(tokens);
+        }
     }
 
     /// One layer's cache.
@@ -196,6 +206,7 @@ impl<'a> Session<'a> {
             let c = tokens.len() as i64;
             let first = self.stats.tokens_seen;
             let now = first + c - 1;
+            // The call's tokens come from the host; this is its one upload.
             let ids = Tensor::from_slice(tokens).to_device(device).unsqueeze(0);
             let q_pos = Tensor::arange_start(first, first + c, (Kind::Int64, device));
             let (cos, sin) = lm.rotary(&q_pos);

@@ -35,6 +35,8 @@ pub struct Observation<'a> {
     /// Query heads that share a KV head are averaged.
     pub attention: &'a [Tensor],
     /// Per KV head: the cached keys `[len_h, head_dim]`, rotary positions applied.
+    /// Like `positions`, views of the cache's buffers, which later calls overwrite in
+    /// place: a policy copies what it keeps beyond the update.
     pub keys: &'a [Tensor],
     /// Per KV head: the absolute positions of the cached tokens, `[len_h]` (int64).
     /// Rows are in ascending position order (the session appends each call's tokens at
@@ -190,6 +192,7 @@ pub(crate) fn sinks_and_recent(obs: &Observation, sinks: i64, budget: i64) -> Ve
 pub(crate) fn top_plus_newest(score: &Tensor, rows: i64, largest: bool) -> Tensor {
     let len = score.size()[0];
     let (_, idx) = score.narrow(0, 0, len - 1).topk(rows, 0, largest, false);
-    let newest = Tensor::from_slice(&[len - 1]).to_device(score.device());
+    // Built on the device: no host-to-device copy per head and step.
+    let newest = Tensor::arange_start(len - 1, len, (tch::Kind::Int64, score.device()));
     Tensor::cat(&[idx, newest], 0).sort(0, false).0
 }

@@ -270,11 +270,19 @@ fn spectrogram_with(series: &Tensor, dft: &Tensor, n_fft: i64, hop: i64) -> Tens
 /// The age encoding `[len, dim]`: `sin(age * f_i)` then `cos(age * f_i)`, with
 /// `f_i = max_freq^(-i / (dim / 2))`, computed in float64 (ages reach tens of thousands).
 pub fn recency_encoding(age: &Tensor, dim: i64, max_freq: f64) -> Tensor {
+    encode_age(age, &recency_freqs(dim, max_freq, age.device()))
+}
+
+/// The age encoding's frequencies `[dim / 2]` (f64) on `device`.
+fn recency_freqs(dim: i64, max_freq: f64, device: Device) -> Tensor {
     let half = dim / 2;
     let freqs: Vec<f64> = (0..half)
         .map(|i| max_freq.powf(-(i as f64) / half as f64))
         .collect();
-    let freqs = Tensor::from_slice(&freqs).to_device(age.device());
+    Tensor::from_slice(&freqs).to_device(device)
+}
+
+fn encode_age(age: &Tensor, freqs: &Tensor) -> Tensor {
     let angles = age.to_kind(Kind::Double).unsqueeze(1) * freqs.unsqueeze(0);
     Tensor::cat(&[angles.sin(), angles.cos()], 1).to_kind(Kind::Float)
 }
@@ -289,6 +297,11 @@ struct Net {
     w_score: Tensor,
     b_score: Tensor,
     dft: Tensor,
+    /// The age encoding's frequencies, uploaded once.
+    freqs: Tensor,
+    /// The EMA's frame weights `[1, frames, 1]` for the last number of frames asked (the
+    /// same at every update but a last partial one), uploaded once per change.
+    ema_weights: Option<(i64, Tensor)>,
 }
 
 impl Net {
@@ -312,6 +325,26 @@ impl Net {
             w_score,
             b_score,
             dft: windowed_dft(cfg.n_fft, device),
+            freqs: recency_freqs(cfg.recency_dim, cfg.recency_max_freq, device),
+            ema_weights: None,
+        }
+    }
+
+    /// Frame `j` of `frames` weighs `a^(frames-1-j) (1-a)`, with `a` the EMA coefficient
+    /// per frame. Computed on the host (as it always was, so the figures stay the same).
+    fn ema_weights(&mut self, frames: i64, per_frame: f64) -> Tensor {
+        match &self.ema_weights {
+            Some((f, w)) if *f == frames => w.shallow_clone(),
+            _ => {
+                let weights: Vec<f32> = (0..frames)
+                    .map(|j| (per_frame.powi((frames - 1 - j) as i32) * (1.0 - per_frame)) as f32)
+                    .collect();
+                let w = Tensor::from_slice(&weights)
+                    .to_device(self.device)
+                    .view([1, frames, 1]);
+                self.ema_weights = Some((frames, w.shallow_clone()));
+                w
+            }
         }
     }
 
@@ -445,11 +478,11 @@ impl Namm {
         self.stats.clone()
     }
 
-    fn net(&mut self, device: Device) -> &Net {
+    fn net(&mut self, device: Device) -> &mut Net {
         if self.net.as_ref().map(|n| n.device) != Some(device) {
             self.net = Some(Net::new(&self.cfg, &self.params, device));
         }
-        self.net.as_ref().unwrap()
+        self.net.as_mut().unwrap()
     }
 
     /// The network's scores `[n]` for one head's token features `[n, input_dim]` (f32),
@@ -472,21 +505,16 @@ impl Namm {
         let cfg = self.cfg.clone();
         let device = obs.attention[0].device();
         let (bins, tail_len, hop) = (cfg.bins(), cfg.tail(), cfg.hop);
-        let net = self.net(device);
-        let dft = net.dft.shallow_clone();
-        let state = &mut self.layers[obs.layer];
-        let rows = state.pending_rows;
+        let rows = self.layers[obs.layer].pending_rows;
         // Whole hops only; the rest waits for the next update.
         let used = rows / hop * hop;
         let frames = used / hop;
         let per_frame = cfg.ema_coeff.powi(hop as i32);
-        // Frame j of F weighs a^(F-1-j) (1-a); the old EMA decays by a^F.
-        let weights: Vec<f32> = (0..frames)
-            .map(|j| (per_frame.powi((frames - 1 - j) as i32) * (1.0 - per_frame)) as f32)
-            .collect();
-        let weights = Tensor::from_slice(&weights)
-            .to_device(device)
-            .view([1, frames, 1]);
+        let net = self.net(device);
+        let dft = net.dft.shallow_clone();
+        let weights = net.ema_weights(frames, per_frame);
+        let state = &mut self.layers[obs.layer];
+        // The old EMA decays by a^F.
         let decay = per_frame.powi(frames as i32);
 
         let mut carried = Vec::with_capacity(state.heads.len());
@@ -551,11 +579,13 @@ impl Namm {
                 None => ema.shallow_clone(),
             };
             let age = obs.now - &obs.positions[h];
-            let rec = recency_encoding(&age, cfg.recency_dim, cfg.recency_max_freq);
+            let rec = encode_age(&age, &net.freqs);
             let x = Tensor::cat(&[rec, spec], 1);
             let kept = net.scores(&x, cfg.hidden_dim).ge(0.0);
             // The newest token always stays (the reference sets its score to +max).
             let _ = kept.narrow(0, len - 1, 1).fill_(1);
+            // A host read, and needed: whether rows go, and how many stay, sets the cache's
+            // shapes. Once per update (every `update_every` tokens), not per token.
             if kept.all().int64_value(&[]) != 0 {
                 if rest.size()[0] > 0 {
                     head.pending.push(rest);
@@ -577,6 +607,9 @@ impl Namm {
     /// Merges this layer's EMA features into the statistics (unless frozen) and returns
     /// the mean and floored standard deviation to normalise with, or `None` while the
     /// statistics are empty.
+    ///
+    /// The statistics live on the host (a population's policies share them, a checkpoint
+    /// stores them), so this reads back and uploads once per update, not per token.
     fn normalisation(&self, layer: usize, device: Device) -> Option<(Tensor, Tensor)> {
         let emas: Vec<Tensor> = self.layers[layer]
             .heads
