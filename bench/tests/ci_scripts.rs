@@ -639,6 +639,9 @@ mkdir -p "$out" && touch "$out/results.jsonl"
             "SLURM_ARRAY_TASK_MIN",
             "SLURM_ARRAY_TASK_MAX",
             "SLURM_SUBMIT_DIR",
+            "XARENA_DEVICE",
+            "XARENA_SLURM_GRES",
+            "XARENA_SLURM_CPUS",
         ] {
             c.env_remove(var);
         }
@@ -804,6 +807,24 @@ fn a_slurm_array_task_runs_its_shard_on_its_gpu() {
 }
 
 #[test]
+fn a_slurm_array_task_runs_on_the_cpu_when_told() {
+    let stub = Stub::new("array-cpu");
+    let run = stub.path("run");
+    let root = repo().display().to_string();
+    let mut env = slurm_env("0", "4", &root);
+    env.push(("XARENA_DEVICE", "cpu"));
+    let o = stub.script("ci/slurm/sweep-array.sh", &[SWEEP, &run], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stub.log(),
+        vec![format!(
+            "run --sweep {SWEEP} --shard 0/4 --device cpu --out TMP/run/shard-0 \
+             --reuse-worker --no-report"
+        )]
+    );
+}
+
+#[test]
 fn the_merge_job_merges_every_shard_or_names_the_missing_ones() {
     let stub = Stub::new("merge");
     let run = stub.path("run");
@@ -877,4 +898,99 @@ fn submit_queues_the_array_then_the_merge_after_it() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("SHARDS must be a positive integer"));
+}
+
+/// A stand-in sbatch that also logs the XARENA_DEVICE its job would inherit.
+fn sbatch_stub(stub: &Stub) -> String {
+    let sbatch = stub.dir.join("bin/sbatch");
+    std::fs::write(
+        &sbatch,
+        "#!/usr/bin/env bash\necho \"sbatch $* [device=${XARENA_DEVICE-unset}]\" >> \"$STUB_LOG\"\n\
+         if [[ \"$*\" == *--array* ]]; then echo 4242; else echo 4243; fi\n",
+    )
+    .unwrap();
+    Stub::executable(&sbatch);
+    format!(
+        "{}:{}",
+        stub.dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn submit_asks_cpu_nodes_for_no_gpu_and_the_cpus_given() {
+    let stub = Stub::new("submit-cpu");
+    let path = sbatch_stub(&stub);
+    let run = stub.path("run");
+    let root = repo().display().to_string();
+    let o = stub.script(
+        "ci/slurm/submit.sh",
+        &[SWEEP, "2", &run],
+        &[
+            ("PATH", &path),
+            ("XARENA_DEVICE", "cpu"),
+            ("XARENA_SLURM_CPUS", "2"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A gres the cluster lacks makes sbatch refuse the job: none asked on the CPU. The
+    // merge job asks for no GPU anyway.
+    assert_eq!(
+        stub.log(),
+        vec![
+            format!(
+                "sbatch --parsable --chdir={root} --array=0-1 --output=TMP/run/logs/shard-%a.out \
+                 --gres=none --cpus-per-task=2 ci/slurm/sweep-array.sh {SWEEP} TMP/run \
+                 [device=cpu]"
+            ),
+            format!(
+                "sbatch --parsable --chdir={root} --dependency=afterok:4242 \
+                 --kill-on-invalid-dep=yes --output=TMP/run/logs/merge.out \
+                 ci/slurm/merge-report.sh TMP/run 2 [device=cpu]"
+            ),
+        ]
+    );
+
+    // By default the jobs run on cuda:0 with the script's GPU; XARENA_SLURM_GRES names
+    // another.
+    let stub = Stub::new("submit-gres");
+    let path = sbatch_stub(&stub);
+    let run = stub.path("run");
+    let o = stub.script(
+        "ci/slurm/submit.sh",
+        &[SWEEP, "2", &run],
+        &[("PATH", &path), ("XARENA_SLURM_GRES", "gpu:a100:1")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stub.log();
+    assert!(
+        log[0].contains("--output=TMP/run/logs/shard-%a.out --gres=gpu:a100:1 ci/slurm/")
+            && log[0].ends_with("[device=cuda:0]"),
+        "{log:?}"
+    );
+
+    for (var, value, why) in [
+        (
+            "XARENA_SLURM_CPUS",
+            "0",
+            "XARENA_SLURM_CPUS must be a positive integer",
+        ),
+        (
+            "XARENA_DEVICE",
+            "gpu",
+            "XARENA_DEVICE must be cpu, cuda or cuda:N",
+        ),
+    ] {
+        let stub = Stub::new("submit-bad");
+        let path = sbatch_stub(&stub);
+        let run = stub.path("run");
+        let o = stub.script(
+            "ci/slurm/submit.sh",
+            &[SWEEP, "2", &run],
+            &[("PATH", &path), (var, value)],
+        );
+        assert_eq!(o.status.code(), Some(2), "{var}={value}");
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
+        assert!(stub.log().is_empty(), "nothing submitted: {:?}", stub.log());
+    }
 }

@@ -8,6 +8,8 @@
 # it (cuda:0: Slurm sets CUDA_VISIBLE_DEVICES to that one GPU). A requeued or resubmitted
 # task resumes its shard: cases already recorded are skipped, none is lost.
 # XARENA_BIN names the binary (default: target/release/xarena of the submit directory).
+# XARENA_DEVICE names the device (default cuda:0); on CPU nodes set XARENA_DEVICE=cpu and
+# submit without the GPU this script asks for (ci/slurm/submit.sh does both, see there).
 #
 # Partition, account and limits: edit the lines below or set SBATCH_PARTITION,
 # SBATCH_ACCOUNT, SBATCH_TIMELIMIT (sbatch reads them).
@@ -44,9 +46,12 @@ bin=${XARENA_BIN:-target/release/xarena}
 [ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-bench) or set XARENA_BIN"
 [ -f "$sweep" ] || die "no sweep file $sweep"
 xarena() { "$bin" "$@"; }
+# Every shard must name the same device: it is part of a case's key, and the merge
+# combines slices of one sweep.
+device=${XARENA_DEVICE:-cuda:0}
 
 out=$run/shard-$i
 resume=()
 [ -f "$out/results.jsonl" ] && resume=(--resume)
-echo "xarena shard $i/$n on ${CUDA_VISIBLE_DEVICES:-?} ($(hostname)) -> $out" >&2
-xarena run --sweep "$sweep" --shard "$i/$n" --device cuda:0 --out "$out" --reuse-worker --no-report "${resume[@]}" "$@"
+echo "xarena shard $i/$n on $device (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-?}, $(hostname)) -> $out" >&2
+xarena run --sweep "$sweep" --shard "$i/$n" --device "$device" --out "$out" --reuse-worker --no-report "${resume[@]}" "$@"
