@@ -78,6 +78,10 @@ enum Command {
     /// Serve cases on stdin (started by `run`; not for direct use).
     #[command(hide = true)]
     Worker,
+    /// Measure one device's peak matmul rate and copy bandwidth, as JSON (started by
+    /// `run`; not for direct use).
+    #[command(hide = true)]
+    Roofline(measure::roofline::RooflineArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -248,6 +252,11 @@ struct RunArgs {
     /// merge` combines the slices' directories.
     #[arg(long)]
     shard: Option<Shard>,
+    /// Measure each device's peak matmul rate and copy bandwidth (per dtype) before the
+    /// cases, and report every case's fraction of that peak: auto (CUDA devices only),
+    /// on or off.
+    #[arg(long, value_enum)]
+    roofline: Option<measure::roofline::RooflineMode>,
 }
 
 /// Where a training run's data comes from (shared by `train` and `lra`).
@@ -422,6 +431,7 @@ impl RunArgs {
         t.max_iters = self.max_iters.unwrap_or(t.max_iters);
         sweep.timeout_s = self.timeout.unwrap_or(sweep.timeout_s);
         sweep.threads = self.threads.unwrap_or(sweep.threads);
+        sweep.roofline = self.roofline.unwrap_or(sweep.roofline);
         Ok(sweep)
     }
 }
@@ -898,6 +908,7 @@ fn main() -> ExitCode {
                 .map(|s| println!("{s}"))
         }
         Command::Worker => worker::serve(),
+        Command::Roofline(args) => measure::roofline::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

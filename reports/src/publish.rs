@@ -16,7 +16,9 @@ use crate::load::{load_records, LoadError, RESULTS_FILE};
 use crate::lra::{lra_views, LraView};
 use crate::plots;
 use crate::schema::{Environment, Record, Setting};
-use crate::table::{compute_grid, efficiency_notes, latency_grid, memory_grid, Style};
+use crate::table::{
+    compute_grid, efficiency_notes, latency_grid, memory_grid, roofline_notes, Style,
+};
 
 /// Version of the layout of `report.json`.
 pub const REPORT_JSON_VERSION: u32 = 1;
@@ -236,6 +238,9 @@ impl Report {
         if !self.tables.is_empty() {
             out.push_str(&para(efficiency_notes().trim_end()));
         }
+        if let Some(n) = roofline_notes(&self.tables) {
+            out.push_str(&para(&n));
+        }
         if !self.published.is_empty() {
             out.push_str(&h(2, "Published figures beside this run"));
             for c in &self.published {
@@ -310,6 +315,9 @@ impl Report {
                     }
                     @if !self.tables.is_empty() {
                         p.note { (efficiency_notes()) }
+                    }
+                    @if let Some(n) = roofline_notes(&self.tables) {
+                        p.note { (n) }
                     }
                     @if !self.published.is_empty() {
                         h2 { "Published figures beside this run" }
@@ -389,6 +397,9 @@ impl Report {
                 started_at: &r.started_at,
                 torch_version: &r.env.torch_version,
                 git_commit: r.env.git_commit.as_deref(),
+                peak_fraction: r.peak_fraction,
+                intensity: r.intensity,
+                throttled: r.gpu.as_ref().map(|g| g.throttled),
             })
             .map_err(|e| ReportError::Serialise(e.to_string()))?;
         }
@@ -516,6 +527,10 @@ struct CsvRow<'a> {
     started_at: &'a str,
     torch_version: &'a str,
     git_commit: Option<&'a str>,
+    /// Of the roofline's matmul peak; FLOPs per byte of minimum traffic; NVML's verdict.
+    peak_fraction: Option<f64>,
+    intensity: Option<f64>,
+    throttled: Option<bool>,
 }
 
 /// The last record of each case, in order of each case's first appearance.
