@@ -320,13 +320,18 @@ pub fn efficiency_notes() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::analysis::efficiency_tables;
     use crate::schema::Record;
 
     /// A CPU or CUDA record at N, as a run writes it, with or without the new fields.
-    fn record(label: &str, n: i64, peak_fraction: Option<f64>, throttled: Option<bool>) -> Record {
+    pub(crate) fn record(
+        label: &str,
+        n: i64,
+        peak_fraction: Option<f64>,
+        throttled: Option<bool>,
+    ) -> Record {
         let mut v = serde_json::json!({
             "schema": 1, "run_id": "r", "case_id": format!("{label}{n}"),
             "key": {"variant": label, "params": {}, "seq_len": n, "batch": 1, "heads": 2,
