@@ -121,3 +121,23 @@ long xarena_cuda_runtime_version() {
   }
 }
 }
+
+// TF32 in LibTorch's global context, read through the per-op precision API (the legacy
+// allowTF32* getters check it against the old flags and may throw or warn).
+#include <ATen/Context.h>
+
+extern "C" {
+// matmul: cuBLAS float32 matrix multiplies; cudnn: cuDNN convolutions. 0 on success.
+int xarena_tf32(int* matmul, int* cudnn) {
+  try {
+    auto& ctx = at::globalContext();
+    *matmul = ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+              at::Float32Precision::TF32;
+    *cudnn = ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV) ==
+             at::Float32Precision::TF32;
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+}

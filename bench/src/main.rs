@@ -78,6 +78,10 @@ enum Command {
     /// Serve cases on stdin (started by `run`; not for direct use).
     #[command(hide = true)]
     Worker,
+    /// Measure one device's peak matmul rate and copy bandwidth, as JSON (started by
+    /// `run`; not for direct use).
+    #[command(hide = true)]
+    Roofline(measure::roofline::RooflineArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -252,6 +256,11 @@ struct RunArgs {
     /// merge` combines the slices' directories.
     #[arg(long)]
     shard: Option<Shard>,
+    /// Measure each device's peak matmul rate and copy bandwidth (per dtype) before the
+    /// cases, and report every case's fraction of that peak: auto (CUDA devices only),
+    /// on or off.
+    #[arg(long, value_enum)]
+    roofline: Option<measure::roofline::RooflineMode>,
 }
 
 /// Where a training run's data comes from (shared by `train` and `lra`).
@@ -427,6 +436,7 @@ impl RunArgs {
         t.min_sample_s = self.min_sample.or(t.min_sample_s);
         sweep.timeout_s = self.timeout.unwrap_or(sweep.timeout_s);
         sweep.threads = self.threads.unwrap_or(sweep.threads);
+        sweep.roofline = self.roofline.unwrap_or(sweep.roofline);
         Ok(sweep)
     }
 }
@@ -903,6 +913,7 @@ fn main() -> ExitCode {
                 .map(|s| println!("{s}"))
         }
         Command::Worker => worker::serve(),
+        Command::Roofline(args) => measure::roofline::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

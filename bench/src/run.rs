@@ -10,7 +10,7 @@ use serde::Serialize;
 use xarena_reports::schema::{Environment, Record, Status, SCHEMA_VERSION};
 
 use crate::case::Request;
-use crate::measure::env;
+use crate::measure::{env, nvml, roofline};
 use crate::store::Store;
 use crate::sweep::{Case, Shard, Sweep};
 use crate::worker::Supervisor;
@@ -56,7 +56,9 @@ pub fn run(
     } else {
         i64::from(tch::get_num_threads())
     };
-    let environment = env::capture(threads);
+    // One NVML handle for the run: the environment's GPU list and each CUDA case's state.
+    let mut gpus = nvml::GpuWatch::init().ok();
+    let mut environment = env::capture_with(threads, gpus.as_ref().map(|g| g.nvml()));
     let run_id = format!(
         "{}-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
@@ -71,6 +73,22 @@ pub fn run(
         skipped: cases.len() - todo.len(),
         ..Default::default()
     };
+    // The roofline of each (device, dtype) still to run, before the run is logged.
+    let mut pairs: Vec<(String, xarena_reports::schema::Dtype)> = Vec::new();
+    for c in &todo {
+        let pair = (c.key.device.clone(), c.key.dtype);
+        if sweep.roofline.wants(&pair.0) && !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+    }
+    if !pairs.is_empty() {
+        environment.roofline = roofline::measure_peaks(
+            &std::env::current_exe()?,
+            &pairs,
+            threads,
+            Duration::from_secs_f64(sweep.timeout_s),
+        );
+    }
     store.log_run(&RunLog {
         run_id: &run_id,
         started_at: now(),
@@ -106,12 +124,25 @@ pub fn run(
             timing: sweep.timing,
             threads,
         };
-        let outcome = supervisor.run(&req, timeout);
+        let (outcome, gpu) = nvml::around(gpus.as_mut(), &case.key.device, || {
+            supervisor.run(&req, timeout)
+        });
         let status = outcome.status.unwrap_or(Status::Error);
         let flops_per_s = match (&outcome.latency, outcome.flops) {
             (Some(l), Some(f)) if l.median_s > 0.0 && f > 0 => Some(f as f64 / l.median_s),
             _ => None,
         };
+        let peak = roofline::peak_for(&environment.roofline, &case.key.device, case.key.dtype);
+        let peak_fraction = roofline::peak_fraction(flops_per_s, peak);
+        let min_bytes = outcome.memory.as_ref().and_then(|m| {
+            roofline::min_bytes(
+                &case.key,
+                m.static_bytes,
+                outcome.params,
+                outcome.state_bytes,
+            )
+        });
+        let intensity = roofline::intensity(outcome.flops, min_bytes);
         let record = Record {
             schema: SCHEMA_VERSION,
             run_id: run_id.clone(),
@@ -128,9 +159,9 @@ pub fn run(
             params: outcome.params,
             state_bytes: outcome.state_bytes,
             backend: outcome.backend,
-            peak_fraction: None,
-            intensity: None,
-            gpu: None,
+            peak_fraction,
+            intensity,
+            gpu,
             check: None,
             started_at,
             wall_s: t0.elapsed().as_secs_f64(),

@@ -10,6 +10,7 @@ use thiserror::Error;
 use xarena_reports::schema::{CaseKey, Claims, Dtype, Mode, Scope};
 use xarena_variants::{find, Shape, VariantError, VariantSpec};
 
+use crate::measure::roofline::RooflineMode;
 use crate::measure::timing::TimingConfig;
 
 #[derive(Debug, Error)]
@@ -49,6 +50,7 @@ fn field(field: &'static str, message: impl Into<String>) -> SweepError {
 /// batch = [1]
 /// dtype = ["f32", "bf16"]
 /// mode = ["forward", "train"]
+/// roofline = "on"
 /// [timing]
 /// min_time_s = 0.5
 /// ```
@@ -68,6 +70,8 @@ pub struct SweepFile {
     pub timing: Option<TimingFile>,
     pub timeout_s: Option<f64>,
     pub threads: Option<i64>,
+    /// `auto`, `on` or `off`, as `--roofline`.
+    pub roofline: Option<RooflineMode>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +142,8 @@ pub struct Sweep {
     pub timeout_s: f64,
     /// LibTorch intra-op threads; 0 keeps LibTorch's default (the physical cores).
     pub threads: i64,
+    /// Which devices get the roofline's peaks measured before the cases.
+    pub roofline: RooflineMode,
 }
 
 impl Default for Sweep {
@@ -160,6 +166,7 @@ impl Default for Sweep {
             timing: TimingConfig::default(),
             timeout_s: 600.0,
             threads: 0,
+            roofline: RooflineMode::Auto,
         }
     }
 }
@@ -188,6 +195,9 @@ impl Sweep {
         }
         if let Some(t) = file.threads {
             self.threads = t;
+        }
+        if let Some(r) = file.roofline {
+            self.roofline = r;
         }
         Ok(())
     }
@@ -501,6 +511,18 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_files_set_the_roofline() {
+        let mut sweep = Sweep::default();
+        assert_eq!(sweep.roofline, RooflineMode::Auto);
+        sweep
+            .apply_file(toml::from_str("roofline = \"on\"").unwrap())
+            .unwrap();
+        assert_eq!(sweep.roofline, RooflineMode::On);
+        let bad = toml::from_str::<SweepFile>("roofline = \"sometimes\"").unwrap_err();
+        assert!(bad.to_string().contains("sometimes"), "{bad}");
+    }
 
     #[test]
     fn shards_parse_and_refuse_what_is_not_a_shard() {

@@ -94,6 +94,12 @@ pub struct Cell {
     pub flops_per_s: Option<f64>,
     /// Trainable parameters.
     pub params: Option<u64>,
+    /// Achieved FLOP/s over the run's matmul peak for the device and dtype.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_fraction: Option<f64>,
+    /// NVML reported a performance-limiting clock reason around the case.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub throttled: bool,
 }
 
 /// Where a variant's latency crosses a reference's, over the lengths measured.
@@ -218,6 +224,8 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
                         flops: r.flops,
                         flops_per_s: r.flops_per_s.filter(|_| ok(r)),
                         params: r.params,
+                        peak_fraction: r.peak_fraction.filter(|_| ok(r)),
+                        throttled: r.gpu.as_ref().is_some_and(|g| g.throttled),
                     },
                 );
             }

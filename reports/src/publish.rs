@@ -15,8 +15,10 @@ use crate::grid::{Grid, GridCell};
 use crate::load::{load_records, LoadError, RESULTS_FILE};
 use crate::lra::{lra_views, LraView};
 use crate::plots;
-use crate::schema::{Environment, Record, Setting};
-use crate::table::{compute_grid, efficiency_notes, latency_grid, memory_grid, Style};
+use crate::schema::{Dtype, Environment, Record, Setting};
+use crate::table::{
+    compute_grid, efficiency_notes, format_count, latency_grid, memory_grid, roofline_notes, Style,
+};
 
 /// Version of the layout of `report.json`.
 pub const REPORT_JSON_VERSION: u32 = 1;
@@ -207,6 +209,10 @@ impl Report {
         out.push_str(&para(&self.summary()));
         out.push_str(&h(2, "Environment"));
         out.push_str(&grid(&self.environments));
+        if let Some(g) = device_grid(&self.records) {
+            out.push_str(&grid(&g));
+            out.push_str(&para(DEVICE_NOTE));
+        }
         if !self.lra.is_empty() {
             out.push_str(&h(
                 2,
@@ -235,6 +241,9 @@ impl Report {
         }
         if !self.tables.is_empty() {
             out.push_str(&para(efficiency_notes().trim_end()));
+        }
+        if let Some(n) = roofline_notes(&self.tables) {
+            out.push_str(&para(&n));
         }
         if !self.published.is_empty() {
             out.push_str(&h(2, "Published figures beside this run"));
@@ -285,6 +294,10 @@ impl Report {
                     p { (self.summary()) " Click a column header to sort by it." }
                     h2 { "Environment" }
                     (self.environments.html())
+                    @if let Some(g) = device_grid(&self.records) {
+                        (g.html())
+                        p.note { (DEVICE_NOTE) }
+                    }
                     @if !self.lra.is_empty() {
                         h2 { "Efficiency, LRA layout: forward and training side by side" }
                         @for v in &self.lra {
@@ -310,6 +323,9 @@ impl Report {
                     }
                     @if !self.tables.is_empty() {
                         p.note { (efficiency_notes()) }
+                    }
+                    @if let Some(n) = roofline_notes(&self.tables) {
+                        p.note { (n) }
                     }
                     @if !self.published.is_empty() {
                         h2 { "Published figures beside this run" }
@@ -389,6 +405,9 @@ impl Report {
                 started_at: &r.started_at,
                 torch_version: &r.env.torch_version,
                 git_commit: r.env.git_commit.as_deref(),
+                peak_fraction: r.peak_fraction,
+                intensity: r.intensity,
+                throttled: r.gpu.as_ref().map(|g| g.throttled),
             })
             .map_err(|e| ReportError::Serialise(e.to_string()))?;
         }
@@ -516,6 +535,10 @@ struct CsvRow<'a> {
     started_at: &'a str,
     torch_version: &'a str,
     git_commit: Option<&'a str>,
+    /// Of the roofline's matmul peak; FLOPs per byte of minimum traffic; NVML's verdict.
+    peak_fraction: Option<f64>,
+    intensity: Option<f64>,
+    throttled: Option<bool>,
 }
 
 /// The last record of each case, in order of each case's first appearance.
@@ -557,6 +580,113 @@ fn slug(s: &Setting) -> String {
         })
         .collect()
 }
+
+/// One row per run, device and dtype that measured a roofline or sampled its GPU: the
+/// GPU the cases ran on, the peaks, TF32, and how many cases ran throttled. `None` when
+/// no record has either (CPU runs without `--roofline`, records from before them).
+fn device_grid(records: &[Record]) -> Option<Grid> {
+    struct Row<'a> {
+        gpu: Option<String>,
+        peak: Option<&'a crate::schema::Peak>,
+        tf32: Option<String>,
+        cases: usize,
+        throttled: usize,
+    }
+    let mut order: Vec<(&str, &str, Dtype)> = Vec::new();
+    let mut rows: HashMap<(&str, &str, Dtype), Row> = HashMap::new();
+    for r in records {
+        let key = (r.run_id.as_str(), r.key.device.as_str(), r.key.dtype);
+        let row = rows.entry(key).or_insert_with(|| {
+            order.push(key);
+            Row {
+                gpu: None,
+                peak: r
+                    .env
+                    .roofline
+                    .iter()
+                    .find(|p| p.device == r.key.device && p.dtype == r.key.dtype),
+                tf32: r
+                    .env
+                    .tf32
+                    .as_ref()
+                    .filter(|_| r.key.device != "cpu")
+                    .map(|t| {
+                        let on = |b: bool| if b { "on" } else { "off" };
+                        format!("{} / {}", on(t.matmul), on(t.cudnn))
+                    }),
+                cases: 0,
+                throttled: 0,
+            }
+        });
+        if let Some(g) = &r.gpu {
+            row.gpu.get_or_insert_with(|| {
+                let how = g.matched_by.as_deref().unwrap_or("?");
+                format!("{} (NVML {}, by {how})", g.name, g.nvml_index)
+            });
+            row.cases += 1;
+            row.throttled += usize::from(g.throttled);
+        }
+    }
+    order.retain(|k| rows[k].peak.is_some() || rows[k].gpu.is_some());
+    if order.is_empty() {
+        return None;
+    }
+    let mut grid = Grid::new(
+        [
+            "run",
+            "device",
+            "dtype",
+            "GPU",
+            "matmul peak (n)",
+            "copy bandwidth",
+            "TF32 matmul / cuDNN",
+            "throttled cases",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for k in order {
+        let row = &rows[&k];
+        let dash = || GridCell::from("-");
+        grid.push(vec![
+            k.0.into(),
+            k.1.into(),
+            k.2.to_string().into(),
+            row.gpu.clone().map_or_else(dash, GridCell::from),
+            row.peak.map_or_else(dash, |p| {
+                GridCell::new(
+                    format!(
+                        "{}FLOP/s ({})",
+                        format_count(p.matmul_flops_per_s),
+                        p.matmul_size
+                    ),
+                    Some(p.matmul_flops_per_s),
+                )
+            }),
+            row.peak.map_or_else(dash, |p| {
+                GridCell::new(
+                    format!("{}B/s", format_count(p.copy_bytes_per_s)),
+                    Some(p.copy_bytes_per_s),
+                )
+            }),
+            row.tf32.clone().map_or_else(dash, GridCell::from),
+            if row.gpu.is_some() {
+                format!("{} of {}", row.throttled, row.cases).into()
+            } else {
+                dash()
+            },
+        ]);
+    }
+    Some(grid)
+}
+
+/// What the device grid's figures are.
+const DEVICE_NOTE: &str = "Matmul peak: the best rate of repeated n x n matrix multiplies \
+    in the dtype, measured once per run before its cases; copy bandwidth: bytes read plus \
+    written per second by a large tensor copy. GPU: the one NVML names for the case's CUDA \
+    device (matched by the CUDA runtime's PCI bus id, a UUID in CUDA_VISIBLE_DEVICES, or \
+    its index), sampled before and after each case; throttled: a power, thermal or \
+    hardware-slowdown clock reason was in force.";
 
 /// One row per distinct machine and software: which runs, devices and dates used it.
 fn environment_grid(records: &[Record], accuracy: &[AccuracyRecord]) -> Grid {
@@ -690,3 +820,55 @@ document.querySelectorAll('table.sortable th').forEach(function (th) {
   });
 });
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Peak;
+    use crate::table::tests::record;
+
+    #[test]
+    fn the_device_grid_shows_gpu_peaks_and_throttling_only_when_recorded() {
+        let old = vec![record("vanilla", 64, None, None)];
+        assert!(
+            device_grid(&old).is_none(),
+            "records without either: no grid"
+        );
+        let text = Report::new(old, Vec::new()).text(Style::Markdown, false);
+        assert!(!text.contains("matmul peak"), "{text}");
+
+        let mut records = vec![
+            record("vanilla", 64, Some(0.1), Some(false)),
+            record("sdpa", 64, Some(0.2), Some(true)),
+        ];
+        for r in &mut records {
+            r.env.roofline = vec![Peak {
+                device: "cuda:0".into(),
+                dtype: Dtype::Bf16,
+                matmul_flops_per_s: 7.5e14,
+                matmul_size: 8192,
+                copy_bytes_per_s: 3.9e12,
+            }];
+            r.env.tf32 = Some(crate::schema::Tf32 {
+                matmul: false,
+                cudnn: true,
+            });
+            r.gpu.as_mut().unwrap().matched_by = Some("pci-bus-id".into());
+        }
+        let g = device_grid(&records).unwrap().text(Style::Markdown);
+        let row = g.lines().find(|l| l.starts_with("| r ")).unwrap();
+        for want in [
+            "cuda:0",
+            "bf16",
+            "H200 (NVML 0, by pci-bus-id)",
+            "750 TFLOP/s (8192)",
+            "3.900 TB/s",
+            "off / on",
+            "1 of 2",
+        ] {
+            assert!(row.contains(want), "{want}: {g}");
+        }
+        let html = Report::new(records, Vec::new()).html().unwrap();
+        assert!(html.contains("H200 (NVML 0, by pci-bus-id)") && html.contains("ran throttled"));
+    }
+}

@@ -264,6 +264,11 @@ pub struct GpuState {
     pub nvml_index: u32,
     pub uuid: Option<String>,
     pub name: String,
+    /// How the case's CUDA device was matched to NVML's GPU: `pci-bus-id` (the CUDA
+    /// runtime's bus id), `uuid` (`CUDA_VISIBLE_DEVICES` names it) or `index` (the
+    /// visible-devices entry read as NVML's PCI-order index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_by: Option<String>,
     pub before: GpuSample,
     pub after: GpuSample,
     /// A performance-limiting reason (power, thermal, slowdown) was in force before or

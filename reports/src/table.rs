@@ -119,11 +119,14 @@ pub fn latency_grid(table: &EfficiencyTable) -> Grid {
         table,
         "latency (speed-up)",
         |c| {
-            let text = match (c.latency_s, c.speedup) {
+            let mut text = match (c.latency_s, c.speedup) {
                 (Some(t), Some(s)) => format!("{} ({s:.2}x)", format_seconds(t)),
                 (Some(t), None) => format_seconds(t),
                 _ => "-".into(),
             };
+            if c.throttled {
+                text.push_str(THROTTLED_MARK);
+            }
             GridCell::new(text, c.latency_s)
         },
         |r| format_fit(r.time_fit, r.time_claim),
@@ -173,9 +176,15 @@ pub fn compute_grid(table: &EfficiencyTable) -> Grid {
         line.extend(table.seq_lens.iter().map(|n| match row.cells.get(n) {
             Some(c) => {
                 let text = match (c.flops, c.flops_per_s) {
-                    (Some(f), Some(r)) => {
-                        format!("{} ({}/s)", format_count(f as f64), format_count(r))
-                    }
+                    (Some(f), Some(r)) => match c.peak_fraction {
+                        Some(p) => format!(
+                            "{} ({}/s, {} peak)",
+                            format_count(f as f64),
+                            format_count(r),
+                            format_percent(p)
+                        ),
+                        None => format!("{} ({}/s)", format_count(f as f64), format_count(r)),
+                    },
                     (Some(f), None) => format_count(f as f64),
                     _ => "-".into(),
                 };
@@ -228,6 +237,49 @@ pub fn format_count(x: f64) -> String {
     .to_string()
 }
 
+/// Appended to a latency cell whose case ran throttled.
+pub const THROTTLED_MARK: &str = " \u{2020}";
+
+/// A fraction as a percentage with two significant digits at least: 43%, 4.3%, 0.43%.
+pub fn format_percent(p: f64) -> String {
+    let pct = 100.0 * p;
+    if pct >= 10.0 {
+        format!("{pct:.0}%")
+    } else if pct >= 1.0 {
+        format!("{pct:.1}%")
+    } else {
+        format!("{pct:.2}%")
+    }
+}
+
+/// What the roofline and GPU-state marks in the tables mean, for the tables that have
+/// them: nothing when no case has a peak fraction or ran throttled.
+pub fn roofline_notes(tables: &[EfficiencyTable]) -> Option<String> {
+    let cells = || {
+        tables
+            .iter()
+            .flat_map(|t| t.rows.iter())
+            .flat_map(|r| r.cells.values())
+    };
+    let mut notes = Vec::new();
+    if cells().any(|c| c.peak_fraction.is_some()) {
+        notes.push(
+            "% peak: the achieved FLOP/s over the peak matrix-multiply rate measured in the \
+             same run on the same device and dtype (the roofline in the run's environment)."
+                .to_string(),
+        );
+    }
+    if cells().any(|c| c.throttled) {
+        notes.push(format!(
+            "{}: the case ran throttled: NVML reported a performance-limiting clock reason \
+             (power cap, thermal or hardware slowdown, sync boost) just before or just after \
+             it, so its latency may be too high.",
+            THROTTLED_MARK.trim()
+        ));
+    }
+    (!notes.is_empty()).then(|| notes.join(" "))
+}
+
 /// Both tables for every setting, with a heading each.
 pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
     let mut out = String::new();
@@ -245,6 +297,10 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
         out.push_str("\n\n");
     }
     out.push_str(&efficiency_notes());
+    if let Some(n) = roofline_notes(tables) {
+        out.push_str(&n);
+        out.push('\n');
+    }
     out
 }
 
@@ -261,4 +317,95 @@ pub fn efficiency_notes() -> String {
          achieved rate; parameters: trainable, at each N. Decode tables: latency per generated token after a context of N, and the bytes of \
          the decoding state (KV cache, window, recurrent sums) instead of peak memory.\n"
     )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::analysis::efficiency_tables;
+    use crate::schema::Record;
+
+    /// A CPU or CUDA record at N, as a run writes it, with or without the new fields.
+    pub(crate) fn record(
+        label: &str,
+        n: i64,
+        peak_fraction: Option<f64>,
+        throttled: Option<bool>,
+    ) -> Record {
+        let mut v = serde_json::json!({
+            "schema": 1, "run_id": "r", "case_id": format!("{label}{n}"),
+            "key": {"variant": label, "params": {}, "seq_len": n, "batch": 1, "heads": 2,
+                    "head_dim": 8, "causal": false, "dtype": "bf16", "device": "cuda:0",
+                    "mode": "forward", "scope": "attention"},
+            "label": label, "status": "ok", "message": null,
+            "claims": {"family": "exact", "time": "N^2", "memory": "N^2",
+                       "time_exponent": 2.0, "memory_exponent": 2.0, "exact": true},
+            "latency": {"median_s": 1e-3, "p10_s": 1e-3, "p90_s": 1e-3, "mean_s": 1e-3,
+                        "min_s": 1e-3, "max_s": 1e-3, "iterations": 5, "warmup_iterations": 1},
+            "memory": null, "flops": 2_000_000_000u64, "flops_per_s": 2e12, "params": 10,
+            "backend": null, "started_at": "2026-01-01T00:00:00Z", "wall_s": 1.0,
+            "env": {"hostname": null, "os": null, "cpu_model": "c", "physical_cores": 1,
+                    "logical_cpus": 1, "memory_bytes": 1, "threads": 1, "torch_version": "2.11.0",
+                    "cuda_available": true, "cuda_runtime": null, "gpus": [],
+                    "nvidia_driver": null, "cuda_driver": null, "xarena_version": "0.1.0",
+                    "git_commit": null}
+        });
+        if let Some(p) = peak_fraction {
+            v["peak_fraction"] = p.into();
+        }
+        if let Some(t) = throttled {
+            let sample = serde_json::json!({"sm_clock_mhz": 1980, "memory_clock_mhz": 2619,
+                "temperature_c": 40, "power_w": 120.5, "throttle_reasons": []});
+            v["gpu"] = serde_json::json!({"nvml_index": 0, "uuid": null, "name": "H200",
+                "before": sample, "after": sample, "throttled": t});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn throttled_cases_are_marked_with_a_legend_only_when_any_is() {
+        let clean = efficiency_tables(&[
+            record("vanilla", 64, None, None),
+            record("sdpa", 64, None, Some(false)),
+        ]);
+        let text = efficiency_report(&clean, Style::Markdown);
+        assert!(!text.contains(THROTTLED_MARK.trim()), "{text}");
+        assert!(
+            !text.contains("% peak") && !text.contains("throttled"),
+            "{text}"
+        );
+        assert_eq!(roofline_notes(&clean), None);
+
+        let hot = efficiency_tables(&[
+            record("vanilla", 64, None, None),
+            record("sdpa", 64, None, Some(true)),
+        ]);
+        let grid = latency_grid(&hot[0]).text(Style::Markdown);
+        let sdpa = grid.lines().find(|l| l.starts_with("| sdpa")).unwrap();
+        let vanilla = grid.lines().find(|l| l.starts_with("| vanilla")).unwrap();
+        assert!(sdpa.contains(THROTTLED_MARK.trim()), "{grid}");
+        assert!(!vanilla.contains(THROTTLED_MARK.trim()), "{grid}");
+        let notes = roofline_notes(&hot).unwrap();
+        assert!(
+            notes.contains("ran throttled") && !notes.contains("% peak"),
+            "{notes}"
+        );
+        assert!(efficiency_report(&hot, Style::Terminal).contains(&notes));
+    }
+
+    #[test]
+    fn the_compute_table_shows_the_fraction_of_peak() {
+        let tables = efficiency_tables(&[
+            record("vanilla", 64, Some(0.4321), None),
+            record("sdpa", 64, None, None),
+        ]);
+        let grid = compute_grid(&tables[0]).text(Style::Markdown);
+        let vanilla = grid.lines().find(|l| l.starts_with("| vanilla")).unwrap();
+        assert!(vanilla.contains("2.000 T/s, 43% peak"), "{grid}");
+        let sdpa = grid.lines().find(|l| l.starts_with("| sdpa")).unwrap();
+        assert!(!sdpa.contains("peak"), "{grid}");
+        assert!(roofline_notes(&tables).unwrap().starts_with("% peak"));
+        assert_eq!(format_percent(0.04321), "4.3%");
+        assert_eq!(format_percent(0.004321), "0.43%");
+    }
 }

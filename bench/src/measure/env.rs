@@ -32,10 +32,11 @@ fn git_commit() -> Option<String> {
     Some(if dirty { format!("{head}-dirty") } else { head })
 }
 
-/// NVIDIA's view of the GPUs, through NVML. A machine without the driver gets an error
-/// from `Nvml::init`, never a panic, and the run goes on without GPU details.
-fn nvidia() -> (Vec<Gpu>, Option<String>, Option<String>) {
-    let Ok(nvml) = Nvml::init() else {
+/// NVIDIA's view of the GPUs, through NVML (every GPU, in PCI order; a record's `gpu`
+/// names the one its case ran on). A machine without the driver has no handle: NVML's
+/// init returned an error, never a panic, and the run goes on without GPU details.
+fn nvidia(nvml: Option<&Nvml>) -> (Vec<Gpu>, Option<String>, Option<String>) {
+    let Some(nvml) = nvml else {
         return (Vec::new(), None, None);
     };
     let count = nvml.device_count().unwrap_or(0);
@@ -58,6 +59,12 @@ fn nvidia() -> (Vec<Gpu>, Option<String>, Option<String>) {
 }
 
 pub fn capture(threads: i64) -> Environment {
+    capture_with(threads, Nvml::init().ok().as_ref())
+}
+
+/// [`capture`] with the run's NVML handle (`None`: no driver), so a run initialises NVML
+/// once.
+pub fn capture_with(threads: i64, nvml: Option<&Nvml>) -> Environment {
     let sys = System::new_with_specifics(
         RefreshKind::nothing()
             .with_cpu(CpuRefreshKind::nothing())
@@ -70,7 +77,7 @@ pub fn capture(threads: i64) -> Environment {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| "unknown".into());
     let cuda_available = tch::Cuda::is_available();
-    let (gpus, nvidia_driver, cuda_driver) = nvidia();
+    let (gpus, nvidia_driver, cuda_driver) = nvidia(nvml);
     Environment {
         hostname: System::host_name(),
         os: System::long_os_version(),
@@ -91,7 +98,26 @@ pub fn capture(threads: i64) -> Environment {
         cuda_driver,
         xarena_version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit: git_commit(),
-        tf32: None,
+        tf32: if cuda_available { shim::tf32() } else { None },
         roofline: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf32_is_read_from_libtorch() {
+        // LibTorch's defaults (no TORCH_ALLOW_TF32_CUBLAS_OVERRIDE): float32 matmuls in
+        // full precision, cuDNN convolutions in TF32. Read on any machine; a record only
+        // carries it where CUDA is available.
+        if std::env::var_os("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE").is_none() {
+            let t = shim::tf32().expect("the shim reads the global context");
+            assert!(!t.matmul && t.cudnn, "{t:?}");
+        }
+        let env = capture_with(1, None);
+        assert_eq!(env.tf32.is_some(), env.cuda_available);
+        assert!(env.gpus.is_empty() && env.nvidia_driver.is_none());
     }
 }

@@ -3,5 +3,7 @@
 
 pub mod env;
 pub mod memory;
+pub mod nvml;
+pub mod roofline;
 pub mod shim;
 pub mod timing;

@@ -114,3 +114,19 @@ impl Drop for CudaTimer {
         unsafe { xarena_cuda_timer_free(self.0) }
     }
 }
+
+extern "C" {
+    fn xarena_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> c_int;
+}
+
+/// TF32 as LibTorch's global context has it for CUDA (the settings any CUDA work in this
+/// process, and in workers started with the same environment, runs under).
+pub fn tf32() -> Option<xarena_reports::schema::Tf32> {
+    let (mut matmul, mut cudnn) = (0, 0);
+    // SAFETY: two out-pointers; the shim catches every exception.
+    let rc = unsafe { xarena_tf32(&mut matmul, &mut cudnn) };
+    (rc == 0).then_some(xarena_reports::schema::Tf32 {
+        matmul: matmul != 0,
+        cudnn: cudnn != 0,
+    })
+}
