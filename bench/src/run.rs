@@ -10,6 +10,7 @@ use serde::Serialize;
 use xarena_reports::schema::{Environment, Record, Status, SCHEMA_VERSION};
 
 use crate::case::Request;
+use crate::check::Policy;
 use crate::measure::env;
 use crate::store::Store;
 use crate::sweep::{Case, Shard, Sweep};
@@ -50,6 +51,7 @@ pub fn run(
     done: std::collections::HashSet<String>,
     reuse_worker: bool,
     shard: Option<Shard>,
+    check: Policy,
 ) -> Result<Summary> {
     let threads = if sweep.threads > 0 {
         sweep.threads
@@ -105,6 +107,8 @@ pub fn run(
             case: case.clone(),
             timing: sweep.timing,
             threads,
+            check: check.applies(&case.key.device),
+            check_only: false,
         };
         let outcome = supervisor.run(&req, timeout);
         let status = outcome.status.unwrap_or(Status::Error);
@@ -131,7 +135,7 @@ pub fn run(
             peak_fraction: None,
             intensity: None,
             gpu: None,
-            check: None,
+            check: outcome.check,
             started_at,
             wall_s: t0.elapsed().as_secs_f64(),
             env: environment.clone(),
