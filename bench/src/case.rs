@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
-use xarena_reports::schema::{Latency, Memory, Mode, Status};
+use xarena_reports::schema::{DeviceCheck, Latency, Memory, Mode, Status};
 use xarena_variants::{build_layer, Layer, LayerDecoder, VariantSpec};
 
 use crate::measure::{memory, timing, timing::TimingConfig};
@@ -18,6 +18,12 @@ pub struct Request {
     pub timing: TimingConfig,
     /// 0 keeps LibTorch's default.
     pub threads: i64,
+    /// Run the device check (bench/src/check.rs) first; a case that fails it is not timed.
+    #[serde(default)]
+    pub check: bool,
+    /// Stop after the check (`xarena check`).
+    #[serde(default)]
+    pub check_only: bool,
 }
 
 /// What a worker sends back.
@@ -31,6 +37,7 @@ pub struct Outcome {
     pub params: Option<u64>,
     pub backend: Option<String>,
     pub state_bytes: Option<u64>,
+    pub check: Option<DeviceCheck>,
 }
 
 impl Outcome {
@@ -70,7 +77,7 @@ fn bytes(t: &Tensor) -> u64 {
 }
 
 /// Seed from the case id, so a case draws the same weights and inputs in every run.
-fn seed(case: &Case) -> i64 {
+pub(crate) fn seed(case: &Case) -> i64 {
     i64::from_str_radix(&case.id[..12], 16).unwrap_or(0)
 }
 
@@ -239,6 +246,25 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
         tch::set_num_threads(req.threads as i32);
     }
     let case = &req.case;
+    let check = if req.check || req.check_only {
+        let (check, failure) = crate::check::before_timing(case);
+        if let Some(message) = failure {
+            return Ok(Outcome {
+                check,
+                ..Outcome::failed(Status::Error, message)
+            });
+        }
+        check
+    } else {
+        None
+    };
+    if req.check_only {
+        return Ok(Outcome {
+            status: Some(Status::Ok),
+            check,
+            ..Default::default()
+        });
+    }
     let prepared = Prepared::new(case)?;
     let device = prepared.device;
     let mut step = || prepared.step();
@@ -268,5 +294,6 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
         }),
         params: Some(prepared.params),
         backend: prepared.layer().backend(),
+        check,
     })
 }

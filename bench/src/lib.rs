@@ -6,6 +6,7 @@
 //! (records appended at once) -> `xarena-reports` (tables).
 
 pub mod case;
+pub mod check;
 pub mod files;
 pub mod history;
 pub mod kv;

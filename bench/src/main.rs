@@ -73,6 +73,10 @@ enum Command {
     /// tasks, evolve a NAMM for it, benchmark cache policies, report.
     #[command(subcommand)]
     Kv(xarena_bench::kv::cli::KvCommand),
+    /// The correctness check alone: each variant's forward and backward at a small N on
+    /// the device, finite and (exact variants) equal to the CPU float32 result within the
+    /// dtype's tolerance. Exit status 1 when any fails.
+    Check(xarena_bench::check::CheckArgs),
     /// Print the environment a run would record, as JSON.
     Env,
     /// Serve cases on stdin (started by `run`; not for direct use).
@@ -261,6 +265,11 @@ struct RunArgs {
     /// on or off.
     #[arg(long, value_enum)]
     roofline: Option<measure::roofline::RooflineMode>,
+    /// Check each case on its device before timing it (forward and backward at a small
+    /// N: finite, and exact variants equal to the CPU float32 result); a case that fails
+    /// is recorded as `error`. auto: on CUDA devices only.
+    #[arg(long, value_enum, default_value_t = xarena_bench::check::Policy::Auto)]
+    check: xarena_bench::check::Policy,
 }
 
 /// Where a training run's data comes from (shared by `train` and `lra`).
@@ -507,7 +516,15 @@ fn cmd_run(args: RunArgs) -> Result<()> {
     let empty = cases.is_empty();
     let (store, done) = Store::open(&out)?;
     eprintln!("xarena: {} case(s) -> {}", cases.len(), out.display());
-    let summary = run::run(&sweep, cases, store, done, args.reuse_worker, args.shard)?;
+    let summary = run::run(
+        &sweep,
+        cases,
+        store,
+        done,
+        args.reuse_worker,
+        args.shard,
+        args.check,
+    )?;
     eprintln!(
         "xarena: {} ran ({} ok, {} failed), {} skipped; results in {}",
         summary.ran,
@@ -906,6 +923,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd_train(args),
         Command::Lra(args) => cmd_lra(args),
         Command::Kv(c) => xarena_bench::kv::cli::run(c),
+        Command::Check(args) => xarena_bench::check::command(args),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));
             serde_json::to_string_pretty(&env)

@@ -10,6 +10,7 @@ use serde::Serialize;
 use xarena_reports::schema::{Environment, Record, Status, SCHEMA_VERSION};
 
 use crate::case::Request;
+use crate::check::Policy;
 use crate::measure::{env, nvml, roofline};
 use crate::store::Store;
 use crate::sweep::{Case, Shard, Sweep};
@@ -50,6 +51,7 @@ pub fn run(
     done: std::collections::HashSet<String>,
     reuse_worker: bool,
     shard: Option<Shard>,
+    check: Policy,
 ) -> Result<Summary> {
     let threads = if sweep.threads > 0 {
         sweep.threads
@@ -123,6 +125,8 @@ pub fn run(
             case: case.clone(),
             timing: sweep.timing,
             threads,
+            check: check.applies(&case.key.device),
+            check_only: false,
         };
         let (outcome, gpu) = nvml::around(gpus.as_mut(), &case.key.device, || {
             supervisor.run(&req, timeout)
@@ -162,7 +166,7 @@ pub fn run(
             peak_fraction,
             intensity,
             gpu,
-            check: None,
+            check: outcome.check,
             started_at,
             wall_s: t0.elapsed().as_secs_f64(),
             env: environment.clone(),

@@ -24,23 +24,26 @@ const RESULT_PREFIX: &str = "XARENA-RESULT ";
 
 /// Environment variable for tests of the failure paths: a comma-separated list of
 /// `<fault>@<variant>` makes a worker `panic`, `abort`, `hang` or `exit` on that
-/// variant's cases, or `poison` its process: that case fails and so does every later
-/// case in the same worker, as after a CUDA device-side assert or illegal access.
+/// variant's cases, `poison` its process (that case fails and so does every later case in
+/// the same worker, as after a CUDA device-side assert or illegal access), or (`nan`)
+/// make the device check (bench/src/check.rs) see a non-finite output.
 pub const FAULT_ENV: &str = "XARENA_FAULT";
 
 /// Set by the `poison` fault: the worker's state is unusable from then on.
 static POISONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn inject_fault(req: &Request) {
-    let Ok(spec) = std::env::var(FAULT_ENV) else {
-        return;
-    };
-    let fault = spec
-        .split(',')
+/// The fault injected for `variant`, if any.
+pub fn injected_fault(variant: &str) -> Option<String> {
+    let spec = std::env::var(FAULT_ENV).ok()?;
+    spec.split(',')
         .filter_map(|f| f.split_once('@'))
-        .find(|(_, variant)| *variant == req.case.key.variant)
-        .map(|(fault, _)| fault);
-    match fault.unwrap_or_default() {
+        .find(|(_, v)| *v == variant)
+        .map(|(fault, _)| fault.to_string())
+}
+
+fn inject_fault(req: &Request) {
+    let fault = injected_fault(&req.case.key.variant);
+    match fault.as_deref().unwrap_or_default() {
         "panic" => panic!("injected fault"),
         "abort" => std::process::abort(),
         "exit" => std::process::exit(3),
