@@ -317,3 +317,25 @@ fn invalid_configurations_name_the_field() {
         assert!(err.contains(name), "`{err}` does not name {name}");
     }
 }
+
+#[test]
+fn the_causal_chunk_mask_is_made_once_not_per_forward() {
+    let s = shape(40, true);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    let config = cosformer::Config {
+        chunk: 16,
+        ..Default::default()
+    };
+    let core = cosformer::Cosformer::new(config, &s, vs.root()).unwrap();
+    let future = core.chunks().future();
+    let want = Tensor::ones([16, 16], (Kind::Bool, Device::Cpu)).triu(1);
+    assert!(future.equal(&want));
+    let ptr = future.data_ptr();
+    let (q, k, v) = qkv(&s, 2);
+    let first = core.attend(&q, &k, &v);
+    assert!(first.equal(&core.attend(&q, &k, &v)));
+    assert_eq!(core.chunks().future().data_ptr(), ptr);
+    // Buffers, not parameters: the VarStore holds nothing for cosFormer.
+    assert!(vs.variables().is_empty());
+}

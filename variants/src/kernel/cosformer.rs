@@ -157,6 +157,13 @@ impl TokenFeatures for CosTokens {
     }
 }
 
+impl Cosformer {
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    pub fn chunks(&self) -> &super::Chunks {
+        &self.chunks
+    }
+}
+
 impl Attention for Cosformer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (qf, kf) = (self.features(q), self.features(k));

@@ -105,6 +105,13 @@ impl TokenFeatures for EluTokens {
     }
 }
 
+impl LinearTransformer {
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    pub fn chunks(&self) -> &super::Chunks {
+        &self.chunks
+    }
+}
+
 impl Attention for LinearTransformer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (qf, kf) = (features(q), features(k));

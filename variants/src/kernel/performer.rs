@@ -180,6 +180,13 @@ impl TokenFeatures for PerformerTokens {
     }
 }
 
+impl Performer {
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    pub fn chunks(&self) -> &super::Chunks {
+        &self.chunks
+    }
+}
+
 impl Attention for Performer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let qf = self.features(q, true);
