@@ -177,7 +177,7 @@ impl Layer for Stack {
     }
 
     fn backend(&self) -> Option<String> {
-        self.blocks.first().and_then(|b| b.backend())
+        crate::fused::join_backends(&self.blocks.iter().map(|b| b.backend()).collect::<Vec<_>>())
     }
 
     /// Each block's state is built from the context as it reaches that block. Blocks are

@@ -6,6 +6,7 @@ use tch::{Kind, Tensor};
 
 use crate::attention::{tensor_bytes, Decoder};
 use crate::exact::vanilla::softmax_attention;
+use crate::fused::Backends;
 
 /// Keys and values of every token so far, preallocated for the context plus `capacity`
 /// tokens (as static caches in inference engines do), so a step writes one row instead
@@ -16,13 +17,14 @@ pub struct KvCache {
     len: i64,
     /// Tokens of the context, where [`Decoder::reset`] returns to.
     context: i64,
-    /// LibTorch's fused SDPA (`sdpa`) or the explicit softmax (`vanilla`).
-    fused: bool,
+    /// LibTorch's fused SDPA, recording its backend (`sdpa`), or the explicit softmax
+    /// (`vanilla`).
+    fused: Option<Backends>,
 }
 
 impl KvCache {
     /// A cache holding the context `k`, `v` (`[b, h, N, d]`).
-    pub fn new(k: &Tensor, v: &Tensor, capacity: i64, fused: bool) -> KvCache {
+    pub fn new(k: &Tensor, v: &Tensor, capacity: i64, fused: Option<Backends>) -> KvCache {
         let (b, h, n, d) = k.size4().expect("[batch, heads, seq, head_dim]");
         let alloc = |x: &Tensor| {
             let buf = Tensor::empty([b, h, n + capacity.max(1), d], (x.kind(), x.device()));
@@ -60,19 +62,9 @@ impl Decoder for KvCache {
         self.len += 1;
         let keys = self.k.narrow(2, 0, self.len);
         let values = self.v.narrow(2, 0, self.len);
-        if self.fused {
-            Tensor::scaled_dot_product_attention(
-                q,
-                &keys,
-                &values,
-                None::<Tensor>,
-                0.0,
-                false,
-                None,
-                false,
-            )
-        } else {
-            softmax_attention(q, &keys, &values, None)
+        match &self.fused {
+            Some(backends) => backends.sdpa(q, &keys, &values, None, false),
+            None => softmax_attention(q, &keys, &values, None),
         }
     }
 

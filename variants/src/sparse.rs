@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::flops::{self, FlopCount};
-use crate::fused::block_softmax;
+use crate::fused::{block_softmax, Backends, BlockMask};
 
 /// A block-sparse pattern for one sequence length, ready to apply.
 pub struct BlockPattern {
@@ -22,9 +22,12 @@ pub struct BlockPattern {
     key_blocks: Tensor,
     /// Global key positions appended to every query block's keys (g).
     globals: Option<Tensor>,
-    /// `[1, blocks, b, slots * b + g]`, true where a key is attended (the layout the
-    /// fused kernel takes, see [`crate::fused`]).
+    /// `[1, blocks, b, slots * b + g]`, true where a key is attended, on the CPU: the
+    /// pattern itself, for [`BlockPattern::dense_hidden`].
     visible: Tensor,
+    /// The same, as the fused kernel takes it (built once, see [`crate::fused`]).
+    mask: BlockMask,
+    backends: Backends,
 }
 
 /// What a pattern says about one (query, key) pair of positions, beyond the block lists.
@@ -44,10 +47,10 @@ impl PairRule for WholeBlocks {
 
 impl BlockPattern {
     /// Block-diagonal: each block of `block` tokens attends within itself.
-    pub fn block_diagonal(n: i64, block: i64, causal: bool, device: Device) -> BlockPattern {
+    pub fn block_diagonal(n: i64, block: i64, causal: bool, opts: (Kind, Device)) -> BlockPattern {
         let blocks = (n + block - 1) / block;
         let lists: Vec<Vec<i64>> = (0..blocks).map(|q| vec![q]).collect();
-        BlockPattern::new(n, block, &lists, &[], causal, &WholeBlocks, device)
+        BlockPattern::new(n, block, &lists, &[], causal, &WholeBlocks, opts)
     }
 
     /// Builds the pattern: `lists[q]` are the key blocks of query block `q` (duplicates
@@ -55,6 +58,7 @@ impl BlockPattern {
     /// that also lies in a listed block is attended once, as a global). Keys past N, in
     /// the future (causal), or refused by `rule` are hidden. A query that would see
     /// nothing (only padding queries can) sees the empty block, so softmax stays finite.
+    /// `opts`: the computation's dtype and device.
     pub fn new(
         n: i64,
         block: i64,
@@ -62,8 +66,9 @@ impl BlockPattern {
         globals: &[i64],
         causal: bool,
         rule: &dyn PairRule,
-        device: Device,
+        opts: (Kind, Device),
     ) -> BlockPattern {
+        let (kind, device) = opts;
         let blocks = lists.len() as i64;
         assert_eq!(blocks, (n + block - 1) / block, "one list per query block");
         let slots = lists.iter().map(|l| l.len()).max().unwrap_or(0).max(1) as i64;
@@ -115,10 +120,14 @@ impl BlockPattern {
                 row[0] = false;
             }
         }
-        let visible = Tensor::from_slice(&hidden)
-            .logical_not()
-            .view([1, blocks, block, width as i64])
-            .to_device(device);
+        let visible =
+            Tensor::from_slice(&hidden)
+                .logical_not()
+                .view([1, blocks, block, width as i64]);
+        let live = Tensor::arange(blocks * block, (Kind::Int64, Device::Cpu))
+            .lt(n)
+            .view([blocks, block]);
+        let mask = BlockMask::new(&visible, Some(&live), kind, device);
         let key_blocks = Tensor::from_slice(&key_blocks).to_device(device);
         let globals = (!globals.is_empty()).then(|| Tensor::from_slice(globals).to_device(device));
         BlockPattern {
@@ -129,7 +138,19 @@ impl BlockPattern {
             key_blocks,
             globals,
             visible,
+            mask,
+            backends: Backends::default(),
         }
+    }
+
+    /// How the pattern reaches SDPA.
+    pub fn mask(&self) -> &BlockMask {
+        &self.mask
+    }
+
+    /// The SDPA backends the pattern's calls took so far.
+    pub fn backend(&self) -> Option<String> {
+        self.backends.get()
     }
 
     fn gather(&self, x: &Tensor) -> Tensor {
@@ -169,7 +190,8 @@ impl BlockPattern {
         let q = q
             .constant_pad_nd([0, 0, 0, padded - n])
             .view([b, h, self.blocks, self.block, d]);
-        block_softmax(&q, &self.gather(k), &self.gather(v), Some(&self.visible))
+        let (k, v) = (self.gather(k), self.gather(v));
+        block_softmax(&q, &k, &v, &self.mask, &self.backends)
             .view([b, h, padded, d])
             .narrow(2, 0, n)
     }
@@ -178,7 +200,7 @@ impl BlockPattern {
     pub fn dense_hidden(&self) -> Tensor {
         let (n, b, s) = (self.n, self.block, self.slots);
         let width = self.width();
-        let hidden = self.visible.get(0).logical_not().to_device(Device::Cpu);
+        let hidden = self.visible.get(0).logical_not();
         let key_blocks = Vec::<i64>::try_from(&self.key_blocks.to_device(Device::Cpu)).unwrap();
         let globals = self
             .globals

@@ -69,6 +69,65 @@ fn sparse_and_low_rank_counts_follow_their_budget() {
     assert!(sdpa_causal < sdpa_full);
 }
 
+/// The attention core's train FLOPs: the layer's minus its projections (forward and the
+/// default 2x backward).
+fn core_train(spec: &str, s: &Shape) -> (u64, u64) {
+    let (fwd, train) = layer_flops(spec, s, Scope::Attention);
+    let (b, n, d) = (s.batch as u64, s.seq_len as u64, s.d_model() as u64);
+    let projections = 2 * b * n * d * (4 * d);
+    (fwd - projections, train - 3 * projections)
+}
+
+#[test]
+fn constant_operands_have_no_second_gradient() {
+    for causal in [false, true] {
+        let s = shape(causal);
+        let (bh, n, d) = (12u64, 100u64, 8u64);
+        // Performer: the two feature projections (n x d x m) against a fixed matrix.
+        let m = 16;
+        let (fwd, train) = core_train(&format!("performer:features={m}"), &s);
+        let features = 2 * (2 * bh * n * d * m);
+        assert_eq!(train, 3 * fwd - features, "performer causal={causal}");
+        // The over-count was 4 B H N d m, as the issue reports.
+        assert_eq!(features, 4 * bh * n * d * m);
+
+        // Reformer: hashing (np x d x r nb/2) feeds an argmax, no backward at all.
+        let (fwd, train) = core_train("reformer:bucket_size=16:rounds=2", &s);
+        let (np, nb) = (112u64, 8u64); // 7 chunks of 16; 7 buckets, rounded up to even
+        let hashing = 2 * bh * np * d * (2 * nb / 2);
+        let chunks = 2 * (2 * bh * 2 * np * d * 32);
+        assert_eq!(fwd, hashing + chunks, "reformer causal={causal}");
+        assert_eq!(train, hashing + 3 * chunks, "reformer causal={causal}");
+
+        // Routing: 10 clusters of 10; routing feeds top-k indices, no backward.
+        let (fwd, train) = core_train("routing", &s);
+        let (k, w) = (10u64, 10u64);
+        let routing = 2 * (2 * bh * n * d * k);
+        let attention = 2 * (2 * bh * k * w * d * w);
+        assert_eq!(fwd, routing + attention, "routing causal={causal}");
+        assert_eq!(train, routing + 3 * attention, "routing causal={causal}");
+    }
+    // Synthesizer: fixed random logits leave V's gradient only; trainable ones both.
+    let s = shape(false);
+    let (bh, h, n, d, k) = (12u64, 4u64, 100u64, 8u64, 8u64);
+    let apply = 2 * bh * n * n * d;
+    let factor = 2 * h * n * k * n;
+    for (spec, train) in [
+        ("synthesizer:mode=random", 3 * apply),
+        ("synthesizer:mode=random:trainable=false", 2 * apply),
+        (
+            "synthesizer:mode=factorized-random:rank=8",
+            3 * (apply + factor),
+        ),
+        (
+            "synthesizer:mode=factorized-random:rank=8:trainable=false",
+            2 * apply + factor,
+        ),
+    ] {
+        assert_eq!(core_train(spec, &s).1, train, "{spec}");
+    }
+}
+
 fn build_error(spec: &str, causal: bool) -> VariantError {
     let vs = nn::VarStore::new(Device::Cpu);
     let spec: VariantSpec = match spec.parse() {

@@ -12,7 +12,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
-use crate::fused::block_softmax;
+use crate::fused::{block_softmax, Backends, BlockMask};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -27,15 +27,22 @@ pub struct Axial {
     shape: Shape,
     rows: i64,
     cols: i64,
-    /// `[1, r, c, c]` / `[1, c, r, r]`: true for keys attended along a row / a column
-    /// (not padding; not the future when causal).
-    row_visible: Tensor,
-    col_visible: Tensor,
+    /// `[1, r, c, c]` / `[1, c, r, r]`: keys attended along a row / a column (not
+    /// padding; not the future when causal). Padding ends the last row and the last
+    /// column's tail, so neither is ever a mask (see [`crate::fused::BlockMask`]).
+    row_mask: BlockMask,
+    col_mask: BlockMask,
+    backends: Backends,
 }
 
 impl Axial {
     pub fn grid(&self) -> (i64, i64) {
         (self.rows, self.cols)
+    }
+
+    /// How the row and the column patterns reach SDPA (for tests).
+    pub fn masks(&self) -> (&BlockMask, &BlockMask) {
+        (&self.row_mask, &self.col_mask)
     }
 }
 
@@ -94,22 +101,24 @@ impl AttentionVariant for Axial {
             .view([rows, 1, cols])
             .logical_or(&future(cols).unsqueeze(0))
             .logical_not()
-            .unsqueeze(0)
-            .to_device(vs.device());
+            .unsqueeze(0);
         let col_visible = pad
             .transpose(0, 1)
             .contiguous()
             .view([cols, 1, rows])
             .logical_or(&future(rows).unsqueeze(0))
             .logical_not()
-            .unsqueeze(0)
-            .to_device(vs.device());
+            .unsqueeze(0);
+        let live = pad.logical_not();
+        let live_t = live.transpose(0, 1).contiguous();
+        let (kind, device) = (vs.kind(), vs.device());
         Ok(Axial {
             shape: *shape,
             rows,
             cols,
-            row_visible,
-            col_visible,
+            row_mask: BlockMask::new(&row_visible, Some(&live), kind, device),
+            col_mask: BlockMask::new(&col_visible, Some(&live_t), kind, device),
+            backends: Backends::default(),
         })
     }
 }
@@ -123,13 +132,23 @@ impl Attention for Axial {
                 .view([b, h, r, c, d])
         };
         let (q, k, v) = (grid(q), grid(k), grid(v));
-        let along_rows = block_softmax(&q, &k, &v, Some(&self.row_visible));
+        let along_rows = block_softmax(&q, &k, &v, &self.row_mask, &self.backends);
         let cols = |t: &Tensor| t.transpose(2, 3);
-        let along_cols =
-            block_softmax(&cols(&q), &cols(&k), &cols(&v), Some(&self.col_visible)).transpose(2, 3);
+        let along_cols = block_softmax(
+            &cols(&q),
+            &cols(&k),
+            &cols(&v),
+            &self.col_mask,
+            &self.backends,
+        )
+        .transpose(2, 3);
         (along_rows + along_cols)
             .reshape([b, h, r * c, d])
             .narrow(2, 0, n)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.backends.get()
     }
 
     fn flops(&self) -> FlopCount {

@@ -122,8 +122,15 @@ impl AttentionVariant for BigBird {
             })
             .collect();
         let global: Vec<i64> = (0..(globals * block).min(n)).collect();
-        let pattern =
-            BlockPattern::new(n, block, &lists, &global, false, &WholeBlocks, vs.device());
+        let pattern = BlockPattern::new(
+            n,
+            block,
+            &lists,
+            &global,
+            false,
+            &WholeBlocks,
+            (vs.kind(), vs.device()),
+        );
         Ok(BigBird {
             shape: *shape,
             pattern,
@@ -136,6 +143,10 @@ impl AttentionVariant for BigBird {
 impl Attention for BigBird {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         self.globals.apply(self.pattern.attend(q, k, v), q, k, v)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.pattern.backend()
     }
 
     fn flops(&self) -> FlopCount {

@@ -104,7 +104,7 @@ impl AttentionVariant for Longformer {
             &global,
             shape.causal,
             &Band(radius),
-            vs.device(),
+            (vs.kind(), vs.device()),
         );
         Ok(Longformer {
             shape: *shape,
@@ -117,6 +117,10 @@ impl AttentionVariant for Longformer {
 impl Attention for Longformer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         self.globals.apply(self.pattern.attend(q, k, v), q, k, v)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.pattern.backend()
     }
 
     /// The block-sparse part plus the global queries' full rows.

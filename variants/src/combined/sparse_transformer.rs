@@ -121,6 +121,11 @@ impl Attention for SparseTransformer {
         Tensor::cat(&[y_local, y_strided], 1)
     }
 
+    /// Local heads first, then strided, as they run.
+    fn backend(&self) -> Option<String> {
+        crate::fused::join_backends(&[self.local.backend(), self.strided.backend()])
+    }
+
     fn flops(&self) -> FlopCount {
         self.local.flops() + self.strided.flops()
     }

@@ -35,6 +35,7 @@ use crate::block::{EncoderBlock, FFN_MULT};
 use crate::error::VariantError;
 use crate::exact::sdpa::Sdpa;
 use crate::flops::{self, FlopCount};
+use crate::fused::{join_backends, Backends};
 use crate::info::{Family, Scope, VariantInfo};
 use crate::registry::{AttentionVariant, LayerVariant};
 
@@ -93,6 +94,7 @@ struct PoolQueryBlock {
     ff2: nn::Linear,
     heads: i64,
     head_dim: i64,
+    backends: Backends,
 }
 
 impl PoolQueryBlock {
@@ -108,6 +110,7 @@ impl PoolQueryBlock {
             ff2: nn::linear(vs / "ff2", FFN_MULT * d, d, Default::default()),
             heads,
             head_dim,
+            backends: Backends::default(),
         }
     }
 
@@ -129,16 +132,7 @@ impl PoolQueryBlock {
             .apply(&self.kv)
             .view([b, n, 2, h, dh])
             .permute([2, 0, 3, 1, 4]);
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &kv.get(0),
-            &kv.get(1),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let attn = self.backends.sdpa(&q, &kv.get(0), &kv.get(1), None, false);
         let hidden = &pooled + attn.transpose(1, 2).reshape([b, m, d]).apply(&self.out);
         let f = self
             .ln2
@@ -285,6 +279,17 @@ impl Layer for Funnel {
             h = block.forward(&h);
         }
         h
+    }
+
+    /// Every SDPA call of the stack, in the order they run.
+    fn backend(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (pool_block, blocks) in &self.stages {
+            parts.extend(pool_block.iter().map(|p| p.backends.get()));
+            parts.extend(blocks.iter().map(|b| b.backend()));
+        }
+        parts.extend(self.decoder.iter().map(|b| b.backend()));
+        join_backends(&parts)
     }
 
     /// Every block at its stage's length (each [`EncoderBlock`] counts its projections,

@@ -10,6 +10,7 @@ use crate::attention::{Attention, Decoder, Shape};
 use crate::decode::KvCache;
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
+use crate::fused::Backends;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -19,19 +20,9 @@ pub struct Config {}
 
 pub struct Sdpa {
     shape: Shape,
-    backend: String,
-}
-
-/// Names of at::native::sdp::SDPBackend, the value `_fused_sdp_choice` returns.
-fn backend_name(choice: i64) -> String {
-    match choice {
-        0 => "math".into(),
-        1 => "flash".into(),
-        2 => "memory-efficient".into(),
-        3 => "cudnn".into(),
-        4 => "overrideable".into(),
-        other => format!("unknown({other})"),
-    }
+    /// The backend each call took, asked of LibTorch inside the call (real shapes,
+    /// causality and grad mode; nothing allocated).
+    backends: Backends,
 }
 
 impl AttentionVariant for Sdpa {
@@ -54,43 +45,17 @@ impl AttentionVariant for Sdpa {
         scopes: crate::info::CORE_SCOPES,
     };
 
-    fn new(_: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
-        // The choice depends on shapes, dtype and device only; empty tensors are never
-        // touched, so they cost no resident memory.
-        let s = shape;
-        let probe = Tensor::empty(
-            [s.batch, s.heads, s.seq_len, s.head_dim],
-            (vs.kind(), vs.device()),
-        );
-        let choice = Tensor::internal_fused_sdp_choice(
-            &probe,
-            &probe,
-            &probe,
-            None::<Tensor>,
-            0.0,
-            s.causal,
-            None,
-            false,
-        );
+    fn new(_: Config, shape: &Shape, _vs: nn::Path) -> Result<Self, VariantError> {
         Ok(Sdpa {
             shape: *shape,
-            backend: backend_name(choice),
+            backends: Backends::default(),
         })
     }
 }
 
 impl Attention for Sdpa {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        Tensor::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            None::<Tensor>,
-            0.0,
-            self.shape.causal,
-            None,
-            false,
-        )
+        self.backends.sdpa(q, k, v, None, self.shape.causal)
     }
 
     /// Fused causal kernels skip the blocks above the diagonal: credit N(N+1)/2 scores.
@@ -105,12 +70,18 @@ impl Attention for Sdpa {
         })
     }
 
+    /// What the calls so far took (decoding steps included); `None` before any call.
     fn backend(&self) -> Option<String> {
-        Some(self.backend.clone())
+        self.backends.get()
     }
 
     fn decoder(&self, k: &Tensor, v: &Tensor, capacity: i64) -> Option<Box<dyn Decoder>> {
-        Some(Box::new(KvCache::new(k, v, capacity, true)))
+        Some(Box::new(KvCache::new(
+            k,
+            v,
+            capacity,
+            Some(self.backends.clone()),
+        )))
     }
 
     /// One query against the N + 1 cached keys.

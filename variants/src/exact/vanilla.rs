@@ -78,7 +78,7 @@ impl Attention for Vanilla {
     }
 
     fn decoder(&self, k: &Tensor, v: &Tensor, capacity: i64) -> Option<Box<dyn Decoder>> {
-        Some(Box::new(KvCache::new(k, v, capacity, false)))
+        Some(Box::new(KvCache::new(k, v, capacity, None)))
     }
 
     /// One query against the N + 1 cached keys.

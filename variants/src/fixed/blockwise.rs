@@ -60,7 +60,12 @@ impl AttentionVariant for Blockwise {
 
     fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
         let block = config.block.min(shape.seq_len);
-        let pattern = BlockPattern::block_diagonal(shape.seq_len, block, shape.causal, vs.device());
+        let pattern = BlockPattern::block_diagonal(
+            shape.seq_len,
+            block,
+            shape.causal,
+            (vs.kind(), vs.device()),
+        );
         Ok(Blockwise {
             shape: *shape,
             pattern,
@@ -71,6 +76,10 @@ impl AttentionVariant for Blockwise {
 impl Attention for Blockwise {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         self.pattern.attend(q, k, v)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.pattern.backend()
     }
 
     fn flops(&self) -> FlopCount {

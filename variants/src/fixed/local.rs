@@ -16,7 +16,7 @@ use crate::attention::{Attention, Decoder, Shape};
 use crate::decode::WindowCache;
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
-use crate::fused::block_softmax;
+use crate::fused::{block_softmax, Backends, BlockMask};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -42,13 +42,20 @@ pub struct Local {
     /// Keys visible on each side, w.
     window: i64,
     blocks: i64,
-    /// `[1, blocks, b, span * b]`, true where a key is inside the window: not in the
-    /// padding and (causal) not in the future.
-    visible: Tensor,
+    /// The band, `[1, blocks, b, span * b]`: keys inside the window, not in the padding
+    /// and (causal) not in the future; no mask at all when the window covers the
+    /// sequence.
+    mask: BlockMask,
+    backends: Backends,
 }
 
 impl Local {
     /// Key blocks each query block meets: 2L + 1, or L + 1 looking back only.
+    /// How the band reaches SDPA (for tests).
+    pub fn mask(&self) -> &BlockMask {
+        &self.mask
+    }
+
     fn span(&self) -> i64 {
         if self.shape.causal {
             self.reach + 1
@@ -113,15 +120,19 @@ impl AttentionVariant for Local {
         let reach = ((config.window + block - 1) / block).min(blocks - 1);
         let visible = band_mask(n, block, blocks, reach, config.window, shape.causal)
             .logical_not()
-            .unsqueeze(0)
-            .to_device(vs.device());
+            .unsqueeze(0);
+        let live = Tensor::arange(blocks * block, (Kind::Int64, Device::Cpu))
+            .lt(n)
+            .view([blocks, block]);
+        let mask = BlockMask::new(&visible, Some(&live), vs.kind(), vs.device());
         Ok(Local {
             shape: *shape,
             block,
             reach,
             window: config.window,
             blocks,
-            visible,
+            mask,
+            backends: Backends::default(),
         })
     }
 }
@@ -157,9 +168,14 @@ impl Attention for Local {
             &q,
             &self.neighbourhood(k),
             &self.neighbourhood(v),
-            Some(&self.visible),
+            &self.mask,
+            &self.backends,
         );
         out.view([b, h, padded_len, d]).narrow(2, 0, n)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.backends.get()
     }
 
     /// Every entry of every computed block counts, masked or not.

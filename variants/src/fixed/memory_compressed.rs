@@ -154,7 +154,12 @@ impl AttentionVariant for MemoryCompressed {
         } else {
             (None, None)
         };
-        let local = BlockPattern::block_diagonal(n, config.block.min(n), shape.causal, vs.device());
+        let local = BlockPattern::block_diagonal(
+            n,
+            config.block.min(n),
+            shape.causal,
+            (vs.kind(), vs.device()),
+        );
         Ok(MemoryCompressed {
             shape: *shape,
             c,
@@ -182,6 +187,10 @@ impl Attention for MemoryCompressed {
             .local
             .attend(&part(q, 0, a), &part(k, 0, a), &part(v, 0, a));
         Tensor::cat(&[local, compressed], 1)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.local.backend()
     }
 
     fn flops(&self) -> FlopCount {

@@ -10,7 +10,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
-use crate::fused::block_softmax;
+use crate::fused::{block_softmax, Backends, BlockMask};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -26,9 +26,11 @@ pub struct Strided {
     stride: i64,
     /// Tokens per residue group, m = ceil(N / s).
     group: i64,
-    /// `[1, s, m, m]`: true where attended (not a padding key, not in the future when
-    /// causal).
-    visible: Tensor,
+    /// `[1, s, m, m]`: keys attended (not padding, not in the future when causal). The
+    /// padding is at the end of the short groups, so this is never a mask: SDPA's causal
+    /// triangle, or the full groups and the short ones in two unmasked calls.
+    mask: BlockMask,
+    backends: Backends,
 }
 
 /// The stride a config asks for at length `n`.
@@ -44,6 +46,11 @@ pub fn resolve_stride(stride: i64, n: i64) -> i64 {
 impl Strided {
     pub fn stride(&self) -> i64 {
         self.stride
+    }
+
+    /// How the pattern reaches SDPA (for tests).
+    pub fn mask(&self) -> &BlockMask {
+        &self.mask
     }
 }
 
@@ -82,17 +89,21 @@ impl AttentionVariant for Strided {
         // Position of member t of residue group r: r + t * s.
         let pos = Tensor::arange(stride, opts).view([stride, 1, 1])
             + Tensor::arange(group, opts).view([1, 1, group]) * stride;
-        let mut hidden = pos.ge(n).expand([stride, group, group], false);
+        let padding = pos.ge(n);
+        let mut hidden = padding.expand([stride, group, group], false);
         if shape.causal {
             let t = Tensor::arange(group, opts);
             let future = t.view([1, group]).gt_tensor(&t.view([group, 1]));
             hidden = hidden.logical_or(&future);
         }
+        let live = padding.logical_not().view([stride, group]);
+        let visible = hidden.logical_not().unsqueeze(0);
         Ok(Strided {
             shape: *shape,
             stride,
             group,
-            visible: hidden.logical_not().unsqueeze(0).to_device(vs.device()),
+            mask: BlockMask::new(&visible, Some(&live), vs.kind(), vs.device()),
+            backends: Backends::default(),
         })
     }
 }
@@ -113,10 +124,14 @@ impl Attention for Strided {
         // Every query sees its group's first member (position r < s <= N), so no row is
         // fully hidden.
         let g = |x: &Tensor| self.regroup(x);
-        block_softmax(&g(q), &g(k), &g(v), Some(&self.visible))
+        block_softmax(&g(q), &g(k), &g(v), &self.mask, &self.backends)
             .transpose(2, 3)
             .reshape([b, h, self.stride * self.group, d])
             .narrow(2, 0, n)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.backends.get()
     }
 
     fn flops(&self) -> FlopCount {

@@ -63,7 +63,11 @@ pub const HALF_MIN_EPS: f64 = 1.0 / 1024.0;
 
 pub struct Cosformer {
     shape: Shape,
-    chunk: i64,
+    /// cos and sin of theta at positions 0..N, `[N, 1]` in the variant's dtype and on its
+    /// device: made once, not in every forward pass.
+    angles: (Tensor, Tensor),
+    /// The causal form's chunks and their mask, built once.
+    chunks: super::Chunks,
     eps: f64,
 }
 
@@ -74,10 +78,16 @@ fn angles(start: i64, n: i64, m: i64, kind: Kind, device: Device) -> Tensor {
     (pos * (FRAC_PI_2 / m as f64)).to_kind(kind).unsqueeze(-1)
 }
 
-/// phi(x) for `x` `[.., n, d]` at the angles `theta` `[n, 1]` -> `[.., n, 2d]`.
-fn features_at(x: &Tensor, theta: &Tensor) -> Tensor {
+/// cos and sin of [`angles`].
+fn cos_sin(start: i64, n: i64, m: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+    let theta = angles(start, n, m, kind, device);
+    (theta.cos(), theta.sin())
+}
+
+/// phi(x) for `x` `[.., n, d]` at angles whose cos and sin are `[n, 1]` -> `[.., n, 2d]`.
+fn features_at(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
     let r = x.relu();
-    Tensor::cat(&[&r * theta.cos(), r * theta.sin()], -1)
+    Tensor::cat(&[&r * cos, r * sin], -1)
 }
 
 impl Cosformer {
@@ -92,8 +102,13 @@ impl Cosformer {
     /// phi(x) for `x` `[.., n, d]` at positions 0..n of the built sequence -> `[.., n, 2d]`.
     pub fn features(&self, x: &Tensor) -> Tensor {
         let n = x.size()[x.dim() - 2];
-        let theta = angles(0, n, self.shape.seq_len, x.kind(), x.device());
-        features_at(x, &theta)
+        let (cos, _) = &self.angles;
+        if n == cos.size()[0] && x.kind() == cos.kind() && x.device() == cos.device() {
+            features_at(x, &self.angles)
+        } else {
+            // Another length, dtype or device than built for (tests): the same values.
+            features_at(x, &cos_sin(0, n, self.shape.seq_len, x.kind(), x.device()))
+        }
     }
 }
 
@@ -119,10 +134,12 @@ impl AttentionVariant for Cosformer {
         super::check_eps("cosformer", config.eps)
     }
 
-    fn new(config: Config, shape: &Shape, _vs: nn::Path) -> Result<Self, VariantError> {
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
+        let n = shape.seq_len;
         Ok(Cosformer {
             shape: *shape,
-            chunk: super::effective_chunk(config.chunk, shape),
+            angles: cos_sin(0, n, n, vs.kind(), vs.device()),
+            chunks: super::Chunks::new(config.chunk, shape, vs.device()),
             eps: config.eps,
         })
     }
@@ -135,8 +152,15 @@ struct CosTokens {
 
 impl TokenFeatures for CosTokens {
     fn token(&mut self, q: &Tensor, k: &Tensor, pos: i64, _: &mut LinearState) -> (Tensor, Tensor) {
-        let theta = angles(pos, 1, self.m, q.kind(), q.device());
-        (features_at(q, &theta), features_at(k, &theta))
+        let angles = cos_sin(pos, 1, self.m, q.kind(), q.device());
+        (features_at(q, &angles), features_at(k, &angles))
+    }
+}
+
+impl Cosformer {
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    pub fn chunks(&self) -> &super::Chunks {
+        &self.chunks
     }
 }
 
@@ -145,7 +169,7 @@ impl Attention for Cosformer {
         let (qf, kf) = (self.features(q), self.features(k));
         let guard = self.guard(v.kind());
         if self.shape.causal {
-            super::causal(&qf, &kf, v, self.chunk, guard)
+            super::causal(&qf, &kf, v, &self.chunks, guard)
         } else {
             super::bidirectional(&qf, &kf, v, guard)
         }
@@ -155,7 +179,7 @@ impl Attention for Cosformer {
     /// cos / sin weights are element-wise and not counted (see [`crate::flops`]).
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
-        let chunk = s.causal.then_some(self.chunk);
+        let chunk = s.causal.then_some(self.chunks.chunk());
         FlopCount::forward(super::product_flops(s, 2 * s.head_dim, chunk))
     }
 

@@ -48,7 +48,8 @@ impl Default for Config {
 
 pub struct LinearTransformer {
     shape: Shape,
-    chunk: i64,
+    /// The causal form's chunks and their mask, built once.
+    chunks: super::Chunks,
     eps: f64,
 }
 
@@ -86,10 +87,10 @@ impl AttentionVariant for LinearTransformer {
         super::check_eps("linear-transformer", config.eps)
     }
 
-    fn new(config: Config, shape: &Shape, _vs: nn::Path) -> Result<Self, VariantError> {
+    fn new(config: Config, shape: &Shape, vs: nn::Path) -> Result<Self, VariantError> {
         Ok(LinearTransformer {
             shape: *shape,
-            chunk: super::effective_chunk(config.chunk, shape),
+            chunks: super::Chunks::new(config.chunk, shape, vs.device()),
             eps: config.eps,
         })
     }
@@ -104,12 +105,19 @@ impl TokenFeatures for EluTokens {
     }
 }
 
+impl LinearTransformer {
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    pub fn chunks(&self) -> &super::Chunks {
+        &self.chunks
+    }
+}
+
 impl Attention for LinearTransformer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (qf, kf) = (features(q), features(k));
         let guard = Guard::Offset(self.eps);
         if self.shape.causal {
-            super::causal(&qf, &kf, v, self.chunk, guard)
+            super::causal(&qf, &kf, v, &self.chunks, guard)
         } else {
             super::bidirectional(&qf, &kf, v, guard)
         }
@@ -119,7 +127,7 @@ impl Attention for LinearTransformer {
     /// element-wise and not counted (see [`crate::flops`]).
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
-        let chunk = s.causal.then_some(self.chunk);
+        let chunk = s.causal.then_some(self.chunks.chunk());
         FlopCount::forward(super::product_flops(s, s.head_dim, chunk))
     }
 

@@ -12,7 +12,7 @@ pub mod cosformer;
 pub mod linear_transformer;
 pub mod performer;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::attention::{Decoder, Shape};
 use crate::decode::LinearState;
@@ -92,10 +92,10 @@ pub fn bidirectional(qf: &Tensor, kf: &Tensor, v: &Tensor, guard: Guard) -> Tens
 /// is N x N, and the running state is kept per chunk (N/c x m x d), never per token.
 ///
 /// `qf`, `kf` `[b, h, n, m]`, `v` `[b, h, n, d]`.
-pub fn causal(qf: &Tensor, kf: &Tensor, v: &Tensor, chunk: i64, guard: Guard) -> Tensor {
+pub fn causal(qf: &Tensor, kf: &Tensor, v: &Tensor, plan: &Chunks, guard: Guard) -> Tensor {
     let (b, h, n, m) = qf.size4().expect("[batch, heads, seq, features]");
     let d = v.size()[3];
-    let c = chunk.clamp(1, n.max(1));
+    let c = plan.len.clamp(1, n.max(1));
     let nc = (n + c - 1) / c;
     let pad = nc * c - n;
     // Padding goes at the end, where only padded queries can see it.
@@ -114,8 +114,15 @@ pub fn causal(qf: &Tensor, kf: &Tensor, v: &Tensor, chunk: i64, guard: Guard) ->
 
     // Masked by selection, not by multiplying with 0: the gradient of a masked score can
     // overflow half precision (a row with a tiny normaliser), and inf * 0 is NaN.
-    let future = Tensor::ones([c, c], (Kind::Bool, v.device())).triu(1);
-    let a = qf.matmul(&kf.transpose(-2, -1)).masked_fill(&future, 0.0); // [b, h, nc, c, c]
+    let built;
+    let future = if c == plan.len && plan.future.device() == v.device() {
+        &plan.future
+    } else {
+        // Called at another length or device than built for (tests): correct, built here.
+        built = future_mask(c, v.device());
+        &built
+    };
+    let a = qf.matmul(&kf.transpose(-2, -1)).masked_fill(future, 0.0); // [b, h, nc, c, c]
     let num = qf.matmul(&kv) + a.matmul(&v);
     let den = qf.to_kind(acc).matmul(&z) + a.sum_dim_intlist(-1, true, acc);
     normalise(&num, &den, guard, kind)
@@ -126,6 +133,39 @@ pub fn causal(qf: &Tensor, kf: &Tensor, v: &Tensor, chunk: i64, guard: Guard) ->
 /// The chunk length [`causal`] actually uses at `shape`.
 pub fn effective_chunk(chunk: i64, shape: &Shape) -> i64 {
     chunk.clamp(1, shape.seq_len.max(1))
+}
+
+/// `[c, c]`, true above the diagonal: the keys after each query inside a chunk.
+fn future_mask(c: i64, device: Device) -> Tensor {
+    Tensor::ones([c, c], (Kind::Bool, device)).triu(1)
+}
+
+/// The chunking of [`causal`] at a built shape, with its in-chunk future mask made once
+/// on the variant's device instead of in every forward pass.
+pub struct Chunks {
+    len: i64,
+    future: Tensor,
+}
+
+impl Chunks {
+    /// Chunks of `chunk` tokens (clamped to `shape`'s length, see [`effective_chunk`]).
+    pub fn new(chunk: i64, shape: &Shape, device: Device) -> Chunks {
+        let len = effective_chunk(chunk, shape);
+        Chunks {
+            len,
+            future: future_mask(len, device),
+        }
+    }
+
+    /// The chunk length.
+    pub fn chunk(&self) -> i64 {
+        self.len
+    }
+
+    /// The in-chunk future mask (for tests).
+    pub fn future(&self) -> &Tensor {
+        &self.future
+    }
 }
 
 /// FLOPs of the products after the feature maps, per [`bidirectional`] or [`causal`]

@@ -39,7 +39,8 @@ impl Default for Config {
 pub struct Performer {
     shape: Shape,
     m: i64,
-    chunk: i64,
+    /// The causal form's chunks and their mask, built once.
+    chunks: super::Chunks,
     /// `[m, d]` orthogonal random projection, a fixed buffer (not trained).
     w: Tensor,
 }
@@ -99,7 +100,7 @@ impl AttentionVariant for Performer {
         Ok(Performer {
             shape: *shape,
             m: config.features,
-            chunk: super::effective_chunk(config.chunk, shape),
+            chunks: super::Chunks::new(config.chunk, shape, vs.device()),
             w,
         })
     }
@@ -179,26 +180,36 @@ impl TokenFeatures for PerformerTokens {
     }
 }
 
+impl Performer {
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    pub fn chunks(&self) -> &super::Chunks {
+        &self.chunks
+    }
+}
+
 impl Attention for Performer {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let qf = self.features(q, true);
         let kf = self.features(k, false);
         let guard = Guard::Floor(MIN_DEN);
         if self.shape.causal {
-            super::causal(&qf, &kf, v, self.chunk, guard)
+            super::causal(&qf, &kf, v, &self.chunks, guard)
         } else {
             super::bidirectional(&qf, &kf, v, guard)
         }
     }
 
     /// The two feature projections (n x d x m each), plus the family's products
-    /// ([`super::product_flops`]). The exp, norms and stabilisers are element-wise.
+    /// ([`super::product_flops`]). The exp, norms and stabilisers are element-wise. The
+    /// projection matrix is a fixed buffer, so the projections' backward is the input's
+    /// gradient only ([`FlopCount::fixed_operand`]).
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
         let (n, d, m) = (s.seq_len as u64, s.head_dim as u64, self.m as u64);
         let features = 2 * flops::matmul(s.bh(), n, d, m);
-        let chunk = s.causal.then_some(self.chunk);
-        FlopCount::forward(features + super::product_flops(s, self.m, chunk))
+        let chunk = s.causal.then_some(self.chunks.chunk());
+        FlopCount::fixed_operand(features)
+            + FlopCount::forward(super::product_flops(s, self.m, chunk))
     }
 
     fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {

@@ -55,6 +55,31 @@ pub struct Reformer {
     buckets: i64,
     /// `[d, rounds, buckets / 2]` random rotations, fixed per layer.
     rotations: Option<Tensor>,
+    /// Positions 0..N' of the padded sequence, what marks the real ones and the padding's
+    /// bucket, made once on the device (see [`Positions`]).
+    positions: Positions,
+}
+
+/// What the forward pass needs of the positions of N' = ceil(N / c) c padded tokens;
+/// depends on the shape only.
+struct Positions {
+    /// `[N']` int64.
+    pos: Tensor,
+    /// `[1, 1, 1, N']`: true for the N real positions.
+    real: Tensor,
+    /// `[1]` int64: the bucket padding hashes to, past the real ones.
+    pad_bucket: Tensor,
+}
+
+impl Positions {
+    fn new(n: i64, padded: i64, buckets: i64, device: tch::Device) -> Positions {
+        let pos = Tensor::arange(padded, (Kind::Int64, device));
+        Positions {
+            real: pos.lt(n).view([1, 1, 1, padded]),
+            pad_bucket: Tensor::full([1], buckets, (Kind::Int64, device)),
+            pos,
+        }
+    }
 }
 
 impl AttentionVariant for Reformer {
@@ -109,12 +134,14 @@ impl AttentionVariant for Reformer {
                 false,
             )
         });
+        let padded = (n + chunk - 1) / chunk * chunk;
         Ok(Reformer {
             shape: *shape,
             chunk,
             rounds: config.rounds,
             buckets,
             rotations,
+            positions: Positions::new(n, padded, buckets, vs.device()),
         })
     }
 }
@@ -164,18 +191,26 @@ impl Attention for Reformer {
         let (r, c) = (self.rounds, self.chunk);
         let nc = (n + c - 1) / c;
         let np = nc * c;
-        let dev = q.device();
         // Shared QK: keys are the unit-normalised queries.
         let keys = q / (q.square().sum_dim_intlist(-1, true, None).sqrt() + 1e-6);
         let pad = |t: &Tensor| t.constant_pad_nd([0, 0, 0, np - n]);
         let (qp, kp, vp) = (pad(q), pad(&keys), pad(v));
         // Padding positions hash to their own bucket past the real ones, so they sort last.
         let buckets = self.hash(&kp);
-        let pos = Tensor::arange(np, (Kind::Int64, dev));
-        let buckets = buckets.where_self(
-            &pos.lt(n).view([1, 1, 1, np]),
-            &Tensor::full([1], self.buckets, (Kind::Int64, dev)),
-        );
+        let built;
+        let at = &self.positions;
+        let at = if at.pos.size()[0] == np
+            && at.real.device() == q.device()
+            && n == self.shape.seq_len
+        {
+            at
+        } else {
+            // Another length or device than built for (tests): the same values.
+            built = Positions::new(n, np, self.buckets, q.device());
+            &built
+        };
+        let pos = &at.pos;
+        let buckets = buckets.where_self(&at.real, &at.pad_bucket);
         // Sort by bucket, then position.
         let order = (&buckets * np + pos.view([1, 1, 1, np])).argsort(-1, false);
         let chunks = |t: &Tensor, w: i64| t.reshape([b, h, r, nc, c, w]);
@@ -225,7 +260,9 @@ impl Attention for Reformer {
             .narrow(2, 0, n)
     }
 
-    /// Hashing, the chunk products and the round combination's weighted sum.
+    /// Hashing and the chunk products (the round combination's weighted sum is
+    /// element-wise). The hash feeds an argmax, whose indices carry no gradient, and the
+    /// rotations are fixed: its backward is 0 ([`FlopCount::no_grad`]).
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
         let (d, r, c) = (s.head_dim as u64, self.rounds as u64, self.chunk as u64);
@@ -234,7 +271,7 @@ impl Attention for Reformer {
         let width = if np == c { c } else { 2 * c };
         let chunks =
             flops::matmul(s.bh() * r, np, d, width) + flops::matmul(s.bh() * r, np, width, d);
-        FlopCount::forward(hashing + chunks)
+        FlopCount::no_grad(hashing) + FlopCount::forward(chunks)
     }
 }
 

@@ -16,7 +16,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
-use crate::fused::block_softmax;
+use crate::fused::{additive_mask, block_softmax, Backends, BlockMask};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -45,6 +45,7 @@ pub struct Routing {
     decay: f64,
     /// `[heads, k, d]` unit-length centroids, not trained by gradient.
     centroids: Tensor,
+    backends: Backends,
 }
 
 fn unit(x: &Tensor) -> Tensor {
@@ -109,6 +110,7 @@ impl AttentionVariant for Routing {
             window,
             decay: config.decay,
             centroids,
+            backends: Backends::default(),
         })
     }
 }
@@ -170,26 +172,31 @@ impl Attention for Routing {
         };
         let (qc, kc, vc) = (gather(q, &iq), gather(k, &ik), gather(v, &ik));
         let mut sees_any = None;
-        let mut visible = None;
+        // Causal: which keys a query meets depends on the routing, so the mask is made per
+        // call, directly additive in the compute dtype (no conversion inside SDPA).
+        let mut mask = BlockMask::All;
         if self.shape.causal {
+            // A query that meets only later keys is unmasked and its output zeroed.
             let future = ik.unsqueeze(-2).gt_tensor(&iq.unsqueeze(-1)); // [b, h, k, w, w]
-                                                                        // A query that meets only later keys is unmasked and its output zeroed.
             let any = future.logical_not().any_dim(-1, true);
-            visible = Some(
-                future
-                    .logical_and(&any)
-                    .logical_not()
-                    .view([b * h, c, w, w]),
-            );
+            let hidden = future.logical_and(&any).view([b * h, c, w, w]);
+            mask = BlockMask::Additive(additive_mask(&hidden, q.kind()));
             sees_any = Some(any);
         }
-        let mut out = block_softmax(&qc, &kc, &vc, visible.as_ref()); // [b, h, k, w, d]
-        let mut weight = Tensor::ones([b, h, c, w, 1], (q.kind(), q.device()));
-        if let Some(any) = sees_any {
-            // Not `*=`: that is in place, and backward needs `out` as it was.
-            out = out.multiply(&any.to_kind(q.kind()));
-            weight *= any.to_kind(q.kind());
-        }
+        let mut out = block_softmax(&qc, &kc, &vc, &mask, &self.backends); // [b, h, k, w, d]
+                                                                           // Each routed query counts once (causal: once where it met a key); a broadcast 1
+                                                                           // rather than a [b, h, k, w, 1] tensor of ones made in every forward pass.
+        let weight = match sees_any {
+            Some(any) => {
+                let any = any.to_kind(q.kind());
+                // Not `*=`: that is in place, and backward needs `out` as it was.
+                out = out.multiply(&any);
+                any
+            }
+            None => {
+                Tensor::ones([1, 1, 1, 1, 1], (q.kind(), q.device())).expand([b, h, c, w, 1], false)
+            }
+        };
         // Scatter back; a query in several clusters averages them.
         let index = iq.reshape([b, h, c * w, 1]);
         let sum = Tensor::zeros([b, h, n, d], (q.kind(), q.device())).scatter_add(
@@ -208,6 +215,14 @@ impl Attention for Routing {
         sum / count.clamp_min(1.0)
     }
 
+    fn backend(&self) -> Option<String> {
+        self.backends.get()
+    }
+
+    /// Routing (queries and keys against the k centroids) and attention within each
+    /// cluster. Routing keeps only top-k indices, which carry no gradient, and the
+    /// centroids move by moving average, not by gradient: its backward is 0
+    /// ([`FlopCount::no_grad`]). The centroid update's means are element-wise.
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
         let (n, d, c, w) = (
@@ -218,6 +233,6 @@ impl Attention for Routing {
         );
         let routing = 2 * flops::matmul(s.bh(), n, d, c);
         let attention = flops::matmul(s.bh() * c, w, d, w) + flops::matmul(s.bh() * c, w, w, d);
-        FlopCount::forward(routing + attention)
+        FlopCount::no_grad(routing) + FlopCount::forward(attention)
     }
 }

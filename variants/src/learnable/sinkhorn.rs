@@ -16,7 +16,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{Attention, Shape};
 use crate::error::VariantError;
 use crate::flops::{self, FlopCount};
-use crate::fused::block_softmax;
+use crate::fused::{block_softmax, Backends, BlockMask};
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -50,10 +50,11 @@ pub struct Sinkhorn {
     /// `[d, blocks]`: the sorting network, one linear map from a block summary to its
     /// scores over destinations.
     sorter: Tensor,
-    /// `[1, blocks, b, 2b]`: keys each query attends, own block then sorted block;
-    /// `None` when it sees all (not causal, and b divides N), which lets the fused
-    /// kernel skip the mask.
-    visible: Option<Tensor>,
+    /// `[1, blocks, b, 2b]`: keys each query attends, sorted block then own block. Not
+    /// causal, only the last block's own padding is hidden, at the end of its keys, so no
+    /// mask reaches the fused kernel (see [`crate::fused::BlockMask`]).
+    mask: BlockMask,
+    backends: Backends,
     /// `[blocks, blocks]`, causal only: true where block j may not be sorted into place i
     /// (j >= i).
     future_blocks: Option<Tensor>,
@@ -139,10 +140,12 @@ impl AttentionVariant for Sinkhorn {
             )
         };
         // Padding keys are zero; in the own block they are hidden, in the sorted block
-        // they are mixed in at most at the weight P gives the last block's padding.
-        let hidden = Tensor::cat(&[own, sorted], 2);
-        let any = bool::try_from(hidden.any()).unwrap_or(true);
-        let visible = any.then(|| hidden.logical_not().unsqueeze(0).to_device(vs.device()));
+        // they are mixed in at most at the weight P gives the last block's padding. The
+        // own block comes last so that its padding ends the row.
+        let hidden = Tensor::cat(&[sorted, own], 2);
+        let visible = hidden.logical_not().unsqueeze(0);
+        let live = pos.lt(n).view([blocks, block]);
+        let mask = BlockMask::new(&visible, Some(&live), vs.kind(), vs.device());
         Ok(Sinkhorn {
             shape: *shape,
             block,
@@ -150,13 +153,19 @@ impl AttentionVariant for Sinkhorn {
             iterations: config.iterations,
             temperature: config.temperature,
             sorter,
-            visible,
+            mask,
+            backends: Backends::default(),
             future_blocks,
         })
     }
 }
 
 impl Sinkhorn {
+    /// How the block pattern reaches SDPA (for tests).
+    pub fn mask(&self) -> &BlockMask {
+        &self.mask
+    }
+
     fn blocks_of(&self, x: &Tensor) -> Tensor {
         let (b, h, n, d) = x.size4().expect("[batch, heads, seq, head_dim]");
         x.constant_pad_nd([0, 0, 0, self.blocks * self.block - n])
@@ -190,11 +199,16 @@ impl Attention for Sinkhorn {
             p.matmul(&x.reshape([b, h, nb, bl * d]))
                 .view([b, h, nb, bl, d])
         };
-        let keys = Tensor::cat(&[&kb, &sort(&kb)], 3); // [b, h, nb, 2b, d]
-        let values = Tensor::cat(&[&vb, &sort(&vb)], 3);
-        block_softmax(&self.blocks_of(q), &keys, &values, self.visible.as_ref())
+        let keys = Tensor::cat(&[&sort(&kb), &kb], 3); // [b, h, nb, 2b, d]
+        let values = Tensor::cat(&[&sort(&vb), &vb], 3);
+        let q = self.blocks_of(q);
+        block_softmax(&q, &keys, &values, &self.mask, &self.backends)
             .view([b, h, nb * bl, d])
             .narrow(2, 0, n)
+    }
+
+    fn backend(&self) -> Option<String> {
+        self.backends.get()
     }
 
     fn flops(&self) -> FlopCount {

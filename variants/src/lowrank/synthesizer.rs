@@ -182,17 +182,28 @@ impl Attention for Synthesizer {
 
     /// Per batch and head, softmax(B) V (N N d) and, for `dense`, the MLP (N d d + N d N).
     /// `factorized-random` adds R1 R2^T once per head (N k N), shared by the batch; plain
-    /// `random` has no product before the softmax. The masked product is dense.
+    /// `random` has no product before the softmax. The masked product is dense. With
+    /// `trainable = false` the logits are constants: softmax(B) V's backward is V's
+    /// gradient only, and R1 R2^T has none ([`crate::flops`]).
     fn flops(&self) -> FlopCount {
         let s = &self.shape;
         let (n, d, k) = (s.seq_len as u64, s.head_dim as u64, self.rank as u64);
         let bh = s.bh();
         let apply = flops::matmul(bh, n, n, d);
-        let logits = match &self.logits {
-            Logits::Dense { .. } => flops::matmul(bh, n, d, d) + flops::matmul(bh, n, d, n),
-            Logits::Random { .. } => 0,
-            Logits::Factorized { .. } => flops::matmul(s.heads as u64, n, k, n),
+        let (logits, fixed) = match &self.logits {
+            Logits::Dense { .. } => (
+                flops::matmul(bh, n, d, d) + flops::matmul(bh, n, d, n),
+                false,
+            ),
+            Logits::Random { r } => (0, !r.requires_grad()),
+            Logits::Factorized { r1, .. } => {
+                (flops::matmul(s.heads as u64, n, k, n), !r1.requires_grad())
+            }
         };
-        FlopCount::forward(apply + logits)
+        if fixed {
+            FlopCount::fixed_operand(apply) + FlopCount::no_grad(logits)
+        } else {
+            FlopCount::forward(apply + logits)
+        }
     }
 }
