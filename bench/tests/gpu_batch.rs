@@ -33,7 +33,11 @@ fn script(name: &str) -> Command {
 
 /// Member names of a .tar.gz.
 fn members(archive: &Path) -> Vec<String> {
-    let o = Command::new("tar").arg("-tzf").arg(archive).output().unwrap();
+    let o = Command::new("tar")
+        .arg("-tzf")
+        .arg(archive)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "tar -tzf {}", archive.display());
     String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -73,14 +77,20 @@ fn the_pack_is_stripped_and_refused_over_the_limit() {
     assert!(packed < built / 2, "{packed} bytes packed of {built} built");
     assert!(std::fs::read_to_string(dir.join("COMMIT")).unwrap().len() >= 40);
     // The stripped binary still runs.
-    let o = Command::new(dir.join("xarena")).arg("--version").output().unwrap();
+    let o = Command::new(dir.join("xarena"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
     let o = pack("1");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let msg = stderr(&o);
     assert!(msg.contains("over the 1 MiB"), "{msg}");
-    assert!(!dir.join("xarena").exists(), "an oversized pack is not left");
+    assert!(
+        !dir.join("xarena").exists(),
+        "an oversized pack is not left"
+    );
     assert_eq!(pack("0x").status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -99,7 +109,9 @@ fn the_batch_runs_end_to_end_on_the_cpu_and_archives_everything() {
     let phases = std::fs::read_to_string(work.join("phases.tsv")).unwrap();
     for step in ["environment", "check", "sweep", "long", "report"] {
         assert!(
-            phases.lines().any(|l| l.starts_with(&format!("{step}\tok\t"))),
+            phases
+                .lines()
+                .any(|l| l.starts_with(&format!("{step}\tok\t"))),
             "{step} did not end ok:\n{phases}"
         );
     }
@@ -175,7 +187,9 @@ fn a_batch_stopped_mid_sweep_keeps_its_finished_cases_in_the_archive() {
     let back = tmp("batch-cut-unpacked");
     unpack(&archive, &back);
     let base = work.file_name().unwrap();
-    let archived = read_results(&back.join(base).join("sweep")).unwrap().records;
+    let archived = read_results(&back.join(base).join("sweep"))
+        .unwrap()
+        .records;
     assert_eq!(archived.len(), finished.len());
     assert!(archived.len() >= 2);
     let phases = std::fs::read_to_string(back.join(base).join("phases.tsv")).unwrap();
@@ -201,7 +215,11 @@ fn the_batch_refuses_bad_arguments_before_writing() {
             .collect();
         let o = script("gpu-batch.sh").args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).starts_with("ci/gpu-batch.sh: "), "{}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with("ci/gpu-batch.sh: "),
+            "{}",
+            stderr(&o)
+        );
     }
     let o = script("gpu-batch.sh")
         .env("XARENA_BIN", "/nonexistent/xarena")

@@ -100,7 +100,21 @@ pub struct Cell {
     /// NVML reported a performance-limiting clock reason around the case.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub throttled: bool,
+    /// Device time per iteration (CUDA events), where recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_s: Option<f64>,
+    /// The latency is within [`LAUNCH_BOUND_FACTOR`] of the [`FLOOR`] variant's at this
+    /// length: the harness's own dispatch and synchronisation, not the variant's work,
+    /// sets it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub launch_bound: bool,
 }
+
+/// The variant whose latency is the harness floor: an identity layer.
+pub const FLOOR: &str = "empty";
+
+/// A case within this factor of the floor's latency is marked launch-bound.
+pub const LAUNCH_BOUND_FACTOR: f64 = 2.0;
 
 /// Where a variant's latency crosses a reference's, over the lengths measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -213,6 +227,12 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
                     (Some(base), Some(m)) if base > 0 => Some(m as f64 / base as f64),
                     _ => None,
                 };
+                let floor = latest
+                    .iter()
+                    .find(|((_, m), f)| *m == n && f.key.variant == FLOOR)
+                    .and_then(|(_, f)| latency(f));
+                let launch_bound = r.key.variant != FLOOR
+                    && matches!((lat, floor), (Some(t), Some(f)) if t < LAUNCH_BOUND_FACTOR * f);
                 cells.insert(
                     n,
                     Cell {
@@ -226,6 +246,13 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
                         params: r.params,
                         peak_fraction: r.peak_fraction.filter(|_| ok(r)),
                         throttled: r.gpu.as_ref().is_some_and(|g| g.throttled),
+                        device_s: r
+                            .latency
+                            .as_ref()
+                            .filter(|_| ok(r))
+                            .and_then(|l| l.device.as_ref())
+                            .map(|d| d.median_s),
+                        launch_bound,
                     },
                 );
             }

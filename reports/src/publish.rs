@@ -17,7 +17,8 @@ use crate::lra::{lra_views, LraView};
 use crate::plots;
 use crate::schema::{Dtype, Environment, Record, Setting};
 use crate::table::{
-    compute_grid, efficiency_notes, format_count, latency_grid, memory_grid, roofline_notes, Style,
+    compute_grid, device_time_grid, efficiency_notes, format_count, latency_grid, memory_grid,
+    roofline_notes, Style,
 };
 
 /// Version of the layout of `report.json`.
@@ -236,6 +237,9 @@ impl Report {
                 )));
             }
             out.push_str(&grid(&latency_grid(t)));
+            if let Some(g) = device_time_grid(t) {
+                out.push_str(&grid(&g));
+            }
             out.push_str(&grid(&memory_grid(t)));
             out.push_str(&grid(&compute_grid(t)));
         }
@@ -317,6 +321,9 @@ impl Report {
                                 (plot(&format!("memory-{name}.svg")))
                             }
                             (latency_grid(t).html())
+                            @if let Some(g) = device_time_grid(t) {
+                                (g.html())
+                            }
                             (memory_grid(t).html())
                             (compute_grid(t).html())
                         }

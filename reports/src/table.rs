@@ -1,7 +1,8 @@
 //! Efficiency tables as terminal or Markdown text.
 
 use crate::analysis::{
-    Cell, Crossover, EfficiencyTable, Fit, Row, CROSSOVER_REFERENCES, REFERENCE,
+    fit_power_law, Cell, Crossover, EfficiencyTable, Fit, Row, CROSSOVER_REFERENCES, FLOOR,
+    LAUNCH_BOUND_FACTOR, REFERENCE,
 };
 use crate::grid::{Grid, GridCell};
 use crate::schema::{Mode, Status};
@@ -127,11 +128,38 @@ pub fn latency_grid(table: &EfficiencyTable) -> Grid {
             if c.throttled {
                 text.push_str(THROTTLED_MARK);
             }
+            if c.launch_bound {
+                text.push_str(LAUNCH_BOUND_MARK);
+            }
             GridCell::new(text, c.latency_s)
         },
         |r| format_fit(r.time_fit, r.time_claim),
         true,
     )
+}
+
+/// The device-time table (CUDA events): `None` when no case of the setting has one.
+pub fn device_time_grid(table: &EfficiencyTable) -> Option<Grid> {
+    let any = table
+        .rows
+        .iter()
+        .any(|r| r.cells.values().any(|c| c.device_s.is_some()));
+    any.then(|| {
+        render(
+            table,
+            "device time",
+            |c| GridCell::new(c.device_s.map_or("-".into(), format_seconds), c.device_s),
+            |r| {
+                let points: Vec<(f64, f64)> = r
+                    .cells
+                    .iter()
+                    .filter_map(|(n, c)| c.device_s.map(|t| (*n as f64, t)))
+                    .collect();
+                format_fit(fit_power_law(&points), r.time_claim)
+            },
+            false,
+        )
+    })
 }
 
 pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
@@ -240,6 +268,9 @@ pub fn format_count(x: f64) -> String {
 /// Appended to a latency cell whose case ran throttled.
 pub const THROTTLED_MARK: &str = " \u{2020}";
 
+/// Appended to a latency cell whose case is launch-bound.
+pub const LAUNCH_BOUND_MARK: &str = " \u{2021}";
+
 /// A fraction as a percentage with two significant digits at least: 43%, 4.3%, 0.43%.
 pub fn format_percent(p: f64) -> String {
     let pct = 100.0 * p;
@@ -269,6 +300,24 @@ pub fn roofline_notes(tables: &[EfficiencyTable]) -> Option<String> {
                 .to_string(),
         );
     }
+    if cells().any(|c| c.device_s.is_some()) {
+        notes.push(
+            "Device time: the GPU's own time per iteration, from CUDA events on the case's \
+             stream around each timed sample; latency is the host's clock around the same \
+             samples (short cases run several iterations between two synchronisations: \
+             `per_sample` in the records)."
+                .to_string(),
+        );
+    }
+    if cells().any(|c| c.launch_bound) {
+        notes.push(format!(
+            "{}: launch-bound: the latency is within {LAUNCH_BOUND_FACTOR}x of the `{FLOOR}` \
+             variant's (an identity layer: the harness's dispatch and synchronisation) at the \
+             same length, so it says more about the harness and the host than about the \
+             variant.",
+            LAUNCH_BOUND_MARK.trim()
+        ));
+    }
     if cells().any(|c| c.throttled) {
         notes.push(format!(
             "{}: the case ran throttled: NVML reported a performance-limiting clock reason \
@@ -291,6 +340,10 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
         out.push_str(&heading);
         out.push_str(&latency_table(t, style));
         out.push_str("\n\n");
+        if let Some(g) = device_time_grid(t) {
+            out.push_str(&g.text(style));
+            out.push_str("\n\n");
+        }
         out.push_str(&memory_table(t, style));
         out.push_str("\n\n");
         out.push_str(&compute_table(t, style));
@@ -407,5 +460,66 @@ pub(crate) mod tests {
         assert!(roofline_notes(&tables).unwrap().starts_with("% peak"));
         assert_eq!(format_percent(0.04321), "4.3%");
         assert_eq!(format_percent(0.004321), "0.43%");
+    }
+
+    #[test]
+    fn launch_bound_cases_and_device_time_are_shown_only_where_they_apply() {
+        let with_latency = |label: &str, n: i64, host: f64, device: Option<f64>| {
+            let mut r = record(label, n, None, None);
+            let l = r.latency.as_mut().unwrap();
+            l.median_s = host;
+            l.device = device.map(|d| xarena_reports_device(d));
+            r
+        };
+        // empty at 10 us: 15 us is launch-bound, 25 us is not; empty itself never is.
+        let records = vec![
+            with_latency("empty", 1024, 10e-6, Some(2e-6)),
+            with_latency("sdpa", 1024, 15e-6, Some(9e-6)),
+            with_latency("vanilla", 1024, 25e-6, Some(20e-6)),
+        ];
+        let tables = efficiency_tables(&records);
+        let text = efficiency_report(&tables, Style::Terminal);
+        let cell = |label: &str| {
+            tables[0]
+                .rows
+                .iter()
+                .find(|r| r.label == label)
+                .unwrap()
+                .cells[&1024]
+                .clone()
+        };
+        assert!(cell("sdpa").launch_bound);
+        assert!(!cell("vanilla").launch_bound && !cell("empty").launch_bound);
+        assert_eq!(cell("sdpa").device_s, Some(9e-6));
+        assert!(
+            text.contains("device time") && text.contains("9.0 us"),
+            "{text}"
+        );
+        assert!(text.contains("launch-bound"), "{text}");
+        assert_eq!(
+            text.matches(LAUNCH_BOUND_MARK.trim()).count(),
+            2,
+            "one cell and the note"
+        );
+
+        // Without device times or a floor: neither the table nor the marks.
+        let plain = vec![
+            with_latency("sdpa", 1024, 15e-6, None),
+            with_latency("vanilla", 1024, 25e-6, None),
+        ];
+        let text = efficiency_report(&efficiency_tables(&plain), Style::Terminal);
+        assert!(
+            !text.contains("device time") && !text.contains("launch-bound"),
+            "{text}"
+        );
+    }
+
+    fn xarena_reports_device(median_s: f64) -> crate::schema::DeviceTime {
+        crate::schema::DeviceTime {
+            median_s,
+            p10_s: median_s,
+            p90_s: median_s,
+            method: "cuda-events".into(),
+        }
     }
 }
