@@ -22,8 +22,8 @@ bin=${XARENA_PACK_BIN:-}
 if [ -z "$bin" ]; then
   bash ci/setup.sh >/dev/null
   cargo build --release --locked -p xarena-bench
-  bin=target/release/xarena
 fi
+bin=${bin:-target/release/xarena}
 [ -x "$bin" ] || die "no binary at $bin"
 
 mkdir -p "$pack"

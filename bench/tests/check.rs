@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{stderr, stdout, tmp, xarena, QUICK};
+use common::{run_quick, stderr, stdout, tmp, xarena};
 use xarena_bench::case::Request;
 use xarena_bench::check::{self, check_seq_len, CheckLine, CHECK_SEQ};
 use xarena_bench::sweep::{Case, Sweep};
@@ -108,19 +107,10 @@ fn requests_without_the_check_fields_still_parse() {
     assert!(!old.check && !old.check_only);
 }
 
-fn run(args: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
-    let mut c = xarena();
-    c.arg("run").args(QUICK).args(args).arg("--out").arg(out);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("xarena runs")
-}
-
 #[test]
 fn a_case_that_fails_the_check_is_an_error_and_not_timed() {
     let out = tmp("check-run");
-    let o = run(
+    let o = run_quick(
         &[
             "--variants",
             "vanilla,local:window=8",
@@ -156,7 +146,7 @@ fn a_case_that_fails_the_check_is_an_error_and_not_timed() {
 
     // auto, the default, checks on CUDA only: a CPU run neither checks nor fails.
     let out = tmp("check-auto");
-    let o = run(
+    let o = run_quick(
         &["--variants", "local:window=8", "--seq", "32"],
         &out,
         &[("XARENA_FAULT", "nan@local")],

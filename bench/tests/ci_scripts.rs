@@ -4,6 +4,9 @@
 //! shellcheck where it is installed); the nightly sweep preset; and what the cluster
 //! scripts launch, with stand-ins for xarena and sbatch.
 
+mod common;
+
+use common::repo;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,13 +14,6 @@ use std::process::{Command, Output};
 use xarena_bench::sweep::{Sweep, SweepFile};
 use xarena_reports::schema::{Dtype, Mode};
 use yaml_rust2::{Yaml, YamlLoader};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
 
 const WORKFLOW: &str = ".github/workflows/nightly-gpu.yml";
 

@@ -3,20 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{stderr, tmp, xarena, QUICK};
+use common::{run_quick, stderr, tmp, xarena};
 use xarena_reports::load::read_results;
 use xarena_reports::schema::Status;
-
-fn run(args: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
-    let mut c = xarena();
-    c.arg("run").args(QUICK).args(args).arg("--out").arg(out);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("xarena runs")
-}
 
 fn statuses(out: &Path) -> Vec<(String, i64, Status, Option<String>)> {
     read_results(out)
@@ -30,7 +20,7 @@ fn statuses(out: &Path) -> Vec<(String, i64, Status, Option<String>)> {
 #[test]
 fn failing_cases_are_recorded_and_the_sweep_goes_on() {
     let out = tmp("faults");
-    let o = run(
+    let o = run_quick(
         &[
             "--variants",
             "vanilla,local,linformer,performer,sdpa",
@@ -69,7 +59,7 @@ fn a_reused_worker_is_replaced_after_a_failure() {
     // `poison` fails its case and every later case of the same process, as a CUDA
     // device-side assert does: with --reuse-worker the cases after it must still run.
     let out = tmp("poisoned");
-    let o = run(
+    let o = run_quick(
         &[
             "--variants",
             "local,vanilla,sdpa",
@@ -128,7 +118,7 @@ fn an_allocation_too_large_for_the_machine_is_recorded_as_oom() {
 #[test]
 fn resume_skips_finished_cases_and_repairs_a_cut_line() {
     let out = tmp("resume");
-    let o = run(&["--variants", "vanilla,empty", "--seq", "16"], &out, &[]);
+    let o = run_quick(&["--variants", "vanilla,empty", "--seq", "16"], &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let first = read_results(&out).unwrap().records;
     assert_eq!(first.len(), 2);
@@ -140,7 +130,7 @@ fn resume_skips_finished_cases_and_repairs_a_cut_line() {
     std::fs::write(&results, text).unwrap();
 
     // Without --resume the directory is refused and left alone.
-    let o = run(
+    let o = run_quick(
         &["--variants", "vanilla,empty", "--seq", "16,24"],
         &out,
         &[],
@@ -148,7 +138,7 @@ fn resume_skips_finished_cases_and_repairs_a_cut_line() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
 
-    let o = run(
+    let o = run_quick(
         &["--variants", "vanilla,empty", "--seq", "16,24", "--resume"],
         &out,
         &[],
@@ -166,7 +156,7 @@ fn resume_skips_finished_cases_and_repairs_a_cut_line() {
     assert_eq!(ids.len(), 4);
 
     // Nothing left to do.
-    let o = run(
+    let o = run_quick(
         &["--variants", "vanilla,empty", "--seq", "16,24", "--resume"],
         &out,
         &[],
@@ -288,7 +278,7 @@ fn check_rejected(cases: &[(Vec<String>, &str)]) {
 #[test]
 fn report_prints_the_table_and_rejects_bad_files() {
     let out = tmp("report");
-    let o = run(
+    let o = run_quick(
         &["--variants", "vanilla,local:window=8", "--seq", "16,32"],
         &out,
         &[],
@@ -357,7 +347,7 @@ fn list_names_every_variant_with_its_family() {
 #[test]
 fn decode_records_per_token_latency_and_the_state() {
     let out = tmp("decode");
-    let o = run(
+    let o = run_quick(
         &[
             "--variants",
             "vanilla,local:window=8",

@@ -4,18 +4,14 @@
 //! run equal, case for case, to the same sweep run unsharded. Every daemon the test starts
 //! is stopped again, also when it fails. Needs root: slurmd runs each job as its user.
 
+mod common;
+
+use common::repo;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
 
 const SWEEP: &str = "ci/sweeps/slurm-cpu.toml";
 const SHARDS: usize = 4;

@@ -468,7 +468,7 @@ pub(crate) mod tests {
             let mut r = record(label, n, None, None);
             let l = r.latency.as_mut().unwrap();
             l.median_s = host;
-            l.device = device.map(|d| xarena_reports_device(d));
+            l.device = device.map(device_time);
             r
         };
         // empty at 10 us: 15 us is launch-bound, 25 us is not; empty itself never is.
@@ -514,7 +514,7 @@ pub(crate) mod tests {
         );
     }
 
-    fn xarena_reports_device(median_s: f64) -> crate::schema::DeviceTime {
+    fn device_time(median_s: f64) -> crate::schema::DeviceTime {
         crate::schema::DeviceTime {
             median_s,
             p10_s: median_s,

@@ -1,8 +1,16 @@
 //! Helpers shared by the end-to-end tests of the `xarena` binary.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The workspace root (the scripts and sweep files are named from it).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
 
 /// The binary under test, without an inherited fault injection.
 pub fn xarena() -> Command {
@@ -29,6 +37,16 @@ pub const QUICK: &[&str] = &[
     "1",
     "--no-report",
 ];
+
+/// `xarena run` with the [`QUICK`] settings, `args`, `--out out` and extra environment.
+pub fn run_quick(args: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = xarena();
+    c.arg("run").args(QUICK).args(args).arg("--out").arg(out);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("xarena runs")
+}
 
 /// A fresh path under the temporary directory, unique to this test process.
 pub fn tmp(name: &str) -> PathBuf {
