@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 use xarena_reports::schema::{CaseKey, Dtype, Mode, Peak};
 
+use super::timing::{time_once, Sampler};
 use crate::sweep::{tch_device, tch_kind};
 
 /// When the run measures the roofline (`--roofline`, or `roofline` in a sweep file).
@@ -69,34 +70,15 @@ const CUDA_COPY_BYTES: i64 = 1 << 30;
 /// Well beyond any last-level cache, so the copy measures memory.
 const CPU_COPY_BYTES: i64 = 256 << 20;
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-/// Seconds of one run of `op`, synchronised.
-fn time_once(device: Device, op: &mut impl FnMut()) -> f64 {
-    let t0 = Instant::now();
-    op();
-    sync(device);
-    t0.elapsed().as_secs_f64()
-}
-
 /// The best rate (`work` per run of `op`, per second) over a few batches, after a warm-up.
+/// Each batch runs `op` k times between two synchronisations, as the cases' short samples do.
 fn best_rate(device: Device, work: f64, mut op: impl FnMut()) -> f64 {
     time_once(device, &mut op);
     let one = time_once(device, &mut op).max(1e-9);
-    let k = ((BATCH_S / one).ceil() as usize).clamp(1, 1000);
+    let k = ((BATCH_S / one).ceil() as u64).clamp(1, 1000);
+    let mut sampler = Sampler::new(device);
     (0..REPEATS)
-        .map(|_| {
-            let t0 = Instant::now();
-            for _ in 0..k {
-                op();
-            }
-            sync(device);
-            work * k as f64 / t0.elapsed().as_secs_f64()
-        })
+        .map(|_| work / sampler.sample(k, &mut || {}, &mut op).0)
         .fold(0.0, f64::max)
 }
 

@@ -27,6 +27,7 @@ extern "C" {
         len: usize,
     ) -> c_int;
     fn xarena_cuda_runtime_version() -> c_long;
+    fn xarena_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> c_int;
 }
 
 fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
@@ -113,10 +114,6 @@ impl Drop for CudaTimer {
         // SAFETY: created by xarena_cuda_timer_new and freed once.
         unsafe { xarena_cuda_timer_free(self.0) }
     }
-}
-
-extern "C" {
-    fn xarena_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> c_int;
 }
 
 /// TF32 as LibTorch's global context has it for CUDA (the settings any CUDA work in this
