@@ -197,8 +197,10 @@ pub fn ingest(db: &Path, results: &[PathBuf]) -> Result<Ingested> {
                 l.map(|l| l.median_s),
                 l.map(|l| l.p10_s),
                 l.map(|l| l.p90_s),
-                r.memory.as_ref().map(|m| m.peak_bytes as i64),
-                r.state_bytes.map(|b| b as i64),
+                // Fallible: a count past i64 is an error, never a wrapped -1 (records
+                // are checked on load, so it does not happen).
+                r.memory.as_ref().map(|m| m.peak_bytes),
+                r.state_bytes,
                 r.started_at,
                 json,
             ])?;

@@ -302,6 +302,49 @@ fn bad_input_is_refused_with_a_clear_message() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("schema version 99"), "{}", stderr(&o));
     assert!(!Path::new("/tmp/never-written").exists());
+    // Plain text is not "a last line cut short": merge and history refuse it.
+    let junk = tmp("junk.jsonl");
+    std::fs::write(&junk, "these are not results").unwrap();
+    let merged = tmp("junk-merged");
+    let o = xarena()
+        .arg("merge")
+        .arg(&merged)
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a result record"), "{}", stderr(&o));
+    assert!(!merged.exists());
+    let db = tmp("junk.sqlite");
+    let o = xarena()
+        .args(["history", "ingest"])
+        .arg(&db)
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a result record"), "{}", stderr(&o));
+
+    // An edited key no longer matches its case id, and a negative time is refused.
+    for (name, edit, needle) in [
+        (
+            "edited-key",
+            (|v: &mut serde_json::Value| v["key"]["seq_len"] = 64.into())
+                as fn(&mut serde_json::Value),
+            "hash of its key",
+        ),
+        (
+            "negative",
+            |v: &mut serde_json::Value| v["latency"]["median_s"] = (-1.0).into(),
+            "latency.median_s -1",
+        ),
+    ] {
+        let bad = tmp(&format!("{name}.jsonl"));
+        edited(&base, &bad, edit);
+        let o = xarena().arg("report").arg(&bad).output().unwrap();
+        assert!(!o.status.success(), "{name}");
+        assert!(stderr(&o).contains(needle), "{name}: {}", stderr(&o));
+    }
 }
 
 #[test]

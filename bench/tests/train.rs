@@ -305,6 +305,8 @@ fn xarena_train_refuses_bad_input_and_writes_nothing() {
             .unwrap();
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+        // Messages are one line of prose: no run of spaces from a broken continuation.
+        assert!(!stderr(&o).contains("  "), "{args:?}: {:?}", stderr(&o));
         assert!(!out.exists(), "{args:?} created --out");
     }
 }
@@ -466,4 +468,26 @@ fn the_matrix_checks_everything_before_training() {
         assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
         assert!(!out.exists(), "{args:?} created --out");
     }
+}
+
+#[test]
+fn the_matrix_names_an_out_that_is_a_file() {
+    let file = tmp("lra-out-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let o = xarena()
+        .args(["lra", "--variants", "vanilla", "--tasks", "listops"])
+        .args(["--preset", "tiny", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{}: exists and is not a directory",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
 }

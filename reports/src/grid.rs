@@ -62,18 +62,19 @@ impl Grid {
             Style::Terminal => UTF8_FULL_CONDENSED,
             Style::Markdown => ASCII_MARKDOWN,
         });
-        t.set_header(self.header.clone());
+        // A `|` inside a Markdown cell would end it; HTML in it would be rendered.
+        let cell = |text: &str| match style {
+            Style::Markdown => style.inline(text).replace('|', "\\|"),
+            Style::Terminal => text.to_string(),
+        };
+        t.set_header(self.header.iter().map(|h| cell(h)));
         for i in 1..t.column_count() {
             if let Some(col) = t.column_mut(i) {
                 col.set_cell_alignment(CellAlignment::Right);
             }
         }
         for row in &self.rows {
-            // A `|` inside a Markdown cell would end it.
-            t.add_row(row.iter().map(|c| match style {
-                Style::Markdown => c.text.replace('|', "\\|"),
-                Style::Terminal => c.text.clone(),
-            }));
+            t.add_row(row.iter().map(|c| cell(&c.text)));
         }
         t.to_string()
     }
@@ -129,6 +130,28 @@ mod tests {
         assert!(h.contains("a&amp;b"));
         assert!(h.contains(r#"data-sort="0.001""#), "{h}");
         assert!(h.contains(r#"data-sort="Infinity""#), "{h}");
+    }
+
+    #[test]
+    fn markdown_cells_and_headers_carry_no_html() {
+        let mut g = Grid::new(vec!["<b>variant".into(), "N".into()]);
+        g.push(vec![
+            "<script>alert(1)</script>".into(),
+            "<img src=x onerror=alert(1)>".into(),
+        ]);
+        g.push(vec!["&#60;script&#62;".into(), "< 512".into()]);
+        let md = g.text(Style::Markdown);
+        for raw in ["<script", "</script", "<img", "<b>", "&#60;"] {
+            assert!(!md.contains(raw), "{raw} in\n{md}");
+        }
+        assert!(md.contains("&lt;script>alert(1)&lt;/script>"), "{md}");
+        assert!(md.contains("&amp;#60;"), "{md}");
+        // Comparisons are not HTML and stay readable.
+        assert!(md.contains("< 512"), "{md}");
+        // The terminal shows text as it is.
+        assert!(g
+            .text(Style::Terminal)
+            .contains("<script>alert(1)</script>"));
     }
 
     #[test]

@@ -408,7 +408,9 @@ pub fn kv_report(records: &[KvRecord], style: Style) -> String {
             .unwrap_or(0);
         let head = format!(
             "model: {}, context {} tokens, {} prompts per task",
-            g.model, g.context, examples
+            style.inline(&g.model),
+            g.context,
+            examples
         );
         out.push_str(&if md {
             format!("### {head}\n\n")

@@ -12,10 +12,12 @@ pub const RESULTS_FILE: &str = "results.jsonl";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
+    // The I/O error is part of the message and deliberately not its `source`: `{:#}`
+    // prints the chain, which would name it twice.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}: not a result record: {message}")]
     Parse {
@@ -51,7 +53,7 @@ pub fn results_path(path: &Path) -> PathBuf {
 
 pub fn read_results(path: &Path) -> Result<Loaded, LoadError> {
     let (records, truncated_tail) =
-        read_versioned(&results_path(path), SCHEMA_VERSION, |_: &Record| Ok(()))?;
+        read_versioned(&results_path(path), SCHEMA_VERSION, Record::check)?;
     Ok(Loaded {
         records,
         truncated_tail,
@@ -66,10 +68,12 @@ pub(crate) fn read_versioned<T: DeserializeOwned>(
     check: impl Fn(&T) -> Result<(), String>,
 ) -> Result<(Vec<T>, bool), LoadError> {
     let path = path.to_path_buf();
-    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+    let text = std::fs::read_to_string(&path).map_err(|error| LoadError::Io {
         path: path.clone(),
-        source,
+        error,
     })?;
+    // A byte-order mark (some editors on Windows write one) is not part of the JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let ends_cleanly = text.is_empty() || text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
@@ -81,7 +85,9 @@ pub(crate) fn read_versioned<T: DeserializeOwned>(
         let last = i + 1 == lines.len();
         let value: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
-            Err(_) if last && !ends_cleanly => {
+            // Only JSON that ends early is a line cut by a kill: anything else (plain
+            // text, a stray byte) is a file that is not ours, and an error.
+            Err(e) if last && !ends_cleanly && e.classify() == serde_json::error::Category::Eof => {
                 truncated_tail = true;
                 break;
             }

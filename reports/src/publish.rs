@@ -39,10 +39,11 @@ pub enum ReportError {
     NotEmpty(PathBuf),
     #[error("{0} exists and is not a directory")]
     NotADirectory(PathBuf),
-    #[error("writing {path}: {source}")]
+    // Not `source`: the message names it, and `{:#}` would name it again.
+    #[error("writing {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("serialising the report: {0}")]
     Serialise(String),
@@ -194,8 +195,9 @@ impl Report {
     /// Terminal or Markdown text. With `plot_files`, the Markdown links each setting's
     /// SVG plots (written beside it by [`Report::write_dir`]).
     pub fn text(&self, style: Style, plot_files: bool) -> String {
+        // Headings and summaries carry labels, devices and model names from the records.
         let h = |level: usize, text: &str| match style {
-            Style::Markdown => format!("{} {text}\n\n", "#".repeat(level)),
+            Style::Markdown => format!("{} {}\n\n", "#".repeat(level), style.inline(text)),
             Style::Terminal => {
                 let rule = if level <= 2 { "=" } else { "-" };
                 format!("{text}\n{}\n", rule.repeat(text.chars().count().min(100)))
@@ -207,7 +209,7 @@ impl Report {
         if style == Style::Markdown {
             out.push_str(&h(1, "xarena report"));
         }
-        out.push_str(&para(&self.summary()));
+        out.push_str(&para(&style.inline(&self.summary())));
         out.push_str(&h(2, "Environment"));
         out.push_str(&grid(&self.environments));
         if let Some(g) = device_grid(&self.records) {
@@ -252,7 +254,7 @@ impl Report {
         if !self.published.is_empty() {
             out.push_str(&h(2, "Published figures beside this run"));
             for c in &self.published {
-                out.push_str(&para(&c.heading));
+                out.push_str(&para(&style.inline(&c.heading)));
                 out.push_str(&grid(&c.grid));
             }
             out.push_str(&para(PUBLISHED_NOTE));
@@ -447,9 +449,9 @@ impl Report {
             if !dir.is_dir() {
                 return Err(ReportError::NotADirectory(dir.to_path_buf()));
             }
-            let mut entries = std::fs::read_dir(dir).map_err(|source| ReportError::Io {
+            let mut entries = std::fs::read_dir(dir).map_err(|error| ReportError::Io {
                 path: dir.to_path_buf(),
-                source,
+                error,
             })?;
             if entries.next().is_some() && !force {
                 return Err(ReportError::NotEmpty(dir.to_path_buf()));
@@ -462,16 +464,16 @@ impl Report {
             ("report.json".into(), self.json()?),
         ];
         files.extend(self.plots()?.into_iter().map(|p| (p.file, p.svg)));
-        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| ReportError::Io {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let mut written = Vec::new();
         for (name, text) in files {
             let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|source| ReportError::Io {
+            std::fs::write(&path, text).map_err(|error| ReportError::Io {
                 path: path.clone(),
-                source,
+                error,
             })?;
             written.push(path);
         }

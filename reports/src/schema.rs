@@ -367,3 +367,83 @@ pub struct Record {
     pub wall_s: f64,
     pub env: Environment,
 }
+
+/// The largest byte or FLOP count a record may hold: history stores them as SQLite's
+/// signed 64-bit integers, and nothing measured comes near it.
+pub const MAX_COUNT: u64 = i64::MAX as u64;
+
+impl Record {
+    /// What a record read from disk must satisfy to be believed: its id is its key's
+    /// hash (an edited key no longer matches its case), the shape is positive, times are
+    /// finite and non-negative, counts fit a signed 64-bit integer.
+    pub fn check(&self) -> Result<(), String> {
+        let id = self.key.id();
+        if self.case_id != id {
+            return Err(format!(
+                "case_id {} is not the hash of its key ({id}): the key was edited",
+                self.case_id
+            ));
+        }
+        let k = &self.key;
+        for (name, v) in [
+            ("seq_len", k.seq_len),
+            ("batch", k.batch),
+            ("heads", k.heads),
+            ("head_dim", k.head_dim),
+        ] {
+            if v <= 0 {
+                return Err(format!("key.{name} {v} is not positive"));
+            }
+        }
+        let mut times = vec![("wall_s", Some(self.wall_s))];
+        if let Some(l) = &self.latency {
+            times.extend([
+                ("latency.median_s", Some(l.median_s)),
+                ("latency.p10_s", Some(l.p10_s)),
+                ("latency.p90_s", Some(l.p90_s)),
+                ("latency.mean_s", Some(l.mean_s)),
+                ("latency.min_s", Some(l.min_s)),
+                ("latency.max_s", Some(l.max_s)),
+            ]);
+            if let Some(d) = &l.device {
+                times.extend([
+                    ("latency.device.median_s", Some(d.median_s)),
+                    ("latency.device.p10_s", Some(d.p10_s)),
+                    ("latency.device.p90_s", Some(d.p90_s)),
+                ]);
+            }
+        }
+        times.extend([
+            ("flops_per_s", self.flops_per_s),
+            ("peak_fraction", self.peak_fraction),
+            ("intensity", self.intensity),
+        ]);
+        for (name, v) in times {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!("{name} {v} is not a finite, non-negative number"));
+                }
+            }
+        }
+        let mut counts = vec![
+            ("flops", self.flops),
+            ("params", self.params),
+            ("state_bytes", self.state_bytes),
+        ];
+        if let Some(m) = &self.memory {
+            counts.extend([
+                ("memory.peak_bytes", Some(m.peak_bytes)),
+                ("memory.baseline_bytes", Some(m.baseline_bytes)),
+                ("memory.static_bytes", Some(m.static_bytes)),
+            ]);
+        }
+        for (name, v) in counts {
+            if let Some(v) = v {
+                if v > MAX_COUNT {
+                    return Err(format!("{name} {v} is larger than any device holds"));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -13,6 +13,40 @@ pub enum Style {
     Markdown,
 }
 
+impl Style {
+    /// Text from records (labels, devices, CPU names, model names) as this style shows it.
+    pub fn inline(self, text: &str) -> String {
+        match self {
+            Style::Markdown => markdown_escape(text),
+            Style::Terminal => text.to_string(),
+        }
+    }
+}
+
+/// Text set into Markdown with what a renderer would take for HTML escaped: the start of
+/// a tag, comment or autolink (`<` before a letter, `/`, `!` or `?`) and of an entity
+/// (`&` before a letter, digit or `#`). GitHub renders raw HTML in Markdown; `< 512` and
+/// `> 8192` are not HTML and stay as written.
+pub fn markdown_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let next = chars.peek().copied();
+        match c {
+            '<' if next
+                .is_some_and(|n| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')) =>
+            {
+                out.push_str("&lt;")
+            }
+            '&' if next.is_some_and(|n| n.is_ascii_alphanumeric() || n == '#') => {
+                out.push_str("&amp;")
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn format_seconds(s: f64) -> String {
     if s < 1e-3 {
         format!("{:.1} us", s * 1e6)
@@ -334,7 +368,7 @@ pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
     let mut out = String::new();
     for t in tables {
         let heading = match style {
-            Style::Markdown => format!("#### {}\n\n", t.setting),
+            Style::Markdown => format!("#### {}\n\n", markdown_escape(&t.setting.to_string())),
             Style::Terminal => format!("{}\n", t.setting),
         };
         out.push_str(&heading);

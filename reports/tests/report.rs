@@ -63,7 +63,8 @@ fn markdown_terminal_and_html_name_every_variant() {
     let term = r.text(Style::Terminal, false);
     let html = r.html().unwrap();
     for (label, ..) in VARIANTS {
-        assert!(md.contains(&format!("| {label}")), "markdown lacks {label}");
+        let shown = xarena_reports::table::markdown_escape(label);
+        assert!(md.contains(&format!("| {shown}")), "markdown lacks {label}");
         assert!(term.contains(label), "terminal lacks {label}");
         if label != EVIL {
             assert!(
@@ -85,6 +86,17 @@ fn markdown_terminal_and_html_name_every_variant() {
         !r.text(Style::Markdown, false).contains("!["),
         "no links without files"
     );
+}
+
+#[test]
+fn markdown_carries_no_html_from_results() {
+    // GitHub and most viewers render raw HTML inside Markdown.
+    let md = report().text(Style::Markdown, true);
+    for raw in ["<script", "</script", "<img", "<b>"] {
+        assert!(!md.contains(raw), "report.md carries {raw}");
+    }
+    assert!(md.contains("&lt;script>document.title='pwned'&lt;/script>"));
+    assert!(md.contains("&lt;img src=x onerror=alert(1)> CPU"));
 }
 
 #[test]

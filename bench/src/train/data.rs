@@ -80,7 +80,8 @@ fn generated(name: &str, task: &dyn Task, cache: &Path) -> Result<TaskData> {
 fn dir(name: &str, data_dir: Option<&Path>, subs: &[&str]) -> Result<PathBuf> {
     let d = data_dir.with_context(|| {
         format!(
-            "task `{name}` reads LRA's files: pass --data-dir, a directory holding {}              (nothing is downloaded)",
+            "task `{name}` reads LRA's files: pass --data-dir, a directory holding {} \
+             (nothing is downloaded)",
             subs.join(" or ")
         )
     })?;

@@ -134,15 +134,10 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
             );
         }
     } else {
-        if args.out.exists() && fs::read_dir(&args.out)?.next().is_some() {
-            bail!(
-                "--out {}: not empty and not an `xarena lra` directory",
-                args.out.display()
-            );
-        }
+        crate::files::check_new_dir(&args.out, "--out", " (it is not an `xarena lra` directory)")?;
         fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?;
-        fs::write(&spec_path, serde_json::to_string_pretty(&spec)? + "\n")?;
+        crate::files::write_json_atomic(&spec_path, &spec)?;
     }
 
     let mut cells = Vec::new();

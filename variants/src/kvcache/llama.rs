@@ -24,20 +24,16 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub enum CheckpointError {
     #[error("checkpoint {dir}: {file} not found")]
     MissingFile { dir: PathBuf, file: String },
-    #[error("{path}: {source}")]
+    // The cause is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Config {
-        path: PathBuf,
-        #[source]
-        source: VariantError,
-    },
+    #[error("{path}: {error}")]
+    Config { path: PathBuf, error: VariantError },
     #[error("checkpoint {dir}: tensor `{name}` not found")]
     MissingTensor { dir: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, the config needs {expected:?}")]
@@ -56,9 +52,9 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |error| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -79,9 +75,9 @@ pub fn save_checkpoint(
 ) -> Result<(), CheckpointError> {
     let dir = dir.as_ref();
     let config_path = dir.join(CONFIG_FILE);
-    cfg.check().map_err(|source| CheckpointError::Config {
+    cfg.check().map_err(|error| CheckpointError::Config {
         path: config_path.clone(),
-        source,
+        error,
     })?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -162,7 +158,7 @@ pub fn read_config(dir: impl AsRef<Path>) -> Result<LmConfig, CheckpointError> {
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let cfg: LmConfig = serde_json::from_str(&text).map_err(|e| format_err(&path, e))?;
     cfg.check()
-        .map_err(|source| CheckpointError::Config { path, source })?;
+        .map_err(|error| CheckpointError::Config { path, error })?;
     Ok(cfg)
 }
 
@@ -220,9 +216,9 @@ pub fn load_checkpoint(
     let cfg = read_config(dir)?;
     let files = weight_files(dir)?;
     let vs = VarStore::new(device);
-    let lm = DecoderLm::new(&vs.root(), &cfg).map_err(|source| CheckpointError::Config {
+    let lm = DecoderLm::new(&vs.root(), &cfg).map_err(|error| CheckpointError::Config {
         path: dir.join(CONFIG_FILE),
-        source,
+        error,
     })?;
     let vars = vs.variables();
     let mut loaded = HashSet::new();
