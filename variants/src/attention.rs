@@ -181,11 +181,48 @@ impl Layer for MultiHeadAttention {
     }
 }
 
-/// The same parameters, not a copy.
+/// The same parameters, not a copy (tch's layers are neither `Clone` nor `Sync`), for a
+/// decoder that shares its layer's weights.
 pub(crate) fn share(l: &nn::Linear) -> nn::Linear {
     nn::Linear {
         ws: l.ws.shallow_clone(),
         bs: l.bs.as_ref().map(Tensor::shallow_clone),
+    }
+}
+
+/// Layer norm over the model width as plain tensors, so that a decoder can share them
+/// (`nn::LayerNorm`'s config is private). Named as `nn::layer_norm` names its parameters,
+/// so checkpoints are the same.
+pub(crate) struct Norm {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Norm {
+    pub(crate) fn new(vs: &nn::Path, d: i64) -> Norm {
+        Norm {
+            w: vs.ones("weight", &[d]),
+            b: vs.zeros("bias", &[d]),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(self.w.size(), Some(&self.w), Some(&self.b), 1e-5, true)
+    }
+
+    pub(crate) fn share(&self) -> Norm {
+        Norm {
+            w: self.w.shallow_clone(),
+            b: self.b.shallow_clone(),
+        }
+    }
+
+    /// The same values outside the autograd graph.
+    pub(crate) fn detached(&self) -> Norm {
+        Norm {
+            w: self.w.detach(),
+            b: self.b.detach(),
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! The pre-norm Transformer encoder block that wraps any mixer (Xiong et al. 2020's
 //! pre-LN arrangement): x + Mixer(LN(x)), then + FFN(LN(.)) with a 4x GELU FFN.
 
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
-use crate::attention::{Layer, LayerDecoder, Shape};
+use crate::attention::{share, Layer, LayerDecoder, Norm, Shape};
 use crate::flops::{self, FlopCount};
 
 pub struct EncoderBlock {
@@ -14,49 +14,29 @@ pub struct EncoderBlock {
 
 /// The block's per-token parts: the norms and the FFN.
 struct Parts {
-    ln1: nn::LayerNorm,
-    ln2: nn::LayerNorm,
+    ln1: Norm,
+    ln2: Norm,
     ff1: nn::Linear,
     ff2: nn::Linear,
-    d: i64,
-}
-
-/// The same parameters, not a copy (tch's layers are neither `Clone` nor `Sync`).
-fn share_linear(l: &nn::Linear) -> nn::Linear {
-    nn::Linear {
-        ws: l.ws.shallow_clone(),
-        bs: l.bs.as_ref().map(Tensor::shallow_clone),
-    }
 }
 
 impl Parts {
     fn new(vs: &nn::Path, d: i64) -> Parts {
         Parts {
-            ln1: nn::layer_norm(vs / "ln1", vec![d], Default::default()),
-            ln2: nn::layer_norm(vs / "ln2", vec![d], Default::default()),
+            ln1: Norm::new(&(vs / "ln1"), d),
+            ln2: Norm::new(&(vs / "ln2"), d),
             ff1: nn::linear(vs / "ff1", d, FFN_MULT * d, Default::default()),
             ff2: nn::linear(vs / "ff2", FFN_MULT * d, d, Default::default()),
-            d,
         }
     }
 
-    /// A second handle on the same parameters, for a decoder. LayerNorm's config is
-    /// private, so the norms are rebuilt with the same (default) config on a scratch
-    /// store and given the shared weights.
+    /// A second handle on the same parameters, for a decoder.
     fn share(&self) -> Parts {
-        let scratch = nn::VarStore::new(tch::Device::Cpu);
-        let norm = |l: &nn::LayerNorm| {
-            let mut n = nn::layer_norm(scratch.root(), vec![self.d], Default::default());
-            n.ws = l.ws.as_ref().map(Tensor::shallow_clone);
-            n.bs = l.bs.as_ref().map(Tensor::shallow_clone);
-            n
-        };
         Parts {
-            ln1: norm(&self.ln1),
-            ln2: norm(&self.ln2),
-            ff1: share_linear(&self.ff1),
-            ff2: share_linear(&self.ff2),
-            d: self.d,
+            ln1: self.ln1.share(),
+            ln2: self.ln2.share(),
+            ff1: share(&self.ff1),
+            ff2: share(&self.ff2),
         }
     }
 

@@ -18,6 +18,10 @@ use crate::{
 pub trait AttentionVariant: Attention + Sized + 'static {
     type Config: Serialize + DeserializeOwned + Default;
     const INFO: VariantInfo;
+    /// Parameters for the shared tests' small shapes (N about 40, head_dim 8), in
+    /// `key=value:key=value` form: budgets below the length, so that patterns are sparse
+    /// and windows, memories and states are smaller than the context. Empty: the defaults.
+    const TEST_PARAMS: &'static str = "";
     /// Rejects a configuration that cannot run at `shape`, before any tensor is made.
     fn check(_config: &Self::Config, _shape: &Shape) -> Result<(), VariantError> {
         Ok(())
@@ -30,6 +34,10 @@ pub trait AttentionVariant: Attention + Sized + 'static {
 pub trait LayerVariant: Layer + Sized + 'static {
     type Config: Serialize + DeserializeOwned + Default;
     const INFO: VariantInfo;
+    /// Parameters for the shared tests' small shapes (N about 40, head_dim 8), in
+    /// `key=value:key=value` form: budgets below the length, so that patterns are sparse
+    /// and windows, memories and states are smaller than the context. Empty: the defaults.
+    const TEST_PARAMS: &'static str = "";
     /// Rejects a configuration that cannot run at `shape`, before any tensor is made.
     fn check(_config: &Self::Config, _shape: &Shape) -> Result<(), VariantError> {
         Ok(())
@@ -48,6 +56,8 @@ type BuildFn = fn(&Value, &Shape, Scope, nn::Path) -> Result<Box<dyn Layer>, Var
 /// One registered variant.
 pub struct Entry {
     pub info: VariantInfo,
+    /// The variant's own small test configuration (its `TEST_PARAMS`).
+    pub test_params: &'static str,
     normalize: fn(&Value) -> Result<Value, VariantError>,
     check: fn(&Value, &Shape) -> Result<(), VariantError>,
     build: BuildFn,
@@ -68,6 +78,19 @@ impl Entry {
     /// Whether the variant can be measured at `scope`.
     pub fn check_scope(&self, scope: Scope) -> Result<(), VariantError> {
         scope_support(&self.info, scope)
+    }
+
+    /// The variant with its small test configuration, every other default filled in:
+    /// what the registry-wide tests (causality, decoding, precision) build.
+    pub fn test_spec(&self) -> VariantSpec {
+        let text = if self.test_params.is_empty() {
+            self.info.name.to_string()
+        } else {
+            format!("{}:{}", self.info.name, self.test_params)
+        };
+        text.parse::<VariantSpec>()
+            .and_then(|s| s.normalized())
+            .unwrap_or_else(|e| panic!("{}'s TEST_PARAMS: {e}", self.info.name))
     }
 
     /// The default parameters.
@@ -187,6 +210,7 @@ fn build_whole<V: LayerVariant>(
 fn attention<V: AttentionVariant>() -> Entry {
     Entry {
         info: V::INFO,
+        test_params: V::TEST_PARAMS,
         normalize: normalize_attention::<V>,
         check: check_attention::<V>,
         build: build_attention::<V>,
@@ -196,6 +220,7 @@ fn attention<V: AttentionVariant>() -> Entry {
 fn layer<V: LayerVariant>() -> Entry {
     Entry {
         info: V::INFO,
+        test_params: V::TEST_PARAMS,
         normalize: normalize_layer::<V>,
         check: check_layer::<V>,
         build: build_whole::<V>,

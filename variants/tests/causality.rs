@@ -7,7 +7,7 @@
 //! later key: learnable.rs checks their masks against dense definitions.
 
 use tch::{nn, Device, Kind, Tensor};
-use xarena_variants::{build_layer, registry, Scope, Shape, VariantSpec};
+use xarena_variants::{build_layer, registry, Scope, Shape};
 
 #[test]
 fn causal_outputs_ignore_the_future() {
@@ -25,27 +25,15 @@ fn causal_outputs_ignore_the_future() {
         };
         let mut vs = nn::VarStore::new(Device::Cpu);
         vs.set_kind(Kind::Double);
-        // Small budgets, so that the patterns are sparse at N = 40.
-        let spec = match entry.info.name {
-            "local" => "local:window=5",
-            "blockwise" => "blockwise:block=8",
-            "memory-compressed" => "memory-compressed:block=8",
-            "longformer" => "longformer:window=8:global=[3]",
-            "reformer" => "reformer:bucket_size=8",
-            "sinkhorn" => "sinkhorn:block=8",
-            "performer" => "performer:features=16:chunk=8",
-            "transformer-xl" => "transformer-xl:segment=8:memory=6:layers=2",
-            "compressive" => "compressive:segment=8:memory=6:compressed=3:compression=2",
-            other => other,
-        };
-        let spec: VariantSpec = spec.parse().unwrap();
+        // The variant's own small budgets, so that the patterns are sparse at N = 40.
+        let spec = entry.test_spec();
         // Attention scope where there is one, else the variant's first scope.
         let scope = if entry.info.scopes.contains(&Scope::Attention) {
             Scope::Attention
         } else {
             entry.info.scopes[0]
         };
-        let layer = build_layer(&spec.normalized().unwrap(), &s, scope, vs.root()).unwrap();
+        let layer = build_layer(&spec, &s, scope, vs.root()).unwrap();
         let x = Tensor::randn([2, n, 16], (Kind::Double, Device::Cpu));
         for t in [1, 17, 32] {
             let changed = x.copy();

@@ -6,19 +6,11 @@
 use tch::{nn, Device, Kind, Tensor};
 use xarena_variants::{build_layer, registry, Layer, Scope, Shape, VariantSpec};
 
-/// Small budgets, so that windows and states are smaller than the context.
+/// The variant's own small test configuration (its `TEST_PARAMS`): windows and states
+/// smaller than the context, segment boundaries inside the context and the generated
+/// tokens.
 fn spec(name: &str) -> VariantSpec {
-    let s = match name {
-        "local" => "local:window=5",
-        "performer" => "performer:features=16",
-        // Segment boundaries inside the context and inside the generated tokens.
-        "transformer-xl" => "transformer-xl:segment=10:memory=7",
-        "compressive" => "compressive:segment=10:memory=7:compressed=3:compression=2",
-        "linear-transformer" => "linear-transformer:chunk=8",
-        "cosformer" => "cosformer:chunk=8",
-        other => other,
-    };
-    s.parse::<VariantSpec>().unwrap().normalized().unwrap()
+    xarena_variants::find(name).unwrap().test_spec()
 }
 
 fn layer(name: &str, n: i64, scope: Scope) -> (Box<dyn Layer>, nn::VarStore) {

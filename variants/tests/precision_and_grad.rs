@@ -3,7 +3,7 @@
 //! without one, at their first scope.
 
 use tch::{nn, Device, Kind, Tensor};
-use xarena_variants::{build_layer, registry, Scope, Shape, VariantSpec};
+use xarena_variants::{build_layer, registry, Scope, Shape};
 
 /// Language models that reject a non-causal shape.
 const CAUSAL_ONLY: &[&str] = &["transformer-xl", "compressive"];
@@ -28,13 +28,9 @@ fn every_variant_trains_in_every_precision() {
                 };
                 let mut vs = nn::VarStore::new(Device::Cpu);
                 vs.set_kind(kind);
-                let spec = match entry.info.name {
-                    // Several segments at N = 45, and memories that fill and compress.
-                    "transformer-xl" => "transformer-xl:segment=16:memory=12",
-                    "compressive" => "compressive:segment=12:memory=12:compressed=4",
-                    other => other,
-                };
-                let spec = spec.parse::<VariantSpec>().unwrap().normalized().unwrap();
+                // The variant's own small test configuration: several segments at
+                // N = 45, memories that fill and compress, budgets below the length.
+                let spec = entry.test_spec();
                 let scope = if entry.info.scopes.contains(&Scope::Block) {
                     Scope::Block
                 } else {

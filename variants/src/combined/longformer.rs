@@ -68,6 +68,7 @@ impl AttentionVariant for Longformer {
         decode: None,
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "window=8:global=[3]";
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {
         VariantError::positive("longformer", "window", config.window)?;

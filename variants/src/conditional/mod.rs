@@ -32,7 +32,7 @@ use std::cell::RefCell;
 
 use tch::{nn, Kind, Tensor};
 
-use crate::attention::{tensor_bytes, Layer, LayerDecoder, MultiHeadAttention, Shape};
+use crate::attention::{tensor_bytes, Layer, LayerDecoder, MultiHeadAttention, Norm, Shape};
 use crate::error::VariantError;
 use crate::exact::sdpa::Sdpa;
 use crate::flops::{self, FlopCount};
@@ -245,34 +245,6 @@ pub fn check_moe(name: &str, s: &MoeSettings, min_experts: i64) -> Result<(), Va
     Ok(())
 }
 
-/// A LayerNorm whose parameters can be shared with a decoder (named as `nn::layer_norm`
-/// names them).
-struct Norm {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Norm {
-    fn new(vs: nn::Path, d: i64) -> Norm {
-        Norm {
-            w: vs.ones("weight", &[d]),
-            b: vs.zeros("bias", &[d]),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let d = self.w.size()[0];
-        x.layer_norm([d], Some(&self.w), Some(&self.b), 1e-5, false)
-    }
-
-    fn share(&self) -> Norm {
-        Norm {
-            w: self.w.shallow_clone(),
-            b: self.b.shallow_clone(),
-        }
-    }
-}
-
 /// The mixture-of-experts FFN: router, gate, experts, dispatch.
 struct MoeFfn<G: Gate> {
     router: Router,
@@ -384,8 +356,8 @@ impl<G: Gate> MoeBlock<G> {
         let ffn_dim = settings.ffn_mult * d;
         Ok(MoeBlock {
             attn: MultiHeadAttention::new(vs / "attn", *shape, Box::new(core)),
-            ln1: Norm::new(vs / "ln1", d),
-            ln2: Norm::new(vs / "ln2", d),
+            ln1: Norm::new(&(vs / "ln1"), d),
+            ln2: Norm::new(&(vs / "ln2"), d),
             ffn: MoeFfn {
                 router: Router::new(&(vs / "router"), d, settings.experts),
                 experts: Experts::new(&(vs / "experts"), settings.experts, d, ffn_dim),

@@ -53,6 +53,7 @@ impl AttentionVariant for Blockwise {
         decode: None,
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "block=8";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("blockwise", "block", config.block)

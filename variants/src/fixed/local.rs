@@ -107,6 +107,7 @@ impl AttentionVariant for Local {
         }),
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "window=5";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("local", "window", config.window)?;

@@ -112,6 +112,7 @@ impl AttentionVariant for MemoryCompressed {
         decode: None,
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "block=8";
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {
         VariantError::positive("memory-compressed", "compression", config.compression)?;

@@ -128,6 +128,7 @@ impl AttentionVariant for Cosformer {
         decode: Some(super::DECODE),
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "chunk=8";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("cosformer", "chunk", config.chunk)?;

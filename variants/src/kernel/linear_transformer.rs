@@ -81,6 +81,7 @@ impl AttentionVariant for LinearTransformer {
         decode: Some(super::DECODE),
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "chunk=8";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("linear-transformer", "chunk", config.chunk)?;

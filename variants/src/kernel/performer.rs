@@ -85,6 +85,7 @@ impl AttentionVariant for Performer {
         decode: Some(super::DECODE),
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "features=16:chunk=8";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("performer", "features", config.features)?;

@@ -97,6 +97,7 @@ impl AttentionVariant for Reformer {
         decode: None,
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "bucket_size=8";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("reformer", "bucket_size", config.bucket_size)?;

@@ -99,6 +99,7 @@ impl AttentionVariant for Sinkhorn {
         decode: None,
         scopes: crate::info::CORE_SCOPES,
     };
+    const TEST_PARAMS: &'static str = "block=8";
 
     fn check(config: &Config, _: &Shape) -> Result<(), VariantError> {
         VariantError::positive("sinkhorn", "block", config.block)?;

@@ -119,6 +119,7 @@ impl LayerVariant for Compressive {
         }),
         scopes: &[Scope::Block, Scope::Model],
     };
+    const TEST_PARAMS: &'static str = "segment=10:memory=7:compressed=3:compression=2:layers=2";
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {
         let name = Self::INFO.name;

@@ -23,7 +23,7 @@ pub mod transformer_xl;
 
 use tch::{nn, Kind, Tensor};
 
-use crate::attention::{share, tensor_bytes, LayerDecoder};
+use crate::attention::{share, tensor_bytes, LayerDecoder, Norm};
 use crate::block::FFN_MULT;
 use crate::flops::{self, FlopCount};
 
@@ -98,35 +98,6 @@ impl Plan {
     /// Compressed slots the input's segments use: `[0, groups)`.
     pub fn groups(&self, n: i64) -> i64 {
         self.spans(n).iter().map(|s| s.groups_hi).max().unwrap_or(0)
-    }
-}
-
-/// Layer norm over the model width, as plain tensors so that a decoder can share them.
-struct Norm {
-    w: Tensor,
-    b: Tensor,
-    d: i64,
-}
-
-impl Norm {
-    fn new(vs: &nn::Path, d: i64) -> Norm {
-        Norm {
-            w: vs.ones("weight", &[d]),
-            b: vs.zeros("bias", &[d]),
-            d,
-        }
-    }
-
-    fn apply(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.d], Some(&self.w), Some(&self.b), 1e-5, false)
-    }
-
-    fn share(&self) -> Norm {
-        Norm {
-            w: self.w.shallow_clone(),
-            b: self.b.shallow_clone(),
-            d: self.d,
-        }
     }
 }
 
@@ -273,7 +244,7 @@ impl RelLayer {
         let h = x + attn.transpose(1, 2).reshape([b, n, d]).apply(&self.out);
         let f = self
             .ln2
-            .apply(&h)
+            .forward(&h)
             .apply(&self.ff1)
             .gelu("none")
             .apply(&self.ff2);
@@ -287,9 +258,9 @@ impl RelLayer {
         let q_len = x.size()[1];
         let p = prefix.size()[1];
         let k_len = p + q_len;
-        let hx = self.ln1.apply(x);
+        let hx = self.ln1.forward(x);
         let q = self.heads_of(&hx.apply(&self.q));
-        let (k, v) = self.keys_values(&Tensor::cat(&[self.ln1.apply(prefix), hx], 1));
+        let (k, v) = self.keys_values(&Tensor::cat(&[self.ln1.forward(prefix), hx], 1));
         let table = rel.size()[1];
         let rel = rel.narrow(1, table - k_len, k_len);
         let (content, position) = self.score_terms(&q, &k, &rel);
@@ -333,8 +304,8 @@ impl RelLayer {
     /// transformer's reconstruction loss compares (its gradient reaches only what
     /// produced `m`).
     fn content_attention(&self, h: &Tensor, m: &Tensor) -> Tensor {
-        let (w, b) = (self.ln1.w.detach(), self.ln1.b.detach());
-        let norm = |x: &Tensor| x.layer_norm([self.d()], Some(&w), Some(&b), 1e-5, false);
+        let ln = self.ln1.detached();
+        let norm = |x: &Tensor| ln.forward(x);
         let q = self.heads_of(&norm(h).linear(&self.q.ws.detach(), None::<Tensor>));
         let (mb, mn, _) = m.size3().expect("[batch, seq, d_model]");
         let kv = norm(m)
@@ -629,7 +600,7 @@ impl LayerCache {
             cache.hidden = Some(buf);
         }
         cache.len = visible.size()[1];
-        let (kk, vv) = layer.keys_values(&layer.ln1.apply(&visible));
+        let (kk, vv) = layer.keys_values(&layer.ln1.forward(&visible));
         cache.k.narrow(2, 0, cache.len).copy_(&kk);
         cache.v.narrow(2, 0, cache.len).copy_(&vv);
         cache
@@ -672,7 +643,7 @@ impl LayerCache {
             let added = span.groups_hi - done;
             if added > 0 {
                 let cm = c.compress(&hidden.narrow(1, 0, added * plan.rate));
-                fresh = Some(layer.keys_values(&layer.ln1.apply(&cm)));
+                fresh = Some(layer.keys_values(&layer.ln1.forward(&cm)));
                 // Drop the compressed tokens from the hidden buffer.
                 let used = t - self.hidden_lo;
                 let consumed = added * plan.rate;
@@ -745,7 +716,7 @@ impl LayerDecoder for StackDecoder {
             if t > 0 && t % self.plan.segment == 0 {
                 cache.new_segment(layer, t, self.plan);
             }
-            let hx = layer.ln1.apply(&x);
+            let hx = layer.ln1.forward(&x);
             let q = layer.heads_of(&hx.apply(&layer.q));
             let (k, v) = layer.keys_values(&hx);
             cache.push(&k, &v, &x, t);

@@ -125,6 +125,7 @@ impl LayerVariant for TransformerXl {
         }),
         scopes: &[Scope::Block, Scope::Model],
     };
+    const TEST_PARAMS: &'static str = "segment=10:memory=7:layers=2";
 
     fn check(config: &Config, shape: &Shape) -> Result<(), VariantError> {
         check_recurrence(
