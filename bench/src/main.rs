@@ -717,6 +717,20 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
         spec.normalized()?;
     }
     let kind = xarena_bench::sweep::tch_kind(args.dtype.into());
+    let shape = |seq_len| Shape {
+        batch: args.batch,
+        seq_len,
+        heads: args.heads,
+        head_dim: args.head_dim,
+        causal: args.causal,
+    };
+    // It computes in this process: a size it cannot hold is refused now, not killed (or
+    // failed in an allocation) after the smaller ones.
+    let free = measure::memory::available_memory();
+    for &seq_len in &args.seq {
+        xarena_bench::quality::check_fits(&shape(seq_len), &free)
+            .map_err(|e| anyhow::anyhow!("--seq {seq_len}: {e}"))?;
+    }
     let mut out = match &args.out {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -733,13 +747,7 @@ fn cmd_quality(args: QualityArgs) -> Result<()> {
             for spec in &args.variants {
                 let case = QualityCase {
                     spec: spec.clone(),
-                    shape: Shape {
-                        batch: args.batch,
-                        seq_len,
-                        heads: args.heads,
-                        head_dim: args.head_dim,
-                        causal: args.causal,
-                    },
+                    shape: shape(seq_len),
                     kind,
                     qk_scale,
                     seed: args.seed,

@@ -13,6 +13,11 @@
 //! common (the Q/K/V and output projections), copied from the reference, so the only
 //! difference is the mechanism. The reference runs in float64; the variant in the dtype
 //! asked for. Error = ||y - y_exact|| / ||y_exact|| over the whole output.
+//!
+//! It runs in the `xarena` process itself, so sizes it cannot hold are refused before
+//! anything is computed ([`check_fits`]), and a LibTorch error is an error, not a panic.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -114,8 +119,80 @@ fn score_std(vs: &nn::VarStore, x: &Tensor, s: &Shape) -> Result<f64, String> {
     f64::try_from(scores.std(true)).map_err(|e| e.to_string())
 }
 
-/// The relative error of one variant against exact attention.
+/// The memory the comparison at `shape` needs, in bytes (saturating), from its dominant
+/// tensors: the reference's scores and their softmax, both float64 B x H x N x N and
+/// alive together (`softmax_attention` in variants/src/exact/vanilla.rs), its causal mask
+/// (N x N booleans), and the float64 input with its Q/K/V projection, attention output
+/// and projected output (6 x B x N x d). The variant's own working memory comes and goes
+/// before the reference runs. At N = 8192 (2 heads) the process's peak resident set grew
+/// by 97% of this over N = 64.
+pub fn estimated_bytes(shape: &Shape) -> u64 {
+    let [b, n, h, d] = [shape.batch, shape.seq_len, shape.heads, shape.d_model()]
+        .map(|v| u128::try_from(v).unwrap_or(0));
+    let scores = (2 * 8u128)
+        .saturating_mul(b * h)
+        .saturating_mul(n.saturating_mul(n));
+    let mask = if shape.causal { n.saturating_mul(n) } else { 0 };
+    let tokens = (6 * 8u128)
+        .saturating_mul(b)
+        .saturating_mul(n)
+        .saturating_mul(d);
+    u64::try_from(scores.saturating_add(mask).saturating_add(tokens)).unwrap_or(u64::MAX)
+}
+
+/// Refuses a shape whose comparison cannot fit in the memory this process can still
+/// take, naming N, the estimate and the limit.
+pub fn check_fits(shape: &Shape, free: &crate::measure::memory::Headroom) -> Result<(), String> {
+    let need = estimated_bytes(shape);
+    if need <= free.bytes {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(format!(
+        "N = {} (batch {}, {} heads x {}) needs about {:.1} GiB ({need} bytes: the \
+         float64 reference's two B x H x N x N score matrices), more than the {:.1} GiB \
+         ({} bytes) this process can take, set by {}; choose a smaller --seq, --batch or \
+         --heads",
+        shape.seq_len,
+        shape.batch,
+        shape.heads,
+        shape.head_dim,
+        gib(need),
+        gib(free.bytes),
+        free.bytes,
+        free.limit
+    ))
+}
+
+/// The relative error of one variant against exact attention. A LibTorch error (which
+/// tch raises as a panic) is returned as an error, without the panic's report.
 pub fn measure(case: &QualityCase) -> Result<QualityRecord, String> {
+    catching(|| measure_unguarded(case))
+}
+
+/// Runs `f`, turning a panic into an error with its message (the first line of a LibTorch
+/// error), and keeps the default panic report off the terminal meanwhile.
+fn catching<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        // tch's unwrap shows the error in Debug form, `Torch("...\\nException raised
+        // from ...")`, with the C++ backtrace behind an escaped newline.
+        let msg = crate::case::short_message(&msg);
+        let msg = msg.split("\\nException raised from").next().unwrap_or(&msg);
+        let msg = msg.strip_prefix("Torch(\"").unwrap_or(msg);
+        Err(format!("LibTorch: {msg}"))
+    })
+}
+
+fn measure_unguarded(case: &QualityCase) -> Result<QualityRecord, String> {
     let spec = case.spec.normalized().map_err(|e| e.to_string())?;
     let entry = find(&spec.name).map_err(|e| e.to_string())?;
     entry
@@ -205,6 +282,34 @@ mod tests {
             qk_scale: 1.0,
             seed: 5,
         }
+    }
+
+    #[test]
+    fn a_libtorch_error_is_an_error_not_a_panic() {
+        let e = catching(|| {
+            let t = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)).view([5]);
+            Ok(t.numel())
+        })
+        .unwrap_err();
+        assert!(e.starts_with("LibTorch: ") && e.contains("shape"), "{e}");
+        assert!(!e.contains("Exception raised from"), "{e}");
+    }
+
+    #[test]
+    fn sizes_that_cannot_fit_are_refused_naming_n_and_the_limit() {
+        let mut shape = case("vanilla", 64).shape;
+        let free = crate::measure::memory::Headroom {
+            bytes: 1 << 30,
+            limit: "a test limit".into(),
+        };
+        assert!(check_fits(&shape, &free).is_ok());
+        // 2 heads x 16384^2 x 8 bytes x 2 = 8 GiB.
+        shape.seq_len = 16384;
+        assert!(estimated_bytes(&shape) >= 8 << 30);
+        let e = check_fits(&shape, &free).unwrap_err();
+        assert!(e.contains("N = 16384") && e.contains("a test limit"), "{e}");
+        shape.seq_len = i64::MAX;
+        assert_eq!(estimated_bytes(&shape), u64::MAX);
     }
 
     #[test]

@@ -7,14 +7,25 @@
 //! dies without answering, or runs past the time limit, is killed and the case recorded
 //! as `oom`, `error` or `timeout`. By default each case gets a fresh worker, so the CPU
 //! memory baseline and allocator state of one case never leak into the next.
+//!
+//! Every child process the runner starts (workers, `xarena roofline`) is tied to it with
+//! [`spawn_tied`]: the kernel kills the child when the supervisor dies, whatever kills it
+//! (SIGKILL included), and a SIGINT or SIGTERM to the supervisor kills its children before
+//! the supervisor itself dies of that signal. A worker also ends itself when its case
+//! runs well past the supervisor's timeout, in case nobody is left to kill it.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
+use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use xarena_reports::schema::Status;
 
@@ -55,17 +66,204 @@ fn inject_fault(req: &Request) {
     }
 }
 
+/// Makes the child that `cmd` starts die with this process: the kernel sends it SIGKILL
+/// when the thread that spawned it ends (call it from the main thread, as the runner
+/// does), and a child whose parent died before that was set up exits at once.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+    // (prctl, getppid, _exit) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the child has been re-parented, and
+            // no death signal will come.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Pids of the live children to kill on SIGINT or SIGTERM (0: a free slot). Atomics,
+/// because the signal handler reads them and may take no lock.
+static TIED: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
+static HANDLERS: Once = Once::new();
+
+extern "C" fn kill_children_and_die(sig: libc::c_int) {
+    for slot in &TIED {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill, signal and raise are async-signal-safe.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    // Die of the signal itself, so the shell sees it (exit status 130 or 143) and a
+    // script running xarena stops too; every finished case is already on disk.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Installs [`kill_children_and_die`] for SIGINT and SIGTERM, except where a signal is
+/// ignored (as SIGINT is for a background job of a script): that choice is kept.
+fn install_handlers() {
+    HANDLERS.call_once(|| {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: plain sigaction calls with zeroed, then filled, structures.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                    || old.sa_sigaction == libc::SIG_IGN
+                {
+                    continue;
+                }
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = kill_children_and_die as *const () as libc::sighandler_t;
+                libc::sigemptyset(&mut new.sa_mask);
+                libc::sigaction(sig, &new, std::ptr::null_mut());
+            }
+        }
+    });
+}
+
+/// A child process tied to this one (see [`spawn_tied`]); it is forgotten by the signal
+/// handler when dropped, so drop it only once it has been waited for or killed.
+pub struct Tied(Child);
+
+impl Deref for Tied {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Tied {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Tied {
+    fn drop(&mut self) {
+        let pid = self.0.id() as i32;
+        for slot in &TIED {
+            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Starts `cmd` tied to this process: it dies when this process dies ([`die_with_parent`])
+/// and is killed by this process's SIGINT or SIGTERM handler. Every child process of the
+/// runner is started this way.
+pub fn spawn_tied(cmd: &mut Command) -> std::io::Result<Tied> {
+    install_handlers();
+    die_with_parent(cmd);
+    let child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    // No free slot (more than 16 children at once) leaves the death signal alone to act.
+    for slot in &TIED {
+        if slot
+            .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            break;
+        }
+    }
+    Ok(Tied(child))
+}
+
+/// A request as the supervisor sends it: the case, and the time it has before the
+/// supervisor kills the worker.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    #[serde(flatten)]
+    req: Request,
+    #[serde(default)]
+    timeout_s: Option<f64>,
+}
+
+/// How long past the supervisor's timeout a worker waits before ending itself: half the
+/// timeout, within 1 to 10 s. The supervisor kills it at the timeout (and records
+/// `timeout`), so this fires only when nobody is left to.
+fn watchdog_grace(timeout: Duration) -> Duration {
+    (timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// Ends the worker when a case runs past its deadline.
+struct Watchdog {
+    deadline: Mutex<Option<Instant>>,
+    changed: Condvar,
+}
+
+impl Watchdog {
+    fn start() -> Arc<Watchdog> {
+        let dog = Arc::new(Watchdog {
+            deadline: Mutex::new(None),
+            changed: Condvar::new(),
+        });
+        let d = dog.clone();
+        std::thread::spawn(move || {
+            let mut deadline = d.deadline.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                deadline = match *deadline {
+                    None => d.changed.wait(deadline).unwrap_or_else(|e| e.into_inner()),
+                    Some(t) if Instant::now() >= t => {
+                        let msg = b"xarena worker: the case ran past its timeout and nobody \
+                                    killed the worker; exiting\n";
+                        // SAFETY: a raw write and _exit: the main thread is stuck in the
+                        // case and may hold any lock, stdout's and stderr's included.
+                        unsafe {
+                            libc::write(2, msg.as_ptr().cast(), msg.len());
+                            libc::_exit(124);
+                        }
+                    }
+                    Some(t) => {
+                        d.changed
+                            .wait_timeout(deadline, t.saturating_duration_since(Instant::now()))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
+        });
+        dog
+    }
+
+    fn set(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        self.changed.notify_one();
+    }
+}
+
 /// The worker's side: answer requests until stdin closes.
 pub fn serve() -> anyhow::Result<()> {
     crate::measure::memory::steady_state_allocator();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
+    let watchdog = Watchdog::start();
     for line in stdin.lock().lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let req: Request = serde_json::from_str(&line)?;
+        let Envelope { req, timeout_s } = serde_json::from_str(&line)?;
+        // An unrepresentable timeout (too large for an Instant) sets no deadline.
+        let deadline = timeout_s
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .and_then(|t| Instant::now().checked_add(t.checked_add(watchdog_grace(t))?));
+        watchdog.set(deadline);
         inject_fault(&req);
         let outcome = if POISONED.load(std::sync::atomic::Ordering::SeqCst) {
             Outcome::failed(
@@ -75,6 +273,7 @@ pub fn serve() -> anyhow::Result<()> {
         } else {
             case::run(&req)
         };
+        watchdog.set(None);
         writeln!(
             stdout,
             "{RESULT_PREFIX}{}",
@@ -91,7 +290,7 @@ enum Event {
 }
 
 struct Worker {
-    child: Child,
+    child: Tied,
     stdin: Option<ChildStdin>,
     events: Receiver<Event>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -99,12 +298,13 @@ struct Worker {
 
 impl Worker {
     fn start(exe: &PathBuf) -> std::io::Result<Worker> {
-        let mut child = Command::new(exe)
-            .arg("worker")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let mut child = spawn_tied(
+            Command::new(exe)
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, events) = channel();
@@ -230,7 +430,11 @@ impl Supervisor {
                 }
             },
         };
-        let line = serde_json::to_string(req).expect("requests serialise");
+        let line = serde_json::to_string(&Envelope {
+            req: req.clone(),
+            timeout_s: Some(timeout.as_secs_f64()),
+        })
+        .expect("requests serialise");
         let sent = worker
             .stdin
             .as_mut()

@@ -108,6 +108,144 @@ pub fn probe(device: Device, f: impl FnOnce()) -> Result<Probe, String> {
     }
 }
 
+/// How much more memory this process can take, and what sets that bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headroom {
+    pub bytes: u64,
+    /// The bound, in words (names the file or limit it comes from).
+    pub limit: String,
+}
+
+/// The least of: the system's available memory (`MemAvailable`), what the memory limit of
+/// this process's cgroup and of each cgroup above it leaves (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`; reclaimable page cache counts as free), and what the
+/// address-space limit (`RLIMIT_AS`) leaves above the process's present size.
+pub fn available_memory() -> Headroom {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let mut best = Headroom {
+        bytes: sys.available_memory(),
+        limit: "the available memory (MemAvailable)".into(),
+    };
+    let mut consider = |h: Headroom| {
+        if h.bytes < best.bytes {
+            best = h;
+        }
+    };
+    for h in cgroup_headroom() {
+        consider(h);
+    }
+    if let Some(h) = rlimit_as_headroom() {
+        consider(h);
+    }
+    best
+}
+
+/// [`available_memory`] in bytes.
+pub fn available_memory_bytes() -> u64 {
+    available_memory().bytes
+}
+
+fn read_u64(path: &std::path::Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn stat_field(dir: &std::path::Path, key: &str) -> Option<u64> {
+    let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    stat.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The headroom under each memory limit on the way from this process's cgroup up to the
+/// root (a parent's limit binds its children too).
+fn cgroup_headroom() -> Vec<Headroom> {
+    let Ok(own) = fs::read_to_string("/proc/self/cgroup") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        // (root, limit file, usage file, inactive page cache key in memory.stat)
+        let layout = if controllers.is_empty() {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .into_iter()
+                .map(|r| (r, "memory.max", "memory.current", "inactive_file"))
+                .collect::<Vec<_>>()
+        } else if controllers.split(',').any(|c| c == "memory") {
+            vec![(
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            )]
+        } else {
+            continue;
+        };
+        for (root, limit_file, usage_file, inactive) in layout {
+            let root = std::path::Path::new(root);
+            let mut dir = root.join(path.trim_start_matches('/'));
+            // In a container the path may not be visible under the root: then the root
+            // is this process's cgroup.
+            if !dir.is_dir() {
+                dir = root.to_path_buf();
+            }
+            loop {
+                let limit_path = dir.join(limit_file);
+                // "max" (v2) does not parse; v1 writes a huge number for no limit.
+                if let (Some(limit), Some(usage)) =
+                    (read_u64(&limit_path), read_u64(&dir.join(usage_file)))
+                {
+                    if limit < 1 << 60 {
+                        let used = usage.saturating_sub(stat_field(&dir, inactive).unwrap_or(0));
+                        found.push(Headroom {
+                            bytes: limit.saturating_sub(used),
+                            limit: format!(
+                                "the cgroup memory limit of {} ({}) less what the cgroup uses",
+                                xarena_reports::table::format_bytes(limit),
+                                limit_path.display()
+                            ),
+                        });
+                    }
+                }
+                if dir == root || !dir.pop() {
+                    break;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// What `RLIMIT_AS` leaves above the process's present virtual size, if it is set.
+fn rlimit_as_headroom() -> Option<Headroom> {
+    let mut lim: libc::rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the structure passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let size = status_kib("VmSize:").ok()? * 1024;
+    let limit = lim.rlim_cur;
+    Some(Headroom {
+        bytes: limit.saturating_sub(size),
+        limit: format!(
+            "the address-space limit (RLIMIT_AS, ulimit -v) of {} less the process's {}",
+            xarena_reports::table::format_bytes(limit),
+            xarena_reports::table::format_bytes(size)
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +265,15 @@ mod tests {
         })
         .unwrap();
         assert!(small.peak_bytes < 8 * mib, "{small:?}");
+    }
+
+    #[test]
+    fn available_memory_is_bounded_by_the_system_and_named() {
+        let mut sys = sysinfo::System::new();
+        sys.refresh_memory();
+        let h = available_memory();
+        assert!(h.bytes > 0, "{h:?}");
+        assert!(h.bytes <= sys.total_memory(), "{h:?}");
+        assert!(!h.limit.is_empty());
     }
 }

@@ -213,16 +213,17 @@ fn measure_in_process(
     threads: i64,
     timeout: Duration,
 ) -> Result<Peak, String> {
-    let mut child = Command::new(exe)
-        .args(["roofline", "--device", device, "--dtype"])
-        .arg(dtype.to_string())
-        .arg("--threads")
-        .arg(threads.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `xarena roofline`: {e}"))?;
+    let mut child = crate::worker::spawn_tied(
+        Command::new(exe)
+            .args(["roofline", "--device", device, "--dtype"])
+            .arg(dtype.to_string())
+            .arg("--threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .map_err(|e| format!("cannot start `xarena roofline`: {e}"))?;
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
