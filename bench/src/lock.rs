@@ -1,8 +1,8 @@
-//! One writer per output directory: `xarena run`, `kv bench`, `lra` and `train` hold an
-//! exclusive `flock` on `DIR/.lock` from before they check the directory until they end,
-//! so two invocations started together cannot both find it empty (or both resume it)
-//! and write every record twice. A second writer is refused at once, naming the pid that
-//! holds the directory.
+//! One writer per output directory: `xarena run`, `kv bench`, `kv evolve`, `lra` and
+//! `train` hold an exclusive `flock` on `DIR/.lock` from before they check the directory
+//! until they end, so two invocations started together cannot both find it empty (or
+//! both resume it) and write every record twice. A second writer is refused at once,
+//! naming the pid that holds the directory.
 //!
 //! The lock belongs to the open file, not to the file's presence: a `.lock` left by a
 //! finished or killed run holds nothing, and the kernel drops the lock of a killed
@@ -80,6 +80,20 @@ impl DirLock {
             "{}: could not lock it (its lock file keeps being replaced)",
             path.display()
         )
+    }
+
+    /// For a command that writes its directory elsewhere and renames it into place: an
+    /// empty `dir` may still hold a lock file (its writer ended before writing), which
+    /// the rename cannot replace. Refused if a writer still holds it; else removed, under
+    /// the lock returned, to hold until the rename.
+    pub fn take_over_empty(dir: &Path, flag: &str) -> Result<Option<DirLock>> {
+        let path = dir.join(LOCK_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let lock = DirLock::acquire(dir, flag)?;
+        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(Some(lock))
     }
 
     /// Gives the directory up, removing it if this lock created it and nothing but the
@@ -174,6 +188,17 @@ mod tests {
         lock.discard_if_unused();
         assert!(dir.join("x").exists());
         fs::remove_dir_all(&dir).unwrap();
+
+        // A lock file left in an otherwise empty directory is taken over and removed,
+        // unless its writer is still there.
+        drop(DirLock::acquire(&dir, "--out").unwrap());
+        let held = DirLock::acquire(&dir, "--out").unwrap();
+        assert!(DirLock::take_over_empty(&dir, "OUT_DIR").is_err());
+        drop(held);
+        let taken = DirLock::take_over_empty(&dir, "OUT_DIR").unwrap();
+        assert!(taken.is_some() && !dir.join(LOCK_FILE).exists());
+        fs::remove_dir(&dir).unwrap();
+        assert!(DirLock::take_over_empty(&dir, "OUT_DIR").unwrap().is_none());
 
         fs::write(&dir, "a file").unwrap();
         let err = DirLock::acquire(&dir, "--out").unwrap_err().to_string();

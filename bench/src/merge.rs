@@ -15,7 +15,7 @@ use xarena_reports::load::{read_results, results_path, RESULTS_FILE};
 use xarena_reports::merge::{merge, Conflict, Input, Prefer};
 
 use crate::files::is_empty_dir;
-use crate::lock::{DirLock, LOCK_FILE};
+use crate::lock::DirLock;
 use crate::store::{Store, RUNS_FILE};
 
 #[derive(Serialize)]
@@ -118,14 +118,7 @@ pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Res
 
     // A lock file in an empty OUT_DIR: refused if its writer is still there, else removed
     // (under the lock, until the rename) so that the rename can replace the directory.
-    let _held = if out.join(LOCK_FILE).exists() {
-        let lock = DirLock::acquire(out, "OUT_DIR")?;
-        let path = out.join(LOCK_FILE);
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        Some(lock)
-    } else {
-        None
-    };
+    let _held = DirLock::take_over_empty(out, "OUT_DIR")?;
     // Written beside OUT_DIR, then renamed onto it (rename replaces an empty directory).
     let name = out
         .file_name()

@@ -678,7 +678,8 @@ fn a_namm_scoring_every_token_positive_decodes_exactly_as_the_full_cache() {
 }
 
 #[test]
-fn bench_refuses_a_directory_another_xarena_holds_and_resumes_a_record_without_its_newline() {
+fn bench_and_evolve_refuse_a_directory_another_xarena_holds_and_bench_resumes_a_record_without_its_newline(
+) {
     let dir = hf_dir();
     let out = tmp("kv-bench-held");
     let args = [
@@ -712,6 +713,13 @@ fn bench_refuses_a_directory_another_xarena_holds_and_resumes_a_record_without_i
         "{e}"
     );
     assert!(!out.join("kv-run.json").exists());
+    // So is `kv evolve`.
+    let mut evolve = vec!["kv", "evolve", "--model", s(&dir), "--out", s(&out)];
+    evolve.extend(EVOLVE);
+    evolve.extend(["--context", "48", "--generations", "1"]);
+    let e = fails(&evolve);
+    assert!(e.contains("is in use by another xarena"), "{e}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     drop(lock);
     ok(&args);
 
