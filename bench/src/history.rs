@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use xarena_reports::load::{read_results, results_path};
 use xarena_reports::schema::Mode;
@@ -60,6 +60,10 @@ CREATE TABLE results (
 CREATE INDEX results_by_variant ON results (variant, seq_len);
 ";
 
+/// How long a command waits for another that holds the database (an ingest of many
+/// runs) before it gives up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Opens `path`, creating the database if `create` and it does not exist, and checks its
 /// schema version.
 pub fn open(path: &Path, create: bool) -> Result<Connection> {
@@ -71,20 +75,38 @@ pub fn open(path: &Path, create: bool) -> Result<Connection> {
     } else {
         OpenFlags::default() & !OpenFlags::SQLITE_OPEN_CREATE
     };
-    let conn = Connection::open_with_flags(path, flags)
+    let mut conn = Connection::open_with_flags(path, flags)
         .with_context(|| format!("opening history database {}", path.display()))?;
     let what = || format!("history database {}", path.display());
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .with_context(what)?;
-    if tables.is_empty() && create {
-        conn.execute_batch(&format!(
-            "BEGIN; {CREATE} INSERT INTO xarena_history (version) VALUES ({HISTORY_SCHEMA}); COMMIT;"
-        ))
-        .with_context(what)?;
-        return Ok(conn);
-    }
+    // Another ingest may hold the database: wait for it rather than fail.
+    conn.busy_timeout(BUSY_TIMEOUT).with_context(what)?;
+    let list_tables = |c: &Connection| -> rusqlite::Result<Vec<String>> {
+        c.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    };
+    let tables = if create {
+        // Looked at and created under SQLite's write lock (BEGIN IMMEDIATE), so that of
+        // several ingests into a new database one creates the tables and the others
+        // find them.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .with_context(what)?;
+        let tables = list_tables(&tx).with_context(what)?;
+        if tables.is_empty() {
+            tx.execute_batch(&format!(
+                "{CREATE} INSERT INTO xarena_history (version) VALUES ({HISTORY_SCHEMA});"
+            ))
+            .with_context(what)?;
+        }
+        tx.commit().with_context(what)?;
+        if tables.is_empty() {
+            return Ok(conn);
+        }
+        tables
+    } else {
+        list_tables(&conn).with_context(what)?
+    };
     if !tables.iter().any(|t| t == "xarena_history") {
         bail!(
             "{}: not an xarena history database (no xarena_history table)",
@@ -127,7 +149,11 @@ pub fn ingest(db: &Path, results: &[PathBuf]) -> Result<Ingested> {
         records.extend(loaded.records);
     }
     let mut conn = open(db, true)?;
-    let tx = conn.transaction()?;
+    // One write transaction from the first read on: a concurrent ingest waits for it
+    // (busy timeout) instead of failing on a lock upgrade.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .with_context(|| format!("history database {}", db.display()))?;
     let mut out = Ingested::default();
     let mut runs = HashSet::new();
     {
@@ -207,7 +233,8 @@ pub fn ingest(db: &Path, results: &[PathBuf]) -> Result<Ingested> {
             out.added += 1;
         }
     }
-    tx.commit()?;
+    tx.commit()
+        .with_context(|| format!("writing history database {}", db.display()))?;
     out.runs = runs.len();
     Ok(out)
 }
@@ -387,6 +414,33 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&p);
         p
+    }
+
+    #[test]
+    fn concurrent_creators_of_a_new_database_all_succeed() {
+        let db = tmp("concurrent");
+        // Another writer holds the new, still empty database while the openers start,
+        // so that they all find it empty before any can create the tables: each must
+        // then wait its turn and find the tables the first one created.
+        let mut holder = Connection::open(&db).unwrap();
+        let held = holder
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        std::thread::scope(|s| {
+            let opens: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| open(&db, true).map(|_| ())))
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            held.commit().unwrap();
+            for o in opens {
+                o.join().unwrap().unwrap();
+            }
+        });
+        let versions: i64 = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM xarena_history", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(versions, 1);
     }
 
     #[test]

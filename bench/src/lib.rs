@@ -10,6 +10,7 @@ pub mod check;
 pub mod files;
 pub mod history;
 pub mod kv;
+pub mod lock;
 pub mod measure;
 pub mod merge;
 pub mod quality;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::Table;
+use xarena_bench::lock::DirLock;
 use xarena_bench::store::{check_resume_shard, check_target, Store};
 use xarena_bench::sweep::{Shard, Sweep, SweepFile};
 use xarena_bench::{measure, run, worker};
@@ -514,6 +515,13 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         );
     }
     let empty = cases.is_empty();
+    // Held until the run ends; the checks are made again under it, as another run may
+    // have taken the directory between the first checks and the lock.
+    let _lock = DirLock::acquire(&out, "--out")?;
+    check_target(&out, args.resume)?;
+    if args.resume {
+        check_resume_shard(&out, args.shard)?;
+    }
     let (store, done) = Store::open(&out)?;
     eprintln!("xarena: {} case(s) -> {}", cases.len(), out.display());
     let summary = run::run(

@@ -14,6 +14,8 @@ use serde::Serialize;
 use xarena_reports::load::{read_results, results_path, RESULTS_FILE};
 use xarena_reports::merge::{merge, Conflict, Input, Prefer};
 
+use crate::files::is_empty_dir;
+use crate::lock::DirLock;
 use crate::store::{Store, RUNS_FILE};
 
 #[derive(Serialize)]
@@ -60,11 +62,8 @@ fn runs_file(input: &Path) -> Option<PathBuf> {
 
 pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Result<Summary> {
     if out.exists() {
-        let empty = out.is_dir()
-            && fs::read_dir(out)
-                .with_context(|| format!("reading {}", out.display()))?
-                .next()
-                .is_none();
+        // A lock file left by a writer that ended before writing anything counts as empty.
+        let empty = out.is_dir() && is_empty_dir(out)?;
         if !empty {
             bail!(
                 "OUT_DIR {}: exists and is not an empty directory; merge into a new one",
@@ -117,6 +116,9 @@ pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Res
     }
     let merged = merge(&loaded, prefer)?;
 
+    // A lock file in an empty OUT_DIR: refused if its writer is still there, else removed
+    // (under the lock, until the rename) so that the rename can replace the directory.
+    let _held = DirLock::take_over_empty(out, "OUT_DIR")?;
     // Written beside OUT_DIR, then renamed onto it (rename replaces an empty directory).
     let name = out
         .file_name()

@@ -2,12 +2,13 @@
 //! as each case ends), `results.csv` (the same, flat), and `runs.jsonl` (one line per
 //! invocation: its sweep, command line and environment).
 //!
-//! A run killed half way keeps every finished case; `--resume` reads them back, drops a
-//! last line cut short by the kill, and skips the cases already recorded.
+//! A run killed half way keeps every finished case; `--resume` reads them back, repairs
+//! what the kill cut (see [`Store::open`]), and skips the cases already recorded. The
+//! directory's writer holds its lock (`crate::lock`) for the whole run.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,7 @@ use serde::Serialize;
 use xarena_reports::load::{read_results, RESULTS_FILE};
 use xarena_reports::Record;
 
+use crate::files::{repair_jsonl_tail, write_atomic};
 use crate::sweep::Shard;
 
 pub const CSV_FILE: &str = "results.csv";
@@ -99,13 +101,14 @@ pub struct Store {
     csv: csv::Writer<File>,
 }
 
-/// Checks, before anything is written, that `dir` may take this run.
+/// Checks that `dir` may take this run: before anything is written, and again once the
+/// directory is locked (another writer may have filled it in between).
 pub fn check_target(dir: &Path, resume: bool) -> Result<()> {
     let results = dir.join(RESULTS_FILE);
     if dir.exists() && !dir.is_dir() {
         bail!("--out {}: exists and is not a directory", dir.display());
     }
-    if results.exists() && !resume {
+    if !resume && holds_results(&results)? {
         bail!(
             "--out {}: already holds results; pass --resume to continue that run, or name another --out",
             dir.display()
@@ -115,6 +118,24 @@ pub fn check_target(dir: &Path, resume: bool) -> Result<()> {
         bail!("--resume: no results to resume in {}", dir.display());
     }
     Ok(())
+}
+
+/// Whether the results file exists and holds more than whitespace (a run stopped before
+/// its first case leaves it empty: no results to protect).
+fn holds_results(results: &Path) -> Result<bool> {
+    let file = match File::open(results) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", results.display())),
+    };
+    // Reads only up to the first record, not a whole large file.
+    for byte in std::io::BufReader::new(file).bytes() {
+        let byte = byte.with_context(|| format!("reading {}", results.display()))?;
+        if !byte.is_ascii_whitespace() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// With `--resume`, checks that the run in `dir` was sliced as this invocation asks:
@@ -157,32 +178,28 @@ pub fn check_resume_shard(dir: &Path, shard: Option<Shard>) -> Result<()> {
 
 impl Store {
     /// Opens the directory for appending; returns the ids of cases already recorded.
+    ///
+    /// A run killed while writing leaves its files as they were at that moment; they are
+    /// repaired before anything is appended: a last line of `results.jsonl` cut short is
+    /// dropped, a last record without its newline gets one, and `results.csv` (a row cut
+    /// short, a header missing) is rewritten from `results.jsonl` when the two disagree.
     pub fn open(dir: &Path) -> Result<(Store, HashSet<String>)> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let results = dir.join(RESULTS_FILE);
-        let mut done = HashSet::new();
-        if results.exists() {
-            let loaded = read_results(&results)?;
-            if loaded.truncated_tail {
-                // Rewrite without the cut line, so appends start on a fresh line.
-                let mut text = String::new();
-                for r in &loaded.records {
-                    text.push_str(&serde_json::to_string(r)?);
-                    text.push('\n');
-                }
-                let tmp = dir.join(".results.jsonl.tmp");
-                fs::write(&tmp, text)?;
-                fs::rename(&tmp, &results)?;
-            }
-            done = loaded.records.iter().map(|r| r.case_id.clone()).collect();
-        }
+        let records = repair_jsonl(&results)?;
+        let csv_path = dir.join(CSV_FILE);
+        repair_csv(&csv_path, &records)?;
+        let done = records.iter().map(|r| r.case_id.clone()).collect();
         let jsonl = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&results)
             .with_context(|| format!("opening {}", results.display()))?;
-        let csv_path = dir.join(CSV_FILE);
-        let csv_is_new = !csv_path.exists() || fs::metadata(&csv_path)?.len() == 0;
+        let csv_is_new = !csv_path.exists()
+            || fs::metadata(&csv_path)
+                .with_context(|| format!("reading {}", csv_path.display()))?
+                .len()
+                == 0;
         let csv_file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -209,20 +226,101 @@ impl Store {
     pub fn append(&mut self, record: &Record) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        self.jsonl.write_all(line.as_bytes())?;
-        self.jsonl.flush()?;
-        self.csv.serialize(Row::of(record))?;
-        self.csv.flush()?;
+        let path = |name: &str| self.dir.join(name).display().to_string();
+        self.jsonl
+            .write_all(line.as_bytes())
+            .and_then(|()| self.jsonl.flush())
+            .with_context(|| format!("appending to {}", path(RESULTS_FILE)))?;
+        self.csv
+            .serialize(Row::of(record))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.csv.flush().map_err(Into::into))
+            .with_context(|| format!("appending to {}", path(CSV_FILE)))?;
         Ok(())
     }
 
     /// Appends this invocation's description to `runs.jsonl`.
     pub fn log_run(&self, run: &impl Serialize) -> Result<()> {
-        let mut f = OpenOptions::new()
+        let path = self.dir.join(RUNS_FILE);
+        let line = serde_json::to_string(run)? + "\n";
+        OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(RUNS_FILE))?;
-        writeln!(f, "{}", serde_json::to_string(run)?)?;
-        Ok(())
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+}
+
+/// Reads `results.jsonl` back (if there is one) and leaves it ending in a complete
+/// line, so that the next record starts on its own line.
+fn repair_jsonl(results: &Path) -> Result<Vec<Record>> {
+    if !results.exists() {
+        return Ok(Vec::new());
+    }
+    let loaded = read_results(results)?;
+    repair_jsonl_tail(results, loaded.truncated_tail)?;
+    Ok(loaded.records)
+}
+
+/// `results.csv` as it should be for `records`: empty when there are none, else a
+/// header and a row per record.
+fn csv_text(records: &[Record]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in records {
+        w.serialize(Row::of(r))?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
+}
+
+/// Rewrites `results.csv` from the records of `results.jsonl` unless it already says
+/// the same (a row cut by a kill, a missing header, a row too many or too few).
+fn repair_csv(path: &Path, records: &[Record]) -> Result<()> {
+    let want = csv_text(records)?;
+    let have = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if have != want {
+        write_atomic(path, &want)?;
+        if !have.is_empty() {
+            eprintln!(
+                "xarena: {}: did not match {RESULTS_FILE} (a run killed while writing); \
+                 rewritten from it",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as a run writes one.
+    fn record() -> Record {
+        let text = include_str!("../../docs/results/pypi-compare/xarena-1/results.jsonl");
+        serde_json::from_str(text.lines().next().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_append_that_fails_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("xarena-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (mut store, _) = Store::open(&dir).unwrap();
+        // As on a full disk.
+        store.jsonl = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let err = format!("{:#}", store.append(&record()).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "appending to {}",
+                dir.join(RESULTS_FILE).display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("No space left on device"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -676,3 +676,61 @@ fn a_namm_scoring_every_token_positive_decodes_exactly_as_the_full_cache() {
         }
     }
 }
+
+#[test]
+fn bench_and_evolve_refuse_a_directory_another_xarena_holds_and_bench_resumes_a_record_without_its_newline(
+) {
+    let dir = hf_dir();
+    let out = tmp("kv-bench-held");
+    let args = [
+        "kv",
+        "bench",
+        "--model",
+        s(&dir),
+        "--policies",
+        "full,h2o",
+        "--ratios",
+        "0.5",
+        "--contexts",
+        "40",
+        "--tasks",
+        "mqar",
+        "--examples",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ];
+    let lock = xarena_bench::lock::DirLock::acquire(&out, "--out").unwrap();
+    let e = fails(&args);
+    assert!(
+        e.contains(&format!(
+            "{} is in use by another xarena (pid {}); wait for it or name another --out",
+            out.display(),
+            std::process::id()
+        )),
+        "{e}"
+    );
+    assert!(!out.join("kv-run.json").exists());
+    // So is `kv evolve`.
+    let mut evolve = vec!["kv", "evolve", "--model", s(&dir), "--out", s(&out)];
+    evolve.extend(EVOLVE);
+    evolve.extend(["--context", "48", "--generations", "1"]);
+    let e = fails(&evolve);
+    assert!(e.contains("is in use by another xarena"), "{e}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    drop(lock);
+    ok(&args);
+
+    // A kill after the last record but before its newline: resume adds the newline.
+    let path = out.join("kv.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first = text.lines().next().unwrap();
+    std::fs::write(&path, first).unwrap();
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    ok(&resume);
+    assert_eq!(records(&out).len(), 2);
+    std::fs::remove_dir_all(&out).unwrap();
+}

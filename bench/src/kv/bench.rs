@@ -12,7 +12,7 @@
 //! prompt set.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,7 @@ use super::eval::{decode_all, Totals};
 use super::evolve::EvolvedNamm;
 use super::model::{load_model, LoadedModel};
 use super::{check_new_dir, read_json, write_json_atomic};
+use crate::lock::DirLock;
 use crate::measure::env;
 
 /// The run's settings beside the records: a resume must match them.
@@ -261,6 +262,19 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
     let records_path = args.out.join(KV_FILE);
     let run_path = args.out.join(RUN_FILE);
     let mut done: BTreeMap<String, KvRecord> = BTreeMap::new();
+    let check_fresh = || {
+        if args.resume {
+            check_new_dir(&args.out, "--out (no kv-run.json to resume)", "")
+        } else {
+            check_new_dir(&args.out, "--out", " (or pass --resume to continue there)")
+        }
+    };
+    // Refused before anything is written, then checked again under the lock (held until
+    // the cases end): another bench may have taken the directory in between.
+    if !(args.resume && run_path.is_file()) {
+        check_fresh()?;
+    }
+    let _lock = DirLock::acquire(&args.out, "--out")?;
     if args.resume && run_path.is_file() {
         let before: RunSetup = read_json(&run_path)?;
         anyhow::ensure!(
@@ -276,24 +290,11 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
             for r in records {
                 done.insert(r.case_id.clone(), r);
             }
-            if truncated {
-                // Rewrites the file without the cut line, so appends start clean.
-                let mut text = String::new();
-                for r in done.values() {
-                    text.push_str(&serde_json::to_string(r)?);
-                    text.push('\n');
-                }
-                super::write_atomic(&records_path, text.as_bytes())?;
-            }
+            // Appends start on a line of their own.
+            crate::files::repair_jsonl_tail(&records_path, truncated)?;
         }
     } else {
-        if args.resume {
-            check_new_dir(&args.out, "--out (no kv-run.json to resume)", "")?;
-        } else {
-            check_new_dir(&args.out, "--out", " (or pass --resume to continue there)")?;
-        }
-        fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
+        check_fresh()?;
         write_json_atomic(&run_path, &setup)?;
     }
     let mut file = OpenOptions::new()
@@ -356,9 +357,10 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
             args,
             &environment,
         );
-        writeln!(file, "{}", serde_json::to_string(&record)?)?;
-        file.flush()?;
-        file.sync_data()?;
+        writeln!(file, "{}", serde_json::to_string(&record)?)
+            .and_then(|()| file.flush())
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("appending to {}", records_path.display()))?;
         log(&record);
         done.insert(id, record.clone());
         outcome.records.push(record);

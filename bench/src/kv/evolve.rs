@@ -454,6 +454,19 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         seed: args.seed,
         memory_weight: args.memory_weight,
     };
+    let check_fresh = || {
+        if !args.resume {
+            check_new_dir(&args.out, "--out", " (or pass --resume to continue there)")
+        } else {
+            check_new_dir(&args.out, "--out (nothing to resume there)", "")
+        }
+    };
+    // Refused before anything is written, then checked again under the lock (held until
+    // the evolution ends): another evolve may have taken the directory in between.
+    if !(args.resume && args.out.join(EVOLVE_FILE).exists()) {
+        check_fresh()?;
+    }
+    let _lock = crate::lock::DirLock::acquire(&args.out, "--out")?;
     let resumed = if args.resume && args.out.join(EVOLVE_FILE).exists() {
         let state = read_state(&args.out)?;
         if state.setup != setup {
@@ -475,14 +488,9 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         }
         Some(state)
     } else {
-        if !args.resume {
-            check_new_dir(&args.out, "--out", " (or pass --resume to continue there)")?;
-        } else {
-            check_new_dir(&args.out, "--out (nothing to resume there)", "")?;
-        }
+        check_fresh()?;
         None
     };
-    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
     let prompts: BTreeMap<LmTask, Vec<LmExample>> = all_tasks
         .iter()

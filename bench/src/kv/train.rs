@@ -434,12 +434,20 @@ pub fn write_model_dir(
         std::process::id()
     ));
     let _ = fs::remove_dir_all(&tmp);
-    save_checkpoint(&tmp, vs, cfg)?;
-    write_json_atomic(&tmp.join(TRAIN_FILE), info)?;
-    check_new_dir(out, "--out", "")?;
-    if out.exists() {
-        fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
-    }
-    fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+    let write = || -> Result<()> {
+        save_checkpoint(&tmp, vs, cfg)?;
+        write_json_atomic(&tmp.join(TRAIN_FILE), info)?;
+        check_new_dir(out, "--out", "")?;
+        let _held = crate::lock::DirLock::take_over_empty(out, "--out")?;
+        if out.exists() {
+            fs::remove_dir(out)
+                .with_context(|| format!("replacing the empty {}", out.display()))?;
+        }
+        fs::rename(&tmp, out)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+    };
+    // Nothing half-written is left beside `out` (a full disk, a directory taken since).
+    write().inspect_err(|_| {
+        let _ = fs::remove_dir_all(&tmp);
+    })
 }

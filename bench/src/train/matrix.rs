@@ -20,7 +20,8 @@ use xarena_variants::{find, Scope, VariantSpec};
 
 use super::presets::{preset, TASKS};
 use super::run::{train_command, AccuracyLine, RunSettings, TrainArgs};
-use crate::files::write_atomic;
+use crate::files::{is_empty_dir, write_atomic};
+use crate::lock::DirLock;
 use crate::train::trainer::TrainReport;
 
 pub const MATRIX_FILE: &str = "matrix.json";
@@ -117,27 +118,15 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
         seed: args.settings.seed,
         steps: args.settings.steps,
     };
-    let spec_path = args.out.join(MATRIX_FILE);
-    if spec_path.exists() {
-        let text = fs::read_to_string(&spec_path)
-            .with_context(|| format!("reading {}", spec_path.display()))?;
-        let old: MatrixSpec = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", spec_path.display()))?;
-        if old != spec {
-            bail!(
-                "{} holds a matrix with preset {}, seed {}, steps {:?}; resume it with \
-                 the same settings or pick another --out",
-                args.out.display(),
-                old.preset,
-                old.seed,
-                old.steps
-            );
-        }
-    } else {
-        crate::files::check_new_dir(&args.out, "--out", " (it is not an `xarena lra` directory)")?;
-        fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        crate::files::write_json_atomic(&spec_path, &spec)?;
+    // Refused before anything is written, then checked again under the lock (held until
+    // the matrix ends): another `xarena lra` may have taken the directory in between.
+    check_out(&args.out, &spec)?;
+    let _lock = DirLock::acquire(&args.out, "--out")?;
+    if check_out(&args.out, &spec)? {
+        write_atomic(
+            &args.out.join(MATRIX_FILE),
+            (serde_json::to_string_pretty(&spec)? + "\n").as_bytes(),
+        )?;
     }
 
     let mut cells = Vec::new();
@@ -182,6 +171,41 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
         }
     }
     Ok(cells)
+}
+
+/// Whether `out` may take the matrix `spec`: a new (or empty) directory, true, or one
+/// holding the same matrix, false.
+fn check_out(out: &Path, spec: &MatrixSpec) -> Result<bool> {
+    let spec_path = out.join(MATRIX_FILE);
+    if spec_path.exists() {
+        let text = fs::read_to_string(&spec_path)
+            .with_context(|| format!("reading {}", spec_path.display()))?;
+        let old: MatrixSpec = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", spec_path.display()))?;
+        if &old != spec {
+            bail!(
+                "{} holds a matrix with preset {}, seed {}, steps {:?}; resume it with \
+                 the same settings or pick another --out",
+                out.display(),
+                old.preset,
+                old.seed,
+                old.steps
+            );
+        }
+        return Ok(false);
+    }
+    if out.exists() {
+        if !out.is_dir() {
+            bail!("--out {}: exists and is not a directory", out.display());
+        }
+        if !is_empty_dir(out)? {
+            bail!(
+                "--out {}: not empty and not an `xarena lra` directory",
+                out.display()
+            );
+        }
+    }
+    Ok(true)
 }
 
 /// A run directory's accuracy line, if the run finished.

@@ -17,6 +17,7 @@ use super::model::ModelSpec;
 use super::presets::{preset, TASKS};
 use super::trainer::{train, TrainReport, Trained};
 use crate::files::{check_new_dir, write_atomic};
+use crate::lock::DirLock;
 use crate::measure::env;
 
 /// The training configuration beside the checkpoint.
@@ -106,10 +107,19 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
     };
     spec.check()?;
 
-    let (trained, report): (Trained, TrainReport) =
-        train(&spec, &data, &preset.train, args.settings.device)?;
-
-    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    // Held while training and writing; checked again under it, as another `xarena train`
+    // may have taken the directory since the check above.
+    let lock = DirLock::acquire(&args.out, "--out")?;
+    let trained = check_new_dir(&args.out, "--out", "")
+        .and_then(|()| train(&spec, &data, &preset.train, args.settings.device));
+    let (trained, report): (Trained, TrainReport) = match trained {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing was written: no directory is left behind.
+            lock.discard_if_unused();
+            return Err(e);
+        }
+    };
     trained.save(&args.out)?;
     let train_json = serde_json::json!({
         "task": args.task,
@@ -117,10 +127,12 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         "majority_baseline": data.majority_baseline(),
         "report": report,
     });
+    let train_path = args.out.join(TRAIN_FILE);
     fs::write(
-        args.out.join(TRAIN_FILE),
+        &train_path,
         serde_json::to_string_pretty(&train_json)? + "\n",
-    )?;
+    )
+    .with_context(|| format!("writing {}", train_path.display()))?;
     let line = AccuracyLine {
         schema: ACCURACY_SCHEMA_VERSION,
         task: args.task.clone(),
