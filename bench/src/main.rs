@@ -848,7 +848,7 @@ fn cmd_train(args: TrainCliArgs) -> Result<()> {
         line.variant,
         line.task,
         100.0 * line.accuracy,
-        100.0 * line.train_accuracy,
+        100.0 * report.train_accuracy,
         line.steps,
         report.train_seconds,
         report.steps_per_s,
@@ -884,7 +884,7 @@ fn cmd_lra(args: LraCliArgs) -> Result<()> {
             cell.variant,
             cell.task,
             100.0 * l.accuracy,
-            100.0 * l.train_accuracy,
+            100.0 * r.train_accuracy,
             r.train_seconds,
             r.steps_per_s
         ),

@@ -1,8 +1,11 @@
-//! xarena's results: the record schema (what the runner writes), loading, analysis
-//! (scaling fits, ratios against the reference) and presentation (tables, plots, the
-//! published report in Markdown, HTML, CSV and JSON).
+//! xarena's results made readable: analysis (scaling fits, ratios against the reference)
+//! and presentation (tables, plots, the published report in Markdown, HTML, CSV and
+//! JSON) of the records that `xarena-schema` defines and loads.
 //!
 //! Kept free of LibTorch, so reports can be made where no LibTorch is installed.
+
+// The record types and their loading live in `xarena-schema`; these paths keep naming them.
+pub use xarena_schema::{load, record as schema};
 
 pub mod accuracy;
 pub mod analysis;
@@ -10,12 +13,10 @@ pub mod anchors;
 pub mod compare;
 pub mod grid;
 pub mod kv;
-pub mod load;
 pub mod lra;
 pub mod merge;
 pub mod plots;
 pub mod publish;
-pub mod schema;
 pub mod table;
 
 pub use load::{load_records, LoadError};

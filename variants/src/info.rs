@@ -18,7 +18,6 @@ pub enum Family {
     Recurrence,
     Downsampling,
     Conditional,
-    KvCache,
 }
 
 impl std::fmt::Display for Family {
@@ -28,31 +27,13 @@ impl std::fmt::Display for Family {
     }
 }
 
-/// What a case measures: the attention module alone (with its projections), a whole
-/// pre-norm encoder block (attention + FFN), or a whole model (a stack of blocks, for
-/// variants such as Funnel whose point is what happens between blocks). Records carry it
-/// so that reports never compare an attention alone against a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scope {
-    Attention,
-    Block,
-    Model,
-}
+/// What a case measures (attention, block or model): defined with the records, which
+/// carry it so that reports never compare an attention alone against a block.
+pub use xarena_schema::Scope;
 
 /// The scopes of an attention core: alone, inside an encoder block, or in a stack of
 /// them (`block::MODEL_LAYERS`).
 pub const CORE_SCOPES: &[Scope] = &[Scope::Attention, Scope::Block, Scope::Model];
-
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Scope::Attention => "attention",
-            Scope::Block => "block",
-            Scope::Model => "model",
-        })
-    }
-}
 
 /// Metadata kept beside each variant's code.
 #[derive(Debug, Clone, Serialize)]
@@ -89,4 +70,29 @@ pub struct DecodeInfo {
     /// The exponent of the context length N in both the per-token time and the state:
     /// 1 for a KV cache, 0 for a window or a recurrent state.
     pub exponent: f64,
+}
+
+impl VariantInfo {
+    /// The claims a record of this variant carries in `mode`, so that reports need no
+    /// registry. A decode case claims what one token costs: the state's growth with N.
+    pub fn claims(&self, mode: xarena_schema::Mode) -> xarena_schema::Claims {
+        match (mode, &self.decode) {
+            (xarena_schema::Mode::Decode, Some(d)) => xarena_schema::Claims {
+                family: self.family.to_string(),
+                time: format!("per token: O(N^{})", d.exponent),
+                memory: d.state.to_string(),
+                time_exponent: d.exponent,
+                memory_exponent: d.exponent,
+                exact: self.exact,
+            },
+            _ => xarena_schema::Claims {
+                family: self.family.to_string(),
+                time: self.time.to_string(),
+                memory: self.memory.to_string(),
+                time_exponent: self.time_exponent,
+                memory_exponent: self.memory_exponent,
+                exact: self.exact,
+            },
+        }
+    }
 }

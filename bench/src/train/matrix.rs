@@ -19,10 +19,11 @@ use xarena_reports::accuracy::ACCURACY_FILE;
 use xarena_variants::{find, Scope, VariantSpec};
 
 use super::presets::{preset, TASKS};
-use super::run::{train_command, AccuracyLine, RunSettings, TrainArgs};
+use super::run::{train_command, RunSettings, TrainArgs};
 use crate::files::{is_empty_dir, write_atomic};
 use crate::lock::DirLock;
 use crate::train::trainer::TrainReport;
+use xarena_schema::accuracy::{read_accuracy, AccuracyRecord};
 
 pub const MATRIX_FILE: &str = "matrix.json";
 pub const FAILURES_FILE: &str = "failures.jsonl";
@@ -45,8 +46,8 @@ struct MatrixSpec {
 /// One (variant, task) of the matrix and what became of it.
 pub enum Outcome {
     /// Finished in an earlier invocation.
-    Skipped(AccuracyLine),
-    Trained(AccuracyLine, TrainReport),
+    Skipped(AccuracyRecord),
+    Trained(AccuracyRecord, TrainReport),
     Failed(String),
 }
 
@@ -209,19 +210,14 @@ fn check_out(out: &Path, spec: &MatrixSpec) -> Result<bool> {
 }
 
 /// A run directory's accuracy line, if the run finished.
-fn finished(dir: &Path) -> Result<Option<AccuracyLine>> {
+fn finished(dir: &Path) -> Result<Option<AccuracyRecord>> {
     let file = dir.join(ACCURACY_FILE);
     if !file.exists() {
         return Ok(None);
     }
-    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let line = text
-        .lines()
-        .next()
-        .with_context(|| format!("{}: empty", file.display()))?;
-    let parsed = serde_json::from_str(line)
-        .with_context(|| format!("{}: not an accuracy line", file.display()))?;
-    Ok(Some(parsed))
+    let mut lines = read_accuracy(&file)?;
+    anyhow::ensure!(!lines.is_empty(), "{}: empty", file.display());
+    Ok(Some(lines.swap_remove(0)))
 }
 
 /// Rebuilds `DIR/accuracy.jsonl` from every finished run, in a stable order.

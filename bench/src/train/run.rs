@@ -6,10 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use tch::Device;
-use xarena_reports::accuracy::{ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
-use xarena_reports::schema::Environment;
+use xarena_schema::accuracy::{AccuracyRecord, ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
 use xarena_variants::VariantSpec;
 
 use super::data::task_data;
@@ -45,29 +43,6 @@ pub struct RunSettings {
     pub cache_dir: PathBuf,
 }
 
-/// One line of `accuracy.jsonl`: the fields of the report's
-/// [`xarena_reports::accuracy::AccuracyRecord`], then what the training measured (extra
-/// fields, which the report's loader ignores).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccuracyLine {
-    pub schema: u32,
-    pub task: String,
-    pub variant: String,
-    pub accuracy: f64,
-    pub steps: u64,
-    pub seed: u64,
-    pub env: Environment,
-    pub preset: String,
-    pub device: String,
-    pub train_accuracy: f64,
-    pub final_loss: f64,
-    pub train_seconds: f64,
-    pub steps_per_s: f64,
-    pub peak_memory_bytes: Option<u64>,
-    pub memory_method: String,
-    pub parameters: i64,
-}
-
 fn device_name(d: Device) -> String {
     match d {
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -77,7 +52,7 @@ fn device_name(d: Device) -> String {
 
 /// Checks everything, trains, writes `DIR/{model.safetensors, model.json, train.json}`
 /// and then `DIR/accuracy.jsonl`.
-pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
+pub fn train_command(args: &TrainArgs) -> Result<(AccuracyRecord, TrainReport)> {
     // Every input is checked before any work or any file.
     if !TASKS.contains(&args.task.as_str()) {
         anyhow::bail!("unknown task `{}` (tasks: {})", args.task, TASKS.join(", "));
@@ -133,7 +108,7 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         serde_json::to_string_pretty(&train_json)? + "\n",
     )
     .with_context(|| format!("writing {}", train_path.display()))?;
-    let line = AccuracyLine {
+    let line = AccuracyRecord {
         schema: ACCURACY_SCHEMA_VERSION,
         task: args.task.clone(),
         variant: variant.label(),
@@ -141,15 +116,15 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyLine, TrainReport)> {
         steps: report.steps,
         seed: args.settings.seed,
         env: env::capture(i64::from(tch::get_num_threads())),
-        preset: preset.name.clone(),
-        device: device_name(args.settings.device),
-        train_accuracy: report.train_accuracy,
-        final_loss: report.final_loss,
-        train_seconds: report.train_seconds,
-        steps_per_s: report.steps_per_s,
+        preset: Some(preset.name.clone()),
+        device: Some(device_name(args.settings.device)),
+        train_accuracy: Some(report.train_accuracy),
+        final_loss: Some(report.final_loss),
+        train_seconds: Some(report.train_seconds),
+        steps_per_s: Some(report.steps_per_s),
         peak_memory_bytes: report.peak_memory_bytes,
-        memory_method: report.memory_method.clone(),
-        parameters: report.parameters,
+        memory_method: Some(report.memory_method.clone()),
+        parameters: Some(report.parameters),
     };
     let text = serde_json::to_string(&line)? + "\n";
     write_atomic(&args.out.join(ACCURACY_FILE), text.as_bytes())?;

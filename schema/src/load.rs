@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::schema::{Record, SCHEMA_VERSION};
+use crate::record::{Record, SCHEMA_VERSION};
 
 /// The results file inside a run directory.
 pub const RESULTS_FILE: &str = "results.jsonl";
@@ -62,7 +62,7 @@ pub fn read_results(path: &Path) -> Result<Loaded, LoadError> {
 
 /// JSON lines whose objects carry `"schema": expected` and pass `check`, and whether a
 /// last line cut short (a run killed while writing it) was left out.
-pub(crate) fn read_versioned<T: DeserializeOwned>(
+pub fn read_versioned<T: DeserializeOwned>(
     path: &Path,
     expected: u32,
     check: impl Fn(&T) -> Result<(), String>,
