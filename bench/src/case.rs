@@ -50,13 +50,21 @@ impl Outcome {
     }
 }
 
-/// The first line of a LibTorch error, without its C++ backtrace.
+/// The first line of a LibTorch error, without its C++ backtrace (which starts with
+/// "Exception raised from" or, for an enforce failure, "frame #0"; tch's `Torch("...")`
+/// debug form escapes the newline before it).
 pub fn short_message(msg: &str) -> String {
-    let msg = msg
-        .split("\nException raised from")
-        .next()
-        .unwrap_or(msg)
-        .trim();
+    let cut = [
+        "\nException raised from",
+        "\\nException raised from",
+        "\nframe #",
+        "\\nframe #",
+    ]
+    .iter()
+    .filter_map(|m| msg.find(m))
+    .min()
+    .unwrap_or(msg.len());
+    let msg = msg[..cut].trim();
     let msg = msg
         .strip_prefix("called `Result::unwrap()` on an `Err` value: ")
         .unwrap_or(msg);
@@ -70,6 +78,9 @@ pub fn is_oom(msg: &str) -> bool {
         || m.contains("can't allocate memory")
         || m.contains("cannot allocate memory")
         || m.contains("failed to allocate")
+        // Rust's allocation-failure abort and C++'s, under the worker's address-space cap.
+        || (m.contains("memory allocation of") && m.contains("failed"))
+        || m.contains("bad_alloc")
 }
 
 fn bytes(t: &Tensor) -> u64 {
@@ -296,4 +307,28 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
         backend: prepared.layer().backend(),
         check,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_the_backtrace_and_allocation_failures_are_oom() {
+        let torch = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at \
+                     alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory\\nframe #0: \
+                     c10::ThrowEnforceNotMet\\nframe #1: ...\")";
+        let short = short_message(torch);
+        assert!(short.ends_with("can't allocate memory"), "{short}");
+        assert!(is_oom(&short));
+        assert_eq!(
+            short_message("a\nException raised from x\nframe #0: y"),
+            "a"
+        );
+        assert!(is_oom("memory allocation of 5000000000 bytes failed"));
+        assert!(is_oom(
+            "terminate called after throwing an instance of 'std::bad_alloc'"
+        ));
+        assert!(!is_oom("shape mismatch"));
+    }
 }

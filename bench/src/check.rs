@@ -428,15 +428,12 @@ impl CheckArgs {
     /// The cases, every one checked before any runs.
     fn cases(&self) -> Result<Vec<Case>> {
         anyhow::ensure!(
-            self.timeout.is_finite() && self.timeout > 0.0,
-            "--timeout must be positive, got {}",
+            self.timeout > 0.0 && self.timeout <= crate::sweep::MAX_SECONDS,
+            "--timeout must be positive and at most {} s (a week), got {}",
+            crate::sweep::MAX_SECONDS,
             self.timeout
         );
-        anyhow::ensure!(
-            self.threads >= 0,
-            "--threads must be >= 0, got {}",
-            self.threads
-        );
+        crate::sweep::check_threads(self.threads).map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         let mut cases = Vec::new();
         for spec in &self.variants {
             let entry = find(&spec.name)?;

@@ -7,6 +7,7 @@
 
 pub mod case;
 pub mod check;
+pub mod estimate;
 pub mod files;
 pub mod history;
 pub mod kv;

@@ -271,6 +271,10 @@ struct RunArgs {
     /// is recorded as `error`. auto: on CUDA devices only.
     #[arg(long, value_enum, default_value_t = xarena_bench::check::Policy::Auto)]
     check: xarena_bench::check::Policy,
+    /// Run cases whose estimated working memory exceeds their device's memory (refused
+    /// before anything runs otherwise); the worker's memory cap still applies.
+    #[arg(long)]
+    allow_oversize: bool,
 }
 
 /// Where a training run's data comes from (shared by `train` and `lra`).
@@ -319,7 +323,8 @@ struct RunCliArgs {
 impl RunCliArgs {
     /// Sets the threads and checks the device: the settings of every run.
     fn settings(self) -> Result<xarena_bench::train::run::RunSettings> {
-        anyhow::ensure!(self.threads >= 0, "--threads must be >= 0");
+        xarena_bench::sweep::check_threads(i64::from(self.threads))
+            .map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
@@ -447,6 +452,7 @@ impl RunArgs {
         sweep.timeout_s = self.timeout.unwrap_or(sweep.timeout_s);
         sweep.threads = self.threads.unwrap_or(sweep.threads);
         sweep.roofline = self.roofline.unwrap_or(sweep.roofline);
+        sweep.allow_oversize |= self.allow_oversize;
         Ok(sweep)
     }
 }
@@ -514,6 +520,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
             cases.len()
         );
     }
+    xarena_bench::estimate::refuse_oversize(&cases, sweep.allow_oversize)?;
     let empty = cases.is_empty();
     // Held until the run ends; the checks are made again under it, as another run may
     // have taken the directory between the first checks and the lock.

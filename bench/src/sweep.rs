@@ -72,6 +72,8 @@ pub struct SweepFile {
     pub threads: Option<i64>,
     /// `auto`, `on` or `off`, as `--roofline`.
     pub roofline: Option<RooflineMode>,
+    /// Run cases whose estimated memory exceeds their device's, as `--allow-oversize`.
+    pub allow_oversize: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +146,9 @@ pub struct Sweep {
     pub threads: i64,
     /// Which devices get the roofline's peaks measured before the cases.
     pub roofline: RooflineMode,
+    /// Run cases whose estimated working memory exceeds their device's memory (refused
+    /// up front otherwise, [`crate::estimate`]).
+    pub allow_oversize: bool,
 }
 
 impl Default for Sweep {
@@ -167,6 +172,7 @@ impl Default for Sweep {
             timeout_s: 600.0,
             threads: 0,
             roofline: RooflineMode::Auto,
+            allow_oversize: false,
         }
     }
 }
@@ -199,6 +205,9 @@ impl Sweep {
         if let Some(r) = file.roofline {
             self.roofline = r;
         }
+        if let Some(a) = file.allow_oversize {
+            self.allow_oversize = a;
+        }
         Ok(())
     }
 
@@ -229,9 +238,12 @@ impl Sweep {
             return Err(field(name, "is empty"));
         }
         let t = &self.timing;
-        let valid = |s: f64| s.is_finite() && s >= 0.0;
+        let valid = |s: f64| s.is_finite() && (0.0..=MAX_SECONDS).contains(&s);
         if !valid(t.min_time_s) || !valid(t.warmup_s) || !t.min_sample_s.is_none_or(valid) {
-            return Err(field("timing", "times must be finite and non-negative"));
+            return Err(field(
+                "timing",
+                format!("times must be finite, non-negative and at most {MAX_SECONDS} s (a week)"),
+            ));
         }
         if t.min_iters < 1 || t.max_iters < t.min_iters {
             return Err(field(
@@ -243,18 +255,16 @@ impl Sweep {
             ));
         }
         // Written so that NaN is rejected too.
-        if self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
+        if !(self.timeout_s > 0.0 && self.timeout_s <= MAX_SECONDS) {
             return Err(field(
                 "timeout",
-                format!("must be positive, got {}", self.timeout_s),
+                format!(
+                    "must be finite, above 0 and at most {MAX_SECONDS} s (a week), got {}",
+                    self.timeout_s
+                ),
             ));
         }
-        if self.threads < 0 {
-            return Err(field(
-                "threads",
-                format!("must be >= 0, got {}", self.threads),
-            ));
-        }
+        check_threads(self.threads).map_err(|m| field("threads", m))?;
         Ok(())
     }
 
@@ -309,6 +319,23 @@ impl Sweep {
         }
         Ok(cases)
     }
+}
+
+/// The longest time a setting may name: a week, in seconds. Beyond it a timeout is a typo
+/// (and past about 10^19 s it cannot be a `Duration` at all).
+pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// LibTorch threads: 0 (its default) up to 4 per CPU of this machine; more only
+/// oversubscribe the cores and make no progress.
+pub fn check_threads(threads: i64) -> Result<(), String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    if !(0..=4 * cpus).contains(&threads) {
+        return Err(format!(
+            "must be 0 (LibTorch's default) to {} (4 per CPU, {cpus} CPU(s) here), got {threads}",
+            4 * cpus
+        ));
+    }
+    Ok(())
 }
 
 /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`; CUDA must be present.
@@ -404,6 +431,9 @@ impl Case {
             case: case.describe(),
             error,
         };
+        // Before the variant's own checks, whose arithmetic on the sizes could overflow.
+        crate::estimate::check_sizes(&case.key)
+            .map_err(|m| invalid(VariantError::config(&spec.name, m)))?;
         entry
             .check(
                 &serde_json::Value::Object(spec.params.clone()),

@@ -264,6 +264,7 @@ pub fn serve() -> anyhow::Result<()> {
             .and_then(|t| Duration::try_from_secs_f64(t).ok())
             .and_then(|t| Instant::now().checked_add(t.checked_add(watchdog_grace(t))?));
         watchdog.set(deadline);
+        cap_address_space(&req);
         inject_fault(&req);
         let outcome = if POISONED.load(std::sync::atomic::Ordering::SeqCst) {
             Outcome::failed(
@@ -282,6 +283,89 @@ pub fn serve() -> anyhow::Result<()> {
         stdout.flush()?;
     }
     Ok(())
+}
+
+/// Environment variable: the bytes a worker may map for a CPU case beyond what it has
+/// mapped when the case starts (LibTorch's libraries); 0 for no cap. Default: the memory
+/// available when the case starts.
+pub const MEMORY_LIMIT_ENV: &str = "XARENA_WORKER_MEMORY_LIMIT";
+
+/// The soft RLIMIT_AS the worker started with, restored for CUDA cases.
+static START_LIMIT: std::sync::OnceLock<Option<libc::rlimit>> = std::sync::OnceLock::new();
+
+/// Caps the worker's address space (RLIMIT_AS) for a CPU case, so that a case the
+/// up-front estimate let through (or --allow-oversize) fails its allocation, recorded as
+/// `oom`, instead of driving the machine into swap or the kernel's OOM killer. CUDA cases
+/// run uncapped: the driver reserves far more address space than it uses.
+fn cap_address_space(req: &Request) {
+    let start = *START_LIMIT.get_or_init(|| {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        (unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0).then_some(r)
+    });
+    let Some(start) = start else { return };
+    let cap = if req.case.key.device == "cpu" {
+        cpu_address_space(req.threads).map_or(start.rlim_cur, |c| c.min(start.rlim_max))
+    } else {
+        start.rlim_cur
+    };
+    let r = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: start.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct; lowering or restoring the soft limit within the
+    // hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) } != 0 {
+        eprintln!(
+            "xarena worker: cannot set RLIMIT_AS: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// What a CPU case may map in all: what is mapped now, the budget (the environment's
+/// or the available memory), and room for the threads' stacks and malloc arenas, which
+/// reserve address space they barely touch.
+fn cpu_address_space(threads: i64) -> Option<u64> {
+    const HEADROOM: u64 = 512 << 20;
+    const PER_THREAD: u64 = 128 << 20;
+    let budget = match std::env::var(MEMORY_LIMIT_ENV) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) => return None,
+            Ok(b) => b,
+            Err(_) => {
+                eprintln!("xarena worker: {MEMORY_LIMIT_ENV}={v} is not a number of bytes; no cap");
+                return None;
+            }
+        },
+        Err(_) => {
+            use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+            System::new_with_specifics(
+                RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+            )
+            .available_memory()
+        }
+    };
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mapped_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // LibTorch's intra-op and inter-op pools.
+    let threads = if threads > 0 { threads as u64 } else { cpus } * 2;
+    Some(
+        (mapped_kib * 1024)
+            .saturating_add(budget)
+            .saturating_add(HEADROOM + threads * PER_THREAD),
+    )
 }
 
 enum Event {
@@ -378,7 +462,16 @@ fn death(status: Option<ExitStatus>, stderr: &str) -> Outcome {
             Status::Oom,
             format!("worker killed by SIGKILL, usually the kernel's out-of-memory killer{tail}"),
         ),
-        Some(sig) => Outcome::failed(Status::Error, format!("worker died of signal {sig}{tail}")),
+        // An allocation failure that aborts (Rust's alloc error, C++'s bad_alloc) under the
+        // worker's address-space cap is still out of memory.
+        Some(sig) => Outcome::failed(
+            if case::is_oom(stderr) {
+                Status::Oom
+            } else {
+                Status::Error
+            },
+            format!("worker died of signal {sig}{tail}"),
+        ),
         None => {
             let code = status.and_then(|s| s.code());
             let status = if case::is_oom(stderr) {
@@ -502,5 +595,15 @@ mod tests {
         }
         assert!(!keep_worker(true, None));
         assert!(!keep_worker(false, Some(Status::Ok)));
+    }
+
+    #[test]
+    fn an_abort_on_a_failed_allocation_is_oom() {
+        use std::os::unix::process::ExitStatusExt;
+        let abort = Some(ExitStatus::from_raw(libc::SIGABRT));
+        let oom = death(abort, "memory allocation of 5000000000 bytes failed");
+        assert_eq!(oom.status, Some(Status::Oom));
+        let crash = death(abort, "assertion failed");
+        assert_eq!(crash.status, Some(Status::Error));
     }
 }

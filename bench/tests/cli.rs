@@ -105,6 +105,8 @@ fn an_allocation_too_large_for_the_machine_is_recorded_as_oom() {
             "--no-report",
             "--timeout",
             "120",
+            // Refused up front otherwise: this test is of the worker's failure path.
+            "--allow-oversize",
             "--out",
         ])
         .arg(&out)

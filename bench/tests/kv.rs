@@ -542,6 +542,33 @@ fn a_hugging_face_llama_checkpoint_loads_and_runs_kv_bench() {
 }
 
 #[test]
+fn bench_refuses_a_context_past_the_models_positions_before_writing() {
+    // The checkpoint's max_position_embeddings is 512 (issue 14, item 7).
+    let out = tmp("kv-bench-positions");
+    let err = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&hf_dir()),
+        "--policies",
+        "full",
+        "--contexts",
+        "40,600",
+        "--tasks",
+        "mqar",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("600") && err.contains("max_position_embeddings (512)"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_namm_evolved_on_one_model_runs_unchanged_on_another() {
     // Evolved on `tiny` (2 layers, hidden 64, 2 heads, 1 KV head); run on a model of 3
     // layers, hidden 48, 3 heads and 3 KV heads.

@@ -325,22 +325,37 @@ impl std::str::FromStr for VariantSpec {
     type Err = VariantError;
 
     /// `name` or `name:key=value:key=value`; values are read as JSON (numbers, booleans)
-    /// and otherwise as strings.
+    /// and otherwise as strings. A key given twice, or a whole number outside i64 (which
+    /// JSON would read as a float), is refused with the parameter's name.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.trim().split(':');
         let name = parts.next().unwrap_or_default().trim();
         if name.is_empty() {
             return Err(VariantError::Unknown(s.to_string()));
         }
+        let params_error = |message: String| VariantError::Params {
+            variant: name.to_string(),
+            message,
+        };
         let mut params = Map::new();
         for part in parts {
-            let (k, v) = part.split_once('=').ok_or_else(|| VariantError::Params {
-                variant: name.to_string(),
-                message: format!("`{part}` is not key=value"),
-            })?;
-            let v = v.trim();
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| params_error(format!("`{part}` is not key=value")))?;
+            let (k, v) = (k.trim(), v.trim());
+            let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                v.parse::<i64>().map_err(|_| {
+                    params_error(format!(
+                        "{k}: integer out of range: {v} (at most {})",
+                        i64::MAX
+                    ))
+                })?;
+            }
             let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
-            params.insert(k.trim().to_string(), value);
+            if params.insert(k.to_string(), value).is_some() {
+                return Err(params_error(format!("{k} given twice")));
+            }
         }
         Ok(VariantSpec {
             name: name.to_string(),
@@ -359,4 +374,27 @@ pub fn build_layer(
 ) -> Result<Box<dyn Layer>, VariantError> {
     let entry = find(&spec.name)?;
     (entry.build)(&Value::Object(spec.params.clone()), shape, scope, vs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_refuse_a_key_twice_and_integers_outside_i64() {
+        let twice = "local:window=8:window=16"
+            .parse::<VariantSpec>()
+            .unwrap_err();
+        assert!(twice.to_string().contains("window given twice"), "{twice}");
+        let big = "local:window=99999999999999999999"
+            .parse::<VariantSpec>()
+            .unwrap_err();
+        assert!(
+            big.to_string()
+                .contains("window: integer out of range: 99999999999999999999"),
+            "{big}"
+        );
+        let spec: VariantSpec = "local:window=-9223372036854775808".parse().unwrap();
+        assert_eq!(spec.params["window"], i64::MIN);
+    }
 }

@@ -180,6 +180,13 @@ impl BenchArgs {
             );
         }
         anyhow::ensure!(!self.contexts.is_empty(), "--contexts: name at least one");
+        for &c in &self.contexts {
+            anyhow::ensure!(
+                (1..=MAX_CONTEXT).contains(&c),
+                "--contexts: {c} tokens is out of range (1 to {MAX_CONTEXT}, and at most \
+                 the model's max_position_embeddings)"
+            );
+        }
         anyhow::ensure!(!self.tasks.is_empty(), "--tasks: name at least one");
         anyhow::ensure!(self.examples >= 1, "--examples must be at least 1");
         anyhow::ensure!(self.chunk >= 1, "--chunk must be at least 1");
@@ -199,6 +206,10 @@ impl BenchArgs {
         Ok(())
     }
 }
+
+/// The longest prompt `kv bench` takes (2^20 tokens): beyond any model it can load, and
+/// beyond what its prefill finishes in hours on a CPU.
+pub const MAX_CONTEXT: usize = 1 << 20;
 
 /// What `bench` did.
 pub struct BenchOutcome {
@@ -238,7 +249,13 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
     let model: LoadedModel = load_model(&args.model, args.device)?;
     let task_config = model.task_config();
     model.check_tasks(&task_config)?;
+    let positions = model.cfg.max_position_embeddings;
     for &c in &args.contexts {
+        anyhow::ensure!(
+            c as i64 <= positions,
+            "--contexts: {c} tokens is past model {}'s max_position_embeddings ({positions})",
+            model.dir.display()
+        );
         for t in &args.tasks {
             let least = t.min_context(&task_config);
             anyhow::ensure!(

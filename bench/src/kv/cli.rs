@@ -52,7 +52,8 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     fn apply(&self) -> Result<tch::Device> {
-        anyhow::ensure!(self.threads >= 0, "--threads must be >= 0");
+        crate::sweep::check_threads(i64::from(self.threads))
+            .map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }

@@ -204,6 +204,14 @@ impl GpuWatch {
         found
     }
 
+    /// Total memory of a CUDA device (`cuda:N`), when NVML can find its GPU.
+    pub fn total_memory(&self, device: &str) -> Option<u64> {
+        let index = device.strip_prefix("cuda:")?.parse::<u32>().ok()?;
+        let found = self.locate(index)?;
+        let d = self.nvml.device_by_index(found.nvml_index).ok()?;
+        d.memory_info().ok().map(|m| m.total)
+    }
+
     fn locate(&self, cuda_index: u32) -> Option<Found> {
         let count = self.nvml.device_count().ok()?;
         let devices: Vec<_> = (0..count)

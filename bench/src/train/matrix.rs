@@ -80,6 +80,7 @@ fn check(args: &MatrixArgs) -> Result<Vec<VariantSpec>> {
     if args.variants.is_empty() || args.tasks.is_empty() {
         bail!("--variants and --tasks each need at least one entry");
     }
+    args.settings.check()?;
     for t in &args.tasks {
         if !TASKS.contains(&t.as_str()) {
             bail!("unknown task `{t}` (tasks: {})", TASKS.join(", "));

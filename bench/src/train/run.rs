@@ -43,6 +43,24 @@ pub struct RunSettings {
     pub cache_dir: PathBuf,
 }
 
+/// The most training steps a run may ask for; more is a typo (days per million steps on
+/// the tiny preset's CPU pace).
+pub const MAX_STEPS: u64 = 100_000_000;
+
+impl RunSettings {
+    /// The numeric settings, checked before anything is written (by `train` and by every
+    /// `lra` matrix before its directory exists).
+    pub fn check(&self) -> Result<()> {
+        if let Some(steps) = self.steps {
+            anyhow::ensure!(
+                (1..=MAX_STEPS).contains(&steps),
+                "--steps must be 1 to {MAX_STEPS}, got {steps}"
+            );
+        }
+        Ok(())
+    }
+}
+
 fn device_name(d: Device) -> String {
     match d {
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -57,11 +75,11 @@ pub fn train_command(args: &TrainArgs) -> Result<(AccuracyRecord, TrainReport)> 
     if !TASKS.contains(&args.task.as_str()) {
         anyhow::bail!("unknown task `{}` (tasks: {})", args.task, TASKS.join(", "));
     }
+    args.settings.check()?;
     let mut preset = preset(&args.settings.preset, &args.task)?;
     let variant = args.variant.normalized()?;
     preset.train.seed = args.settings.seed;
     if let Some(steps) = args.settings.steps {
-        anyhow::ensure!(steps >= 1, "--steps must be at least 1");
         preset.train.steps = steps;
         preset.train.warmup_steps = preset.train.warmup_steps.min(steps / 10);
     }
