@@ -21,7 +21,7 @@ command -v objcopy >/dev/null || die "objcopy not found (Debian: apt-get install
 bin=${XARENA_PACK_BIN:-}
 if [ -z "$bin" ]; then
   bash ci/setup.sh >/dev/null
-  cargo build --release --locked -p xarena-bench
+  cargo build --release --locked -p xarena-cli
 fi
 bin=${bin:-target/release/xarena}
 [ -x "$bin" ] || die "no binary at $bin"

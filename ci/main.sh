@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash ci/setup.sh >/dev/null
-cargo build --release --locked -p xarena-bench
+cargo build --release --locked -p xarena-cli
 exec ./target/release/xarena run "$@"

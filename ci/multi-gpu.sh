@@ -22,7 +22,7 @@ run=$2
 shift 2
 [ -f "$sweep" ] || die "no sweep file $sweep"
 bin=${XARENA_BIN:-target/release/xarena}
-[ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-bench) or set XARENA_BIN"
+[ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-cli) or set XARENA_BIN"
 xarena() { "$bin" "$@"; }
 
 if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then

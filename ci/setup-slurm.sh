@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Slurm and MUNGE (Debian's slurm-wlm and munge packages), which the real-cluster
-# test (bench/tests/slurm.rs) starts a one-node cluster with. Idempotent: does nothing
+# test (ci/tests/slurm.rs) starts a one-node cluster with. Idempotent: does nothing
 # when the daemons and the client commands are already on PATH. Starts no daemon and
 # writes no configuration; the test brings its own. Prints `slurmctld -V` on success.
 set -euo pipefail

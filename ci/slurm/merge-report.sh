@@ -24,7 +24,7 @@ n=$2
 
 cd "${SLURM_SUBMIT_DIR:-.}"
 bin=${XARENA_BIN:-target/release/xarena}
-[ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-bench) or set XARENA_BIN"
+[ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-cli) or set XARENA_BIN"
 xarena() { "$bin" "$@"; }
 
 shards=()

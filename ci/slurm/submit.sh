@@ -3,7 +3,7 @@
 # array of ci/slurm/sweep-array.sh, and the merge + report job (ci/slurm/merge-report.sh)
 # to run after all of them succeed. Run from a login node with the binary built:
 #
-#   cargo build --release -p xarena-bench
+#   cargo build --release -p xarena-cli
 #   bash ci/slurm/submit.sh ci/sweeps/nightly-gpu.toml 8 results/cluster-1
 #   SBATCH_PARTITION=gpu SBATCH_ACCOUNT=me bash ci/slurm/submit.sh SWEEP SHARDS
 #
@@ -37,7 +37,7 @@ command -v sbatch >/dev/null || die "sbatch not found: run this on a Slurm login
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 [ -x "${XARENA_BIN:-target/release/xarena}" ] ||
-  die "no xarena binary at ${XARENA_BIN:-target/release/xarena}: cargo build --release -p xarena-bench first"
+  die "no xarena binary at ${XARENA_BIN:-target/release/xarena}: cargo build --release -p xarena-cli first"
 # The array's device and resources; the job inherits XARENA_DEVICE (sbatch exports the
 # environment) so that sweep-array.sh runs on what was asked for here.
 export XARENA_DEVICE=${XARENA_DEVICE:-cuda:0}

@@ -43,7 +43,7 @@ fi
 # directory the job was submitted from.
 cd "${SLURM_SUBMIT_DIR:-.}"
 bin=${XARENA_BIN:-target/release/xarena}
-[ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-bench) or set XARENA_BIN"
+[ -x "$bin" ] || die "no xarena binary at $bin: build it (cargo build --release -p xarena-cli) or set XARENA_BIN"
 [ -f "$sweep" ] || die "no sweep file $sweep"
 xarena() { "$bin" "$@"; }
 # Every shard must name the same device: it is part of a case's key, and the merge

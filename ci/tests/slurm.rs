@@ -4,6 +4,9 @@
 //! run equal, case for case, to the same sweep run unsharded. Every daemon the test starts
 //! is stopped again, also when it fails. Needs root: slurmd runs each job as its user.
 
+// These tests sit beside the CI files they test; they run as tests of the `xarena` CLI
+// package (cli/Cargo.toml), which builds the binary they drive.
+#[path = "../../cli/tests/common/mod.rs"]
 mod common;
 
 use common::repo;
@@ -140,7 +143,7 @@ impl Cluster {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
         let (ctld_port, slurmd_port) = free_ports();
         let conf = format!(
-            "# Written by bench/tests/slurm.rs: one node, no accounting, no cgroups.\n\
+            "# Written by ci/tests/slurm.rs: one node, no accounting, no cgroups.\n\
              ClusterName=xarena-test\n\
              SlurmctldHost={host}(127.0.0.1)\n\
              SlurmctldPort={ctld_port}\n\

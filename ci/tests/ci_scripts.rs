@@ -4,6 +4,9 @@
 //! shellcheck where it is installed); the nightly sweep preset; and what the cluster
 //! scripts launch, with stand-ins for xarena and sbatch.
 
+// These tests sit beside the CI files they test; they run as tests of the `xarena` CLI
+// package (cli/Cargo.toml), which builds the binary they drive.
+#[path = "../../cli/tests/common/mod.rs"]
 mod common;
 
 use common::repo;
@@ -288,7 +291,7 @@ xarena run --sweep s.toml \
     --out "$RUN" --reuse-worker > log 2>&1
 x=$(xarena env); FOO=1 ./target/release/xarena history ingest "$DB" "$RUN" --flag=1
 if [ -n "$A" ]; then xarena report "$RUN" --format md,html --out ${{ vars.OUT || 'site' }}; fi
-cargo build -p xarena-bench && exec "$bin" list --format json | tee out
+cargo build -p xarena-cli && exec "$bin" list --format json | tee out
 xarena() { "$bin" "$@"; }
 "#;
     let got: Vec<Vec<String>> = invocations(text, "t")

@@ -3,6 +3,9 @@
 //! needs no CUDA (environment, device check, both sweeps with the roofline, report,
 //! archive), and a batch stopped mid-sweep still leaves its finished cases in the archive.
 
+// These tests sit beside the CI files they test; they run as tests of the `xarena` CLI
+// package (cli/Cargo.toml), which builds the binary they drive.
+#[path = "../../cli/tests/common/mod.rs"]
 mod common;
 
 use std::os::unix::process::CommandExt;
