@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
-use comfy_table::Table;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
+use xarena_reports::grid::{Grid, GridCell};
 use xarena_reports::schema::{CaseKey, DeviceCheck, Dtype, Mode, Scope, Status};
+use xarena_reports::table::Format;
 use xarena_variants::{build_layer, find, Layer, Shape, VariantSpec};
 
 use crate::case::{short_message, Request};
@@ -331,8 +331,8 @@ pub struct CheckArgs {
     /// Variants, comma separated, with parameters as in `run`.
     #[arg(long, value_delimiter = ',', required = true)]
     variants: Vec<VariantSpec>,
-    #[arg(long, value_delimiter = ',', value_enum, default_values_t = [CheckDtype::Bf16, CheckDtype::F16])]
-    dtype: Vec<CheckDtype>,
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = [Dtype::Bf16, Dtype::F16])]
+    dtype: Vec<Dtype>,
     /// cpu, cuda or cuda:N.
     #[arg(long, value_delimiter = ',', default_value = "cuda")]
     device: Vec<String>,
@@ -350,7 +350,7 @@ pub struct CheckArgs {
     /// attention, block or model (default: attention where the variant has it, else its
     /// first scope).
     #[arg(long, value_enum)]
-    scope: Option<CheckScope>,
+    scope: Option<Scope>,
     #[arg(long)]
     causal: bool,
     /// Seconds before a case's worker is killed.
@@ -366,40 +366,8 @@ pub struct CheckArgs {
     /// (replaced), each as its case ends.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = CheckFormat::Terminal)]
-    format: CheckFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CheckDtype {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl From<CheckDtype> for Dtype {
-    fn from(d: CheckDtype) -> Dtype {
-        match d {
-            CheckDtype::F32 => Dtype::F32,
-            CheckDtype::Bf16 => Dtype::Bf16,
-            CheckDtype::F16 => Dtype::F16,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CheckScope {
-    Attention,
-    Block,
-    Model,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CheckFormat {
-    Terminal,
-    #[value(name = "md", alias = "markdown")]
-    Markdown,
-    Json,
+    #[arg(long, value_enum, default_value_t = Format::Terminal)]
+    format: Format,
 }
 
 /// One line of `xarena check --out`.
@@ -438,9 +406,7 @@ impl CheckArgs {
         for spec in &self.variants {
             let entry = find(&spec.name)?;
             let scope = match self.scope {
-                Some(CheckScope::Attention) => Scope::Attention,
-                Some(CheckScope::Block) => Scope::Block,
-                Some(CheckScope::Model) => Scope::Model,
+                Some(scope) => scope,
                 None if entry
                     .info
                     .scopes
@@ -459,7 +425,7 @@ impl CheckArgs {
                 batch: vec![self.batch],
                 heads: vec![self.heads],
                 head_dim: vec![self.head_dim],
-                dtype: self.dtype.iter().map(|&d| d.into()).collect(),
+                dtype: self.dtype.clone(),
                 device: self.device.clone(),
                 // The check runs forward and backward whatever the mode.
                 mode: vec![Mode::Train],
@@ -517,16 +483,11 @@ pub fn command(args: CheckArgs) -> Result<()> {
         );
         lines.push(line);
     }
-    match args.format {
-        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&lines)?),
-        CheckFormat::Terminal | CheckFormat::Markdown => {
-            let mut t = Table::new();
-            t.load_preset(if let CheckFormat::Markdown = args.format {
-                ASCII_MARKDOWN
-            } else {
-                UTF8_FULL_CONDENSED
-            });
-            t.set_header([
+    if args.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    } else {
+        let mut t = Grid::new(
+            [
                 "variant",
                 "scope",
                 "dtype",
@@ -535,23 +496,29 @@ pub fn command(args: CheckArgs) -> Result<()> {
                 "check",
                 "error vs CPU f32",
                 "tolerance",
-            ]);
-            for l in &lines {
-                let c = l.check.as_ref();
-                t.add_row([
-                    l.label.clone(),
-                    l.key.scope.to_string(),
-                    l.key.dtype.to_string(),
-                    l.key.device.clone(),
-                    c.map_or("-".into(), |c| c.seq_len.to_string()),
-                    l.verdict().to_string(),
-                    c.and_then(|c| c.max_rel_err)
-                        .map_or("-".into(), |e| format!("{e:.2e}")),
-                    c.and_then(|c| c.tolerance)
-                        .map_or("-".into(), |e| format!("{e:.1e}")),
-                ]);
-            }
-            println!("{t}");
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .all_left();
+        for l in &lines {
+            let c = l.check.as_ref();
+            let row: [String; 8] = [
+                l.label.clone(),
+                l.key.scope.to_string(),
+                l.key.dtype.to_string(),
+                l.key.device.clone(),
+                c.map_or("-".into(), |c| c.seq_len.to_string()),
+                l.verdict().to_string(),
+                c.and_then(|c| c.max_rel_err)
+                    .map_or("-".into(), |e| format!("{e:.2e}")),
+                c.and_then(|c| c.tolerance)
+                    .map_or("-".into(), |e| format!("{e:.1e}")),
+            ];
+            t.push(row.map(GridCell::from).to_vec());
+        }
+        println!("{}", t.render(args.format));
+        if args.format.style().is_some() {
             println!(
                 "Forward and backward at N checked: every output and gradient finite, and for \
                  exact variants the largest difference of the output and the input's gradient \

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
+use xarena_reports::grid::{Grid, GridCell};
 use xarena_reports::load::{read_results, results_path};
 use xarena_reports::schema::Mode;
 use xarena_reports::table::{format_bytes, format_seconds, Style};
@@ -352,21 +353,21 @@ pub fn render(points: &[Point], style: Style) -> String {
                 .iter()
                 .take_while(|p| &p.case_id == case)
                 .count();
-        let mut t = comfy_table::Table::new();
-        t.load_preset(match style {
-            Style::Terminal => comfy_table::presets::UTF8_FULL_CONDENSED,
-            Style::Markdown => comfy_table::presets::ASCII_MARKDOWN,
-        });
-        t.set_header([
-            "date (UTC)",
-            "commit",
-            "run",
-            "status",
-            "median latency",
-            "p10-p90",
-            "vs previous",
-            "peak memory",
-        ]);
+        let mut t = Grid::new(
+            [
+                "date (UTC)",
+                "commit",
+                "run",
+                "status",
+                "median latency",
+                "p10-p90",
+                "vs previous",
+                "peak memory",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .all_left();
         let mut previous: Option<f64> = None;
         for p in &points[start..end] {
             let change = match (previous, p.median_s) {
@@ -374,7 +375,7 @@ pub fn render(points: &[Point], style: Style) -> String {
                 _ => String::new(),
             };
             previous = p.median_s.or(previous);
-            t.add_row([
+            let row: [String; 8] = [
                 p.started_at
                     .get(..16)
                     .unwrap_or(&p.started_at)
@@ -392,11 +393,16 @@ pub fn render(points: &[Point], style: Style) -> String {
                 change,
                 p.peak_bytes
                     .map_or("-".into(), |b| format_bytes(b.max(0) as u64)),
-            ]);
+            ];
+            t.push(row.map(GridCell::from).to_vec());
         }
         out.push_str(&match style {
-            Style::Markdown => format!("#### {}\n\n{t}\n\n", points[start].case),
-            Style::Terminal => format!("{}\n{t}\n\n", points[start].case),
+            Style::Markdown => format!(
+                "#### {}\n\n{}\n\n",
+                style.inline(&points[start].case),
+                t.text(style)
+            ),
+            Style::Terminal => format!("{}\n{}\n\n", points[start].case, t.text(style)),
         });
         start = end;
     }

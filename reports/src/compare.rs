@@ -17,8 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
-use comfy_table::Table;
+use crate::grid::{Grid, GridCell};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -341,15 +340,8 @@ fn percent(ratio: f64) -> String {
 
 /// The cases that moved (regressions first), the one-sided cases, and a summary line.
 pub fn render(c: &Comparison, style: Style) -> String {
-    let new_table = |header: &[&str]| {
-        let mut t = Table::new();
-        t.load_preset(match style {
-            Style::Terminal => UTF8_FULL_CONDENSED,
-            Style::Markdown => ASCII_MARKDOWN,
-        });
-        t.set_header(header.to_vec());
-        t
-    };
+    let new_table =
+        |header: &[&str]| Grid::new(header.iter().map(|h| h.to_string()).collect()).all_left();
     let mut out = String::new();
     let mut moved: Vec<&CaseComparison> = c
         .cases
@@ -397,18 +389,22 @@ pub fn render(c: &Comparison, style: Style) -> String {
                 if verdict == Verdict::Unchanged {
                     continue;
                 }
-                t.add_row(vec![
-                    verdict.to_string(),
-                    case.case.clone(),
-                    what,
-                    b,
-                    n,
-                    change,
-                    allowed,
-                ]);
+                t.push(
+                    [
+                        verdict.to_string(),
+                        case.case.clone(),
+                        what,
+                        b,
+                        n,
+                        change,
+                        allowed,
+                    ]
+                    .map(GridCell::from)
+                    .to_vec(),
+                );
             }
         }
-        out.push_str(&t.to_string());
+        out.push_str(&t.text(style));
         out.push_str("\n\n");
     }
     for (title, list) in [("only in BASE", &c.only_base), ("only in NEW", &c.only_new)] {
@@ -417,13 +413,13 @@ pub fn render(c: &Comparison, style: Style) -> String {
         }
         let mut t = new_table(&[title, "status", "case id"]);
         for o in list {
-            t.add_row(vec![
-                o.case.clone(),
-                o.status.to_string(),
-                o.case_id.clone(),
-            ]);
+            t.push(
+                [o.case.clone(), o.status.to_string(), o.case_id.clone()]
+                    .map(GridCell::from)
+                    .to_vec(),
+            );
         }
-        out.push_str(&t.to_string());
+        out.push_str(&t.text(style));
         out.push_str("\n\n");
     }
     if !c.environment.is_empty() {

@@ -6,7 +6,7 @@ use comfy_table::{CellAlignment, Table};
 use maud::{html, Markup};
 use serde::Serialize;
 
-use crate::table::Style;
+use crate::table::{Format, Style};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GridCell {
@@ -41,6 +41,9 @@ impl From<&str> for GridCell {
 pub struct Grid {
     pub header: Vec<String>,
     pub rows: Vec<Vec<GridCell>>,
+    /// Leading columns aligned left in text (at least the first); the rest, numbers, right.
+    #[serde(skip)]
+    pub left: usize,
 }
 
 impl Grid {
@@ -48,14 +51,22 @@ impl Grid {
         Grid {
             header,
             rows: Vec::new(),
+            left: 1,
         }
+    }
+
+    /// Every column aligned left: a table of words rather than numbers.
+    pub fn all_left(mut self) -> Self {
+        self.left = self.header.len();
+        self
     }
 
     pub fn push(&mut self, row: Vec<GridCell>) {
         self.rows.push(row);
     }
 
-    /// Terminal or Markdown text: the first column left-aligned, the others right.
+    /// Terminal or Markdown text: the first column (or the first `left`) left-aligned, the
+    /// others right.
     pub fn text(&self, style: Style) -> String {
         let mut t = Table::new();
         t.load_preset(match style {
@@ -68,7 +79,7 @@ impl Grid {
             Style::Terminal => text.to_string(),
         };
         t.set_header(self.header.iter().map(|h| cell(h)));
-        for i in 1..t.column_count() {
+        for i in self.left.max(1)..t.column_count() {
             if let Some(col) = t.column_mut(i) {
                 col.set_cell_alignment(CellAlignment::Right);
             }
@@ -77,6 +88,32 @@ impl Grid {
             t.add_row(row.iter().map(|c| cell(&c.text)));
         }
         t.to_string()
+    }
+
+    /// The table in `format`: text for `terminal` and `md`, an HTML table, CSV; `json` is
+    /// the grid itself (header and rows).
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Terminal => self.text(Style::Terminal),
+            Format::Md => self.text(Style::Markdown),
+            Format::Html => self.html().into_string(),
+            Format::Csv => self.csv(),
+            Format::Json => serde_json::to_string_pretty(self).expect("grids serialise"),
+        }
+    }
+
+    /// CSV: the header, then a line per row (the cells' text).
+    pub fn csv(&self) -> String {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let rows = std::iter::once(self.header.clone()).chain(
+            self.rows
+                .iter()
+                .map(|r| r.iter().map(|c| c.text.clone()).collect()),
+        );
+        for row in rows {
+            w.write_record(row).expect("writing to memory");
+        }
+        String::from_utf8(w.into_inner().expect("writing to memory")).expect("UTF-8 cells")
     }
 
     /// A sortable HTML table (see the page's script). Every string is escaped by maud.
@@ -152,6 +189,24 @@ mod tests {
         assert!(g
             .text(Style::Terminal)
             .contains("<script>alert(1)</script>"));
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it_and_formats_are_spelled_once() {
+        let mut g = Grid::new(vec!["variant".into(), "N=1".into()]);
+        g.push(vec!["local(window=8, global=[3])".into(), "1 ms".into()]);
+        assert_eq!(
+            g.csv(),
+            "variant,N=1\n\"local(window=8, global=[3])\",1 ms\n"
+        );
+        assert_eq!(g.render(Format::Md), g.text(Style::Markdown));
+        let md: Format = clap::ValueEnum::from_str("markdown", false).unwrap();
+        assert_eq!(md, Format::Md);
+        assert_eq!(md.to_string(), "md");
+        let err = Format::Html
+            .only("compare", &[Format::Terminal, Format::Md, Format::Json])
+            .unwrap_err();
+        assert!(err.contains("use terminal, md, json"), "{err}");
     }
 
     #[test]

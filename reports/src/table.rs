@@ -13,6 +13,52 @@ pub enum Style {
     Markdown,
 }
 
+/// The output formats of every command that prints tables or reports, spelled the same
+/// everywhere (`md`, with `markdown` an alias). A command refuses the ones it has no
+/// rendering for ([`Format::only`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Terminal,
+    #[value(alias = "markdown")]
+    Md,
+    /// An HTML table (escaped), or the self-contained page for `report`.
+    Html,
+    /// One row per line, with a header.
+    Csv,
+    Json,
+}
+
+impl Format {
+    /// The text style of `terminal` and `md`; `None` for the others.
+    pub fn style(self) -> Option<Style> {
+        match self {
+            Format::Terminal => Some(Style::Terminal),
+            Format::Md => Some(Style::Markdown),
+            _ => None,
+        }
+    }
+
+    /// `self` when `command` prints it, else an error naming the ones it prints.
+    pub fn only(self, command: &str, printed: &[Format]) -> Result<Format, String> {
+        if printed.contains(&self) {
+            return Ok(self);
+        }
+        let names: Vec<String> = printed.iter().map(|f| f.to_string()).collect();
+        Err(format!(
+            "`{command} --format {self}` is not available; use {}",
+            names.join(", ")
+        ))
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let v = self.to_possible_value().ok_or(std::fmt::Error)?;
+        f.write_str(v.get_name())
+    }
+}
+
 impl Style {
     /// Text from records (labels, devices, CPU names, model names) as this style shows it.
     pub fn inline(self, text: &str) -> String {
