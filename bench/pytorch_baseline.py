@@ -28,8 +28,8 @@ The computation (scope `attention` only)
   every step does the same work). The sum is taken in float32 because xarena's step
   does `sum(Kind::Float)`.
 
-The timing protocol (xarena's bench/src/measure/timing.rs)
------------------------------------------------------------
+The timing protocol (xarena's measure/src/timing.rs)
+----------------------------------------------------
 * Intra-op threads: --threads when given, else torch's default; the count in use is
   recorded.
 * Every iteration is timed on its own with time.perf_counter(); on CUDA the device is

@@ -8,15 +8,16 @@
 pub mod case;
 pub mod check;
 pub mod estimate;
-pub mod files;
 pub mod history;
 pub mod kv;
-pub mod lock;
 pub mod measure;
 pub mod merge;
 pub mod quality;
 pub mod run;
 pub mod store;
 pub mod sweep;
-pub mod train;
 pub mod worker;
+
+// Moved to the schema crate (shared by every track that writes a directory); kept at
+// their old paths.
+pub use xarena_schema::{files, lock};

@@ -8,7 +8,7 @@
 //! and the next-token loss on the answer tokens the model must produce (the prompt's
 //! tokens, random filler, weigh `prompt_weight`, 0 by default: they cannot be learned and
 //! only slow the answers down). AdamW, linear warm-up then cosine decay, clipping: the
-//! classifier trainer's schedule (`crate::train::trainer::TrainConfig`).
+//! classifier trainer's schedule (`xarena_training::trainer::TrainConfig`).
 //!
 //! Everything is checked first; the model is written into a temporary sibling directory
 //! and renamed into place with `train.json` (the held-out full-cache score per task)
@@ -31,8 +31,8 @@ use super::eval::decode_all;
 use super::model::{preset, TrainInfo, TRAIN_FILE, TRAIN_SCHEMA_VERSION};
 use super::{check_new_dir, write_json_atomic};
 use crate::measure::env;
-use crate::train::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
-use crate::train::trainer::{Decay, TrainConfig};
+use xarena_training::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
+use xarena_training::trainer::{Decay, TrainConfig};
 
 /// Everything `xarena kv train` takes.
 #[derive(Debug, Clone)]

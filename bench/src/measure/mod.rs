@@ -1,9 +1,7 @@
-//! Measurement: timing, memory, the environment, and the C++ shim under them. Nothing
-//! here decides what to run or how to report it.
+//! Measurement: the `xarena-measure` crate (timing, memory, the environment, NVML, the
+//! C++ shim), re-exported at its old paths, and the roofline, which runs cases through
+//! the runner's workers and so stays with the runner.
 
-pub mod env;
-pub mod memory;
-pub mod nvml;
+pub use xarena_measure::{env, memory, nvml, shim, timing};
+
 pub mod roofline;
-pub mod shim;
-pub mod timing;

@@ -25,7 +25,7 @@ pub struct LraCliArgs {
 }
 
 pub fn run(args: LraCliArgs) -> Result<()> {
-    use xarena_bench::train::matrix::{run_matrix, MatrixArgs, Outcome};
+    use xarena_training::matrix::{run_matrix, MatrixArgs, Outcome};
     let matrix = MatrixArgs {
         variants: args.variants,
         tasks: args.tasks,

@@ -23,7 +23,7 @@ impl DataArgs {
     fn cache_dir(&self) -> PathBuf {
         self.cache_dir
             .clone()
-            .unwrap_or_else(xarena_bench::train::data::default_cache_dir)
+            .unwrap_or_else(xarena_training::data::default_cache_dir)
     }
 }
 
@@ -52,14 +52,14 @@ pub struct RunCliArgs {
 
 impl RunCliArgs {
     /// Sets the threads and checks the device: the settings of every run.
-    pub fn settings(self) -> Result<xarena_bench::train::run::RunSettings> {
+    pub fn settings(self) -> Result<xarena_training::command::RunSettings> {
         xarena_bench::sweep::check_threads(i64::from(self.threads))
             .map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
         let device = xarena_bench::sweep::normalise_device(&self.device)?;
-        Ok(xarena_bench::train::run::RunSettings {
+        Ok(xarena_training::command::RunSettings {
             preset: self.preset,
             seed: self.seed,
             device: xarena_bench::sweep::tch_device(&device),
@@ -88,7 +88,7 @@ pub struct TrainCliArgs {
 }
 
 pub fn run(args: TrainCliArgs) -> Result<()> {
-    use xarena_bench::train::run::{train_command, TrainArgs};
+    use xarena_training::command::{train_command, TrainArgs};
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("results/train").join(format!(
             "{}-{}-{}",

@@ -1,21 +1,24 @@
-//! Training the variants as sequence classifiers: the accuracy track (first part).
+//! Training the variants as sequence classifiers, and the LRA matrix: the accuracy track.
+//! `xarena train` and `xarena lra` are thin callers of [`command`] and [`matrix`].
 //!
-//! Data flows one way: a task's examples ([`TaskData`]) -> [`model::Classifier`] (token
-//! embedding + positions, L encoder blocks of the variant, pooling, a linear head) ->
-//! [`trainer::train`] (AdamW, warm-up then decay, clipping, held-out accuracy, peak
-//! memory) -> [`run::train_command`] (the checkpoint and `accuracy.jsonl`, written last
-//! and atomically).
+//! Data flows one way: task -> trainer -> accuracy record. A task's examples
+//! ([`TaskData`], made by [`data`] under a [`presets::Preset`]) -> [`classifier::Classifier`]
+//! (token embedding + positions, L encoder blocks of the variant, pooling, a linear head)
+//! -> [`trainer::train`] (AdamW, warm-up then decay, clipping, held-out accuracy, peak
+//! memory; [`device`] keeps the GPU fed) -> [`command::train_command`] (the checkpoint and
+//! the `xarena_schema::AccuracyRecord` line of `accuracy.jsonl`, written last and
+//! atomically).
 //!
 //! The trainer depends on no task generator: a task is plain [`Example`]s, which
 //! [`data`] makes from the datasets crate's generators and loaders under a
 //! [`presets::Preset`]. [`matrix`] runs `xarena lra`: variants x tasks, resumable.
 
+pub mod classifier;
+pub mod command;
 pub mod data;
 pub mod device;
 pub mod matrix;
-pub mod model;
 pub mod presets;
-pub mod run;
 pub mod trainer;
 
 use std::fmt;

@@ -86,7 +86,7 @@ pub struct ModelSpec {
     pub classes: u32,
     /// Tokens per input sequence (without the CLS token).
     pub seq_len: usize,
-    /// The batch the variant is built for; [`crate::train::trainer`] pads every batch to
+    /// The batch the variant is built for; [`crate::trainer`] pads every batch to
     /// it, since a variant is built per shape.
     pub batch: i64,
     /// 1, or 2 for the two-tower (dual encoder) form of LRA's retrieval: each example is

@@ -19,7 +19,7 @@ use xarena_datasets::pathfinder::Pathfinder;
 use xarena_datasets::synthetic::{AssociativeRecall, Passkey, SelectiveCopy};
 use xarena_datasets::task::Sizes;
 
-use super::model::{ClassifierConfig, Pooling, Positions};
+use super::classifier::{ClassifierConfig, Pooling, Positions};
 use super::trainer::{Decay, TrainConfig};
 
 /// The presets `--preset` knows.

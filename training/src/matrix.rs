@@ -15,15 +15,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use xarena_reports::accuracy::ACCURACY_FILE;
 use xarena_variants::{find, Scope, VariantSpec};
 
+use super::command::{train_command, RunSettings, TrainArgs};
 use super::presets::{preset, TASKS};
-use super::run::{train_command, RunSettings, TrainArgs};
-use crate::files::{is_empty_dir, write_atomic};
-use crate::lock::DirLock;
-use crate::train::trainer::TrainReport;
-use xarena_schema::accuracy::{read_accuracy, AccuracyRecord};
+use super::trainer::TrainReport;
+use xarena_schema::accuracy::{read_accuracy, AccuracyRecord, ACCURACY_FILE};
+use xarena_schema::files::{is_empty_dir, write_atomic};
+use xarena_schema::lock::DirLock;
 
 pub const MATRIX_FILE: &str = "matrix.json";
 pub const FAILURES_FILE: &str = "failures.jsonl";

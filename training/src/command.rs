@@ -10,13 +10,13 @@ use tch::Device;
 use xarena_schema::accuracy::{AccuracyRecord, ACCURACY_FILE, ACCURACY_SCHEMA_VERSION};
 use xarena_variants::VariantSpec;
 
+use super::classifier::ModelSpec;
 use super::data::task_data;
-use super::model::ModelSpec;
 use super::presets::{preset, TASKS};
 use super::trainer::{train, TrainReport, Trained};
-use crate::files::{check_new_dir, write_atomic};
-use crate::lock::DirLock;
-use crate::measure::env;
+use xarena_measure::env;
+use xarena_schema::files::{check_new_dir, write_atomic};
+use xarena_schema::lock::DirLock;
 
 /// The training configuration beside the checkpoint.
 pub const TRAIN_FILE: &str = "train.json";

@@ -10,10 +10,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
+use super::classifier::{Classifier, ModelSpec};
 use super::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
-use super::model::{Classifier, ModelSpec};
 use super::{Example, TaskData};
-use crate::measure::memory;
+use xarena_measure::memory;
 
 /// The learning rate's decay after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,7 +224,7 @@ pub struct TrainReport {
     pub train_seconds: f64,
     pub steps_per_s: f64,
     /// Peak memory of the training loop above what was held before it, and how it was
-    /// measured (`cpu-rss` or `cuda-allocator`, bench/src/measure/memory.rs).
+    /// measured (`cpu-rss` or `cuda-allocator`, measure/src/memory.rs).
     pub peak_memory_bytes: Option<u64>,
     pub memory_method: String,
     pub parameters: i64,
