@@ -2,7 +2,7 @@
 //! zero mean, adapts its covariance on an ill-conditioned problem, is deterministic for a
 //! seed, and resumes exactly from its serialised state.
 
-use xarena_bench::kv::cmaes::{Cmaes, CmaesSettings, Constants};
+use xarena_kvcache::cmaes::{Cmaes, CmaesSettings, Constants};
 
 /// Runs until `f(mean)` drops below `tol` (minimising: fitness is `-f`); returns the
 /// generations used.

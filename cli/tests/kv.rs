@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use common::{stderr, stdout, tmp, xarena};
 use tch::{Device, Kind, Tensor};
 use xarena_bench::kv::evolve::{read_state, EvolvedNamm};
-use xarena_bench::kv::model::load_model;
+use xarena_bench::kv::model_dir::load_model;
 use xarena_datasets::lm_tasks::LmTaskConfig;
+use xarena_kvcache::model::llama::write_safetensors;
 use xarena_reports::kv::{read_kv, KvRecord};
-use xarena_variants::kvcache::llama::write_safetensors;
 
 fn run(args: &[&str]) -> std::process::Output {
     xarena().args(args).output().unwrap()
@@ -672,10 +672,10 @@ fn the_report_renders_tables_and_the_plot() {
 
 #[test]
 fn a_namm_scoring_every_token_positive_decodes_exactly_as_the_full_cache() {
-    use xarena_bench::kv::eval::decode;
     use xarena_datasets::lm_tasks::{LmSplit, LmTask};
-    use xarena_variants::kvcache::policy::namm::{param_layout, Namm, NammConfig};
-    use xarena_variants::kvcache::policy::Full;
+    use xarena_kvcache::eval::decode;
+    use xarena_kvcache::policy::namm::{param_layout, Namm, NammConfig};
+    use xarena_kvcache::policy::Full;
 
     tch::set_num_threads(1);
     let m = load_model(&trained(), Device::Cpu).unwrap();

@@ -14,20 +14,11 @@ use crate::table::{format_bytes, format_seconds, Style};
 
 pub use xarena_schema::kv::{load_kv, read_kv, KvRecord, KV_FILE, KV_SCHEMA_VERSION};
 
-/// Policies in the registry's order (as `xarena_variants::kvcache::POLICIES`), others
-/// after by name.
-fn policy_rank(p: &str) -> (usize, String) {
-    const ORDER: [&str; 7] = [
-        "full",
-        "window",
-        "streaming-llm",
-        "h2o",
-        "l2",
-        "tova",
-        "namm",
-    ];
+/// Policies in `order` (the caller's registry, `xarena_kvcache::POLICIES`: this crate
+/// does not link LibTorch, so it keeps no list of its own), others after by name.
+fn policy_rank(order: &[&str], p: &str) -> (usize, String) {
     (
-        ORDER.iter().position(|o| *o == p).unwrap_or(ORDER.len()),
+        order.iter().position(|o| *o == p).unwrap_or(order.len()),
         p.to_string(),
     )
 }
@@ -93,8 +84,9 @@ fn namm_source(namm: &str, hash_too: bool) -> String {
 /// Groups records by (model, context) and, within, by (policy, ratio); later records of
 /// the same case replace earlier ones. Runs of different NAMMs (several `kv bench`
 /// directories in one report) stay apart: with more than one NAMM in a group, each
-/// row's policy names its NAMM, `namm (evolve-paper)`.
-pub fn kv_groups(records: &[KvRecord]) -> Vec<KvGroup> {
+/// row's policy names its NAMM, `namm (evolve-paper)`. Rows list policies in `order`
+/// (the registry's), others after by name.
+pub fn kv_groups(records: &[KvRecord], order: &[&str]) -> Vec<KvGroup> {
     type CaseKey = (String, usize, String, Option<String>);
     let mut cases: BTreeMap<CaseKey, &KvRecord> = BTreeMap::new();
     for r in records {
@@ -137,7 +129,7 @@ pub fn kv_groups(records: &[KvRecord]) -> Vec<KvGroup> {
                 // Ratios ascending (least compression first); none (full, namm) first.
                 let key = r.ratio.map_or(-1, |x| (x * 1e6).round() as i64);
                 settings
-                    .entry((policy_rank(&r.policy), policy_name(r), key))
+                    .entry((policy_rank(order, &r.policy), policy_name(r), key))
                     .or_default()
                     .push(r);
             }
@@ -294,11 +286,12 @@ pub fn cost_table(g: &KvGroup) -> Grid {
     grid
 }
 
-/// The whole report as text: per (model, context), the three tables.
-pub fn kv_report(records: &[KvRecord], style: Style) -> String {
+/// The whole report as text: per (model, context), the three tables, policies in `order`
+/// as [`kv_groups`] lists them.
+pub fn kv_report(records: &[KvRecord], order: &[&str], style: Style) -> String {
     let mut out = String::new();
     let md = matches!(style, Style::Markdown);
-    for g in kv_groups(records) {
+    for g in kv_groups(records, order) {
         let examples = records
             .iter()
             .filter(|r| r.model == g.model && r.context == g.context)

@@ -5,6 +5,18 @@ mod common;
 use xarena_reports::kv::{kv_groups, kv_report, KvRecord};
 use xarena_reports::table::Style;
 
+/// The policy order the kv CLI passes (`xarena_kvcache::POLICIES`' names); this crate's
+/// tests stay LibTorch-free, so they spell it.
+const ORDER: &[&str] = &[
+    "full",
+    "window",
+    "streaming-llm",
+    "h2o",
+    "l2",
+    "tova",
+    "namm",
+];
+
 fn record(
     policy: &str,
     ratio: Option<f64>,
@@ -58,7 +70,7 @@ fn two_namms_in_one_report_stay_apart() {
         record("full", None, "passkey", 0.8, None),
         record("namm", None, "passkey", 0.8, Some(b)),
     ];
-    let groups = kv_groups(&records);
+    let groups = kv_groups(&records, ORDER);
     assert_eq!(groups.len(), 1);
     let rows: Vec<(String, f64)> = groups[0]
         .rows
@@ -74,22 +86,51 @@ fn two_namms_in_one_report_stay_apart() {
             ("namm (evolve-paper)".to_string(), 0.8),
         ]
     );
-    let md = kv_report(&records, Style::Markdown);
+    let md = kv_report(&records, ORDER, Style::Markdown);
     assert!(
         md.contains("namm (evolve)") && md.contains("namm (evolve-paper)"),
         "{md}"
     );
 
     // One NAMM: the row is plain `namm`, as a single run's report shows it.
-    let one = kv_groups(&records[..3]);
+    let one = kv_groups(&records[..3], ORDER);
     assert_eq!(one[0].rows[2].label(), "namm");
 
     // Two NAMMs from directories of the same name: their hashes tell them apart.
     let c = "evolve (generation 40, evolved on model) 9d3e";
-    let same = kv_groups(&[
-        record("namm", None, "passkey", 0.4, Some(a)),
-        record("namm", None, "passkey", 0.6, Some(c)),
-    ]);
+    let same = kv_groups(
+        &[
+            record("namm", None, "passkey", 0.4, Some(a)),
+            record("namm", None, "passkey", 0.6, Some(c)),
+        ],
+        ORDER,
+    );
     let labels: Vec<String> = same[0].rows.iter().map(|r| r.label()).collect();
     assert_eq!(labels, vec!["namm (evolve 82a1)", "namm (evolve 9d3e)"]);
+}
+
+#[test]
+fn rows_follow_the_given_policy_order_and_unknown_ones_come_after_by_name() {
+    let records = vec![
+        record("zeta", Some(0.5), "passkey", 0.1, None),
+        record("h2o", Some(0.5), "passkey", 0.6, None),
+        record("alpha", Some(0.5), "passkey", 0.2, None),
+        record("full", None, "passkey", 0.8, None),
+    ];
+    let labels = |order: &[&str]| -> Vec<String> {
+        kv_groups(&records, order)[0]
+            .rows
+            .iter()
+            .map(|r| r.label())
+            .collect()
+    };
+    assert_eq!(
+        labels(ORDER),
+        ["full", "h2o @ 0.5", "alpha @ 0.5", "zeta @ 0.5"]
+    );
+    // The order is the caller's: another registry, another order.
+    assert_eq!(
+        labels(&["zeta", "h2o"]),
+        ["zeta @ 0.5", "h2o @ 0.5", "alpha @ 0.5", "full"]
+    );
 }

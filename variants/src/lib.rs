@@ -24,7 +24,6 @@ pub mod flops;
 pub mod fused;
 pub mod info;
 pub mod kernel;
-pub mod kvcache;
 pub mod learnable;
 pub mod lowrank;
 pub mod memory;

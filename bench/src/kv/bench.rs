@@ -20,16 +20,16 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
+use xarena_kvcache::policy::{build_policy, policy_info, policy_names, POLICIES};
+use xarena_kvcache::CachePolicy;
 use xarena_reports::kv::{read_kv, KvRecord, KV_FILE, KV_SCHEMA_VERSION};
-use xarena_variants::kvcache::policy::{build_policy, policy_info, POLICIES};
-use xarena_variants::kvcache::CachePolicy;
 
-use super::eval::{decode_all, Totals};
 use super::evolve::EvolvedNamm;
-use super::model::{load_model, LoadedModel};
+use super::model_dir::{load_model, LoadedModel};
 use super::{check_new_dir, read_json, write_json_atomic};
 use crate::lock::DirLock;
 use crate::measure::env;
+use xarena_kvcache::eval::{decode_all, Totals};
 
 /// The run's settings beside the records: a resume must match them.
 pub const RUN_FILE: &str = "kv-run.json";
@@ -55,10 +55,11 @@ impl Default for BenchArgs {
     fn default() -> Self {
         BenchArgs {
             model: PathBuf::new(),
+            // Every policy buildable by name (not `namm`, which needs --namm).
             policies: POLICIES
                 .iter()
-                .filter(|p| **p != "namm")
-                .map(|p| p.to_string())
+                .filter(|p| p.build.is_some())
+                .map(|p| p.name.to_string())
                 .collect(),
             namm: None,
             ratios: vec![0.25, 0.5, 0.75, 0.875],
@@ -89,7 +90,7 @@ pub struct RunSetup {
 
 /// One case before it runs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Case {
+pub struct KvCase {
     pub policy: String,
     pub ratio: Option<f64>,
     pub budget: Option<usize>,
@@ -97,7 +98,7 @@ pub struct Case {
     pub task: LmTask,
 }
 
-impl Case {
+impl KvCase {
     pub fn id(&self) -> String {
         format!(
             "{}|{}|{}|{}",
@@ -116,12 +117,12 @@ pub fn budget(ratio: f64, context: usize) -> usize {
 
 impl BenchArgs {
     /// The cases in the order they run: per context and task, `full` first.
-    pub fn cases(&self) -> Vec<Case> {
+    pub fn cases(&self) -> Vec<KvCase> {
         let mut out = Vec::new();
         for &context in &self.contexts {
             for &task in &self.tasks {
                 let mut push = |policy: &str, ratio: Option<f64>| {
-                    out.push(Case {
+                    out.push(KvCase {
                         policy: policy.to_string(),
                         ratio,
                         budget: ratio.map(|r| budget(r, context)),
@@ -153,7 +154,7 @@ impl BenchArgs {
             anyhow::ensure!(
                 policy_info(p).is_some(),
                 "--policies: unknown cache policy `{p}` (known: {})",
-                POLICIES.join(", ")
+                policy_names().join(", ")
             );
         }
         let has_namm = self.policies.iter().any(|p| p == "namm");
@@ -353,7 +354,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         let full_score = if case.policy == "full" {
             totals.score()
         } else {
-            let full_id = Case {
+            let full_id = KvCase {
                 policy: "full".into(),
                 ratio: None,
                 budget: None,
@@ -388,7 +389,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
 
 #[allow(clippy::too_many_arguments)]
 fn make_record(
-    case: &Case,
+    case: &KvCase,
     label: &str,
     t: &Totals,
     full_score: f64,

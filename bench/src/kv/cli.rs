@@ -2,10 +2,12 @@
 //! beside the code it drives.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
+use xarena_kvcache::{policy_names, POLICIES};
 use xarena_reports::kv::{frontier_plot, kv_groups, kv_report, load_kv, plot_name};
 use xarena_reports::table::Style;
 
@@ -182,16 +184,31 @@ pub struct KvEvolveCli {
     device: DeviceArgs,
 }
 
+/// `--policies`' help, from [`POLICIES`] (clap drops a doc comment's final period).
+static POLICIES_HELP: LazyLock<String> =
+    LazyLock::new(|| format!("Policies, comma separated: {}", policy_names().join(", ")));
+
+/// `--policies`' default: every policy [`POLICIES`] can build by name (not `namm`).
+static DEFAULT_POLICIES: LazyLock<String> = LazyLock::new(|| {
+    POLICIES
+        .iter()
+        .filter(|p| p.build.is_some())
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(",")
+});
+
 #[derive(Args)]
 pub struct KvBenchCli {
     /// The model's directory (xarena kv train's, or any Llama-format checkpoint).
     #[arg(long)]
     model: PathBuf,
-    /// Policies, comma separated: full, window, streaming-llm, h2o, l2, tova, namm.
+    // Help and default are read from the policy table (every policy buildable by name).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "full,window,streaming-llm,h2o,l2,tova"
+        help = POLICIES_HELP.as_str(),
+        default_value = DEFAULT_POLICIES.as_str()
     )]
     policies: Vec<String>,
     /// The evolved NAMM (a kv evolve directory or its namm.json), for `namm`.
@@ -391,7 +408,10 @@ fn cmd_bench(a: KvBenchCli) -> Result<()> {
         o.skipped,
         a.out.join(xarena_reports::kv::KV_FILE).display()
     );
-    print!("{}", kv_report(&o.records, Style::Terminal));
+    print!(
+        "{}",
+        kv_report(&o.records, &policy_names(), Style::Terminal)
+    );
     Ok(())
 }
 
@@ -412,6 +432,8 @@ fn cmd_report(a: KvReportCli) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Rows in the registry's order: the report crate keeps no list of policies.
+    let order = policy_names();
     if let Some(dir) = &a.out {
         if dir.exists() && !a.force {
             super::check_new_dir(dir, "--out", " (or pass --force)")?;
@@ -420,9 +442,9 @@ fn cmd_report(a: KvReportCli) -> Result<()> {
         let mut written = vec!["report.md".to_string()];
         super::write_atomic(
             &dir.join("report.md"),
-            kv_report(&records, Style::Markdown).as_bytes(),
+            kv_report(&records, &order, Style::Markdown).as_bytes(),
         )?;
-        for g in kv_groups(&records) {
+        for g in kv_groups(&records, &order) {
             if let Some(svg) = frontier_plot(&g).map_err(|e| anyhow::anyhow!("plot: {e}"))? {
                 let name = plot_name(&g);
                 super::write_atomic(&dir.join(&name), svg.as_bytes())?;
@@ -436,9 +458,12 @@ fn cmd_report(a: KvReportCli) -> Result<()> {
         );
     }
     match a.format {
-        KvFormat::Terminal => print!("{}", kv_report(&records, Style::Terminal)),
-        KvFormat::Md => print!("{}", kv_report(&records, Style::Markdown)),
-        KvFormat::Json => println!("{}", serde_json::to_string_pretty(&kv_groups(&records))?),
+        KvFormat::Terminal => print!("{}", kv_report(&records, &order, Style::Terminal)),
+        KvFormat::Md => print!("{}", kv_report(&records, &order, Style::Markdown)),
+        KvFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&kv_groups(&records, &order))?
+        ),
     }
     Ok(())
 }

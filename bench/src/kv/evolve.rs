@@ -29,14 +29,14 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
-use xarena_variants::kvcache::policy::namm::{Namm, NammConfig, NormStats, SharedNormStats};
-use xarena_variants::kvcache::policy::Full;
-use xarena_variants::kvcache::DecoderLm;
+use xarena_kvcache::policy::namm::{Namm, NammConfig, NormStats, SharedNormStats};
+use xarena_kvcache::policy::Full;
+use xarena_kvcache::DecoderLm;
 
-use super::cmaes::{Cmaes, CmaesSettings};
-use super::eval::decode_all;
-use super::model::{load_model, LoadedModel};
+use super::model_dir::{load_model, LoadedModel};
 use super::{check_new_dir, read_json, write_atomic, write_json_atomic};
+use xarena_kvcache::cmaes::{Cmaes, CmaesSettings};
+use xarena_kvcache::eval::decode_all;
 
 pub const EVOLVE_FILE: &str = "evolve.json";
 pub const NAMM_FILE: &str = "namm.json";
@@ -239,9 +239,11 @@ impl Evaluator<'_> {
         tasks: &[LmTask],
         full: &BTreeMap<String, f64>,
     ) -> Result<Fitness> {
-        let mut policy: Box<dyn xarena_variants::kvcache::CachePolicy> = Box::new(
-            Namm::with_stats(self.namm.clone(), &to_f32(params), stats.clone())?,
-        );
+        let mut policy: Box<dyn xarena_kvcache::CachePolicy> = Box::new(Namm::with_stats(
+            self.namm.clone(),
+            &to_f32(params),
+            stats.clone(),
+        )?);
         let mut ratios = BTreeMap::new();
         let mut retained = Vec::new();
         for t in tasks {

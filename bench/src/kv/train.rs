@@ -24,13 +24,13 @@ use rand::Rng;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
-use xarena_variants::kvcache::policy::Full;
-use xarena_variants::kvcache::{save_checkpoint, DecoderLm, LmConfig};
+use xarena_kvcache::policy::Full;
+use xarena_kvcache::{save_checkpoint, DecoderLm, LmConfig};
 
-use super::eval::decode_all;
-use super::model::{preset, TrainInfo, TRAIN_FILE, TRAIN_SCHEMA_VERSION};
+use super::model_dir::{preset, TrainInfo, TRAIN_FILE, TRAIN_SCHEMA_VERSION};
 use super::{check_new_dir, write_json_atomic};
 use crate::measure::env;
+use xarena_kvcache::eval::decode_all;
 use xarena_training::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
 use xarena_training::trainer::{Decay, TrainConfig};
 

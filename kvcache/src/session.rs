@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::cache::LayerCache;
-use super::lm::{rms_norm, DecoderLm};
-use super::policy::{CachePolicy, Observation};
+use crate::cache::KvLayerCache;
+use crate::model::lm::{rms_norm, DecoderLm};
+use crate::policy::{CachePolicy, Observation};
 
 /// What a session has cost so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -38,7 +38,7 @@ pub struct SessionStats {
 pub struct Session<'a> {
     lm: &'a DecoderLm,
     policy: Box<dyn CachePolicy>,
-    layers: Vec<LayerCache>,
+    layers: Vec<KvLayerCache>,
     last_logits: Option<Tensor>,
     stats: SessionStats,
     /// Sum of retained-fraction samples, for the mean.
@@ -70,7 +70,7 @@ impl<'a> Session<'a> {
         let cfg = self.lm.config();
         self.layers = (0..cfg.num_hidden_layers)
             .map(|_| {
-                LayerCache::new(
+                KvLayerCache::new(
                     cfg.num_key_value_heads,
                     cfg.head_dim(),
                     self.lm.kind(),
@@ -149,7 +149,7 @@ impl<'a> Session<'a> {
 
     /// Tokens held, `[layer][kv head]`.
     pub fn lens(&self) -> Vec<Vec<i64>> {
-        self.layers.iter().map(LayerCache::lens).collect()
+        self.layers.iter().map(KvLayerCache::lens).collect()
     }
 
     /// The positions (`[len_h]` int64) held by one layer's KV head: a copy, as the cache
@@ -172,7 +172,7 @@ impl<'a> Session<'a> {
     }
 
     /// One layer's cache.
-    pub fn layer_cache(&self, layer: usize) -> &LayerCache {
+    pub fn layer_cache(&self, layer: usize) -> &KvLayerCache {
         &self.layers[layer]
     }
 
@@ -251,7 +251,7 @@ impl<'a> Session<'a> {
 
             self.stats.tokens_seen += c;
             self.stats.calls += 1;
-            let cached: i64 = self.layers.iter().flat_map(LayerCache::lens).sum();
+            let cached: i64 = self.layers.iter().flat_map(KvLayerCache::lens).sum();
             let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
             let retained = cached as f64 / slots / self.stats.tokens_seen as f64;
             self.stats.retained_fraction = retained;

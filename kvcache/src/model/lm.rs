@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 /// The name errors carry.
 const NAME: &str = "llama";

@@ -8,7 +8,7 @@
 use tch::Tensor;
 
 use super::{check_budget, sinks_and_recent, CachePolicy, Observation, PolicyInfo};
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "streaming-llm",
@@ -16,7 +16,12 @@ pub const INFO: PolicyInfo = PolicyInfo {
             (arXiv:2309.17453; ICLR 2024)",
     keeps: "the first `sinks` tokens (4) and the most recent ones, `budget` in all",
     budgeted: true,
+    build: Some(build),
 };
+
+fn build(budget: usize) -> Result<Box<dyn CachePolicy>, VariantError> {
+    Ok(Box::new(StreamingLlm::new(budget, DEFAULT_SINKS)?))
+}
 
 /// The paper's setting: four sink tokens.
 pub const DEFAULT_SINKS: usize = 4;

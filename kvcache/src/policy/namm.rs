@@ -11,7 +11,7 @@
 //! encoding of the token's age in front. A small network scores every token from these
 //! features, each token attending only to itself and to later tokens; tokens scoring below
 //! zero are evicted. One parameter vector serves every layer and head; it is evolved with
-//! CMA-ES (`xarena-bench`'s `kv::cmaes`) from all zeros, which score every token 0 and so
+//! CMA-ES ([`crate::cmaes`]) from all zeros, which score every token 0 and so
 //! keep everything.
 
 use std::sync::{Arc, Mutex};
@@ -19,10 +19,19 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{CachePolicy, Observation};
-use crate::error::VariantError;
+use super::{CachePolicy, Observation, PolicyInfo};
+use xarena_variants::VariantError;
 
 const NAME: &str = "namm";
+
+/// Built from trained parameters ([`Namm::new`]), so no constructor by name.
+pub const INFO: PolicyInfo = PolicyInfo {
+    name: NAME,
+    paper: "Cetin et al. 2024, An Evolved Universal Transformer Memory (arXiv:2410.13166)",
+    keeps: "tokens a small evolved network scores above zero from their attention spectrogram",
+    budgeted: false,
+    build: None,
+};
 /// Floor of the normalising standard deviation (the reference's clamp).
 const MIN_STD: f64 = 1e-7;
 

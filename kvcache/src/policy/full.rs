@@ -4,13 +4,19 @@
 use tch::Tensor;
 
 use super::{CachePolicy, Observation, PolicyInfo};
+use xarena_variants::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "full",
     paper: "Vaswani et al. 2017, Attention Is All You Need (NeurIPS): the full KV cache",
     keeps: "every token",
     budgeted: false,
+    build: Some(build),
 };
+
+fn build(_budget: usize) -> Result<Box<dyn CachePolicy>, VariantError> {
+    Ok(Box::new(Full))
+}
 
 /// Keeps every token.
 #[derive(Debug, Clone, Copy, Default)]

@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor};
 
 use super::{check_budget, CachePolicy, Observation, PolicyInfo};
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "h2o",
@@ -14,7 +14,12 @@ pub const INFO: PolicyInfo = PolicyInfo {
     keeps: "the most recent tokens (half the budget) and those with the most accumulated \
             attention",
     budgeted: true,
+    build: Some(build),
 };
+
+fn build(budget: usize) -> Result<Box<dyn CachePolicy>, VariantError> {
+    Ok(Box::new(H2o::new(budget, budget / 2)?))
+}
 
 /// Recent window plus heavy hitters, `budget` tokens per head.
 pub struct H2o {

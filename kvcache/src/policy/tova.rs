@@ -8,14 +8,19 @@
 use tch::{Kind, Tensor};
 
 use super::{check_budget, top_plus_newest, CachePolicy, Observation, PolicyInfo};
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "tova",
     paper: "Oren et al. 2024, Transformers are Multi-State RNNs (arXiv:2401.06104; EMNLP)",
     keeps: "the newest token and the tokens the newest query attends to most",
     budgeted: true,
+    build: Some(build),
 };
+
+fn build(budget: usize) -> Result<Box<dyn CachePolicy>, VariantError> {
+    Ok(Box::new(Tova::new(budget, TovaScope::Layer)?))
+}
 
 /// Whose attention decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
+use crate::{CachePolicy, DecoderLm, Session, SessionStats};
 use tch::Tensor;
 use xarena_datasets::lm_tasks::LmExample;
-use xarena_variants::kvcache::{CachePolicy, DecoderLm, Session, SessionStats};
 
 /// What decoding one example measured.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,7 @@ pub mod namm;
 
 use tch::Tensor;
 
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub mod full;
 pub mod h2o;
@@ -61,7 +61,11 @@ pub trait CachePolicy {
     fn update(&mut self, obs: &Observation) -> Vec<Option<Tensor>>;
 }
 
-/// Metadata kept beside each policy.
+/// Builds a policy with its default settings from a budget in tokens per KV head (0 for
+/// a policy that takes none).
+pub type Build = fn(budget: usize) -> Result<Box<dyn CachePolicy>, VariantError>;
+
+/// One policy's row in [`POLICIES`], kept in the policy's own file (`INFO`).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PolicyInfo {
     /// Registry name, as used on the command line.
@@ -72,41 +76,31 @@ pub struct PolicyInfo {
     pub keeps: &'static str,
     /// Takes a budget (tokens per KV head).
     pub budgeted: bool,
+    /// Its constructor; `None` for a policy built from trained parameters (`namm`).
+    #[serde(skip)]
+    pub build: Option<Build>,
 }
 
-/// NAMM's entry (its code lives in `namm.rs`; it is built from trained parameters).
-const NAMM_INFO: PolicyInfo = PolicyInfo {
-    name: "namm",
-    paper: "Cetin et al. 2024, An Evolved Universal Transformer Memory (arXiv:2410.13166)",
-    keeps: "tokens a small evolved network scores above zero from their attention spectrogram",
-    budgeted: false,
-};
-
-/// The registered policies, in the order reports list them.
-pub const POLICIES: &[&str] = &[
-    "full",
-    "window",
-    "streaming-llm",
-    "h2o",
-    "l2",
-    "tova",
-    "namm",
-];
-
-/// Every policy's metadata, in [`POLICIES`] order.
-pub const POLICY_INFO: &[PolicyInfo] = &[
+/// The one table of policies, in the order reports list them: the CLI validates and
+/// builds from it, `xarena kv report` orders by it, the tests walk it.
+pub const POLICIES: &[PolicyInfo] = &[
     full::INFO,
     window::INFO,
     streaming_llm::INFO,
     h2o::INFO,
     l2::INFO,
     tova::INFO,
-    NAMM_INFO,
+    namm::INFO,
 ];
+
+/// The registered policies' names, in [`POLICIES`] order.
+pub fn policy_names() -> Vec<&'static str> {
+    POLICIES.iter().map(|p| p.name).collect()
+}
 
 /// The metadata of a registered policy.
 pub fn policy_info(name: &str) -> Option<&'static PolicyInfo> {
-    POLICY_INFO.iter().find(|i| i.name == name)
+    POLICIES.iter().find(|i| i.name == name)
 }
 
 /// Builds a policy by name with its default settings and a budget in tokens per KV head
@@ -119,16 +113,19 @@ pub fn build_policy(
     let info = policy_info(name).ok_or_else(|| {
         VariantError::config(
             name,
-            format!("unknown cache policy (known: {})", POLICIES.join(", ")),
+            format!(
+                "unknown cache policy (known: {})",
+                policy_names().join(", ")
+            ),
         )
     })?;
-    if name == "namm" {
+    let Some(build) = info.build else {
         return Err(VariantError::config(
             name,
             "needs parameters (a trained NAMM scoring network): build it from its \
              checkpoint, not by name",
         ));
-    }
+    };
     let budget = match (info.budgeted, budget) {
         (false, Some(b)) => {
             return Err(VariantError::config(
@@ -145,15 +142,7 @@ pub fn build_policy(
             ))
         }
     };
-    Ok(match name {
-        "full" => Box::new(Full),
-        "window" => Box::new(Window::new(budget)?),
-        "streaming-llm" => Box::new(StreamingLlm::new(budget, streaming_llm::DEFAULT_SINKS)?),
-        "h2o" => Box::new(H2o::new(budget, budget / 2)?),
-        "l2" => Box::new(L2Norm::new(budget)?),
-        "tova" => Box::new(Tova::new(budget, TovaScope::Layer)?),
-        other => unreachable!("policy `{other}` registered without a constructor"),
-    })
+    build(budget)
 }
 
 /// The budget check every budgeted policy shares.

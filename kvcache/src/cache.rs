@@ -2,11 +2,11 @@
 //! applied), values and int64 positions `[len_h]`, rows in ascending position order.
 //! Evicted rows are gone from the live rows, so heads may hold different numbers of tokens.
 //!
-//! As inference engines (and `crate::decode::KvCache`) do, the rows live in buffers
+//! As inference engines (and `xarena_variants::decode::KvCache`) do, the rows live in buffers
 //! allocated ahead, `[kv_heads, capacity, hd]`, head `g`'s live rows first: a call's
 //! tokens are copied in place after them, and an eviction writes the kept rows back to
 //! the front, so neither copies the whole cache per token as a concatenation would. The
-//! capacity doubles when a call does not fit (or is set ahead with [`LayerCache::reserve`]).
+//! capacity doubles when a call does not fit (or is set ahead with [`KvLayerCache::reserve`]).
 //! While every head holds the same number of tokens (all policies but per-head ones such
 //! as NAMM), attention and eviction are one batched operation instead of one per head.
 
@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 const MIN_CAPACITY: i64 = 64;
 
 /// One layer's cache.
-pub struct LayerCache {
+pub struct KvLayerCache {
     /// `[heads, capacity, hd]`; head `g`'s live rows are its first `lens[g]`.
     k: Tensor,
     v: Tensor,
@@ -28,11 +28,11 @@ pub struct LayerCache {
     head_dim: i64,
 }
 
-impl LayerCache {
+impl KvLayerCache {
     /// An empty cache of `heads` KV heads, in `kind` on `device`; it allocates on the
-    /// first append (or [`LayerCache::reserve`]).
-    pub fn new(heads: i64, head_dim: i64, kind: Kind, device: tch::Device) -> LayerCache {
-        LayerCache {
+    /// first append (or [`KvLayerCache::reserve`]).
+    pub fn new(heads: i64, head_dim: i64, kind: Kind, device: tch::Device) -> KvLayerCache {
+        KvLayerCache {
             k: Tensor::empty([heads, 0, head_dim], (kind, device)),
             v: Tensor::empty([heads, 0, head_dim], (kind, device)),
             pos: Tensor::empty([heads, 0], (Kind::Int64, device)),

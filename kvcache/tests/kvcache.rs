@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use tch::{nn::VarStore, Device, Kind, Tensor};
-use xarena_variants::kvcache::llama::{self, CheckpointError};
-use xarena_variants::kvcache::policy::{self, H2o, L2Norm, StreamingLlm, Tova, TovaScope, Window};
-use xarena_variants::kvcache::{
-    build_policy, CachePolicy, DecoderLm, LayerCache, LmConfig, Observation, Session, POLICIES,
+use xarena_kvcache::model::llama::{self, CheckpointError};
+use xarena_kvcache::policy::{H2o, L2Norm, StreamingLlm, Tova, TovaScope, Window};
+use xarena_kvcache::{
+    build_policy, policy_names, CachePolicy, DecoderLm, KvLayerCache, LmConfig, Observation,
+    Session, POLICIES,
 };
 
 /// Grouped-query attention: 4 query heads on 2 KV heads.
@@ -675,7 +676,7 @@ impl CatCache {
         }
     }
 
-    fn check(&self, c: &LayerCache, at: &str) {
+    fn check(&self, c: &KvLayerCache, at: &str) {
         let lens: Vec<i64> = self.pos.iter().map(|p| p.size()[0]).collect();
         assert_eq!(c.lens(), lens, "{at}");
         for (mine, theirs) in [
@@ -700,7 +701,7 @@ fn the_cache_appends_and_evicts_in_place_and_equals_concatenation() {
     tch::manual_seed(23);
     let (heads, hd) = (2, 8);
     let opts = (Kind::Float, Device::Cpu);
-    let mut c = LayerCache::new(heads, hd, Kind::Float, Device::Cpu);
+    let mut c = KvLayerCache::new(heads, hd, Kind::Float, Device::Cpu);
     let empty = || (0..heads).map(|_| Tensor::zeros([0, hd], opts)).collect();
     let mut r = CatCache {
         k: empty(),
@@ -710,7 +711,7 @@ fn the_cache_appends_and_evicts_in_place_and_equals_concatenation() {
             .collect(),
     };
     let mut next = 0i64;
-    let mut feed = |c: &mut LayerCache, r: &mut CatCache, n: i64| {
+    let mut feed = |c: &mut KvLayerCache, r: &mut CatCache, n: i64| {
         let (k, v) = (
             Tensor::randn([heads, n, hd], opts),
             Tensor::randn([heads, n, hd], opts),
@@ -838,7 +839,7 @@ fn generate_greedy_and_reuse_of_the_policy() {
 #[test]
 fn registry_builds_by_name_and_explains_refusals() {
     assert_eq!(
-        POLICIES,
+        policy_names(),
         [
             "full",
             "window",
@@ -849,8 +850,16 @@ fn registry_builds_by_name_and_explains_refusals() {
             "namm"
         ]
     );
-    let names: Vec<&str> = policy::POLICY_INFO.iter().map(|i| i.name).collect();
-    assert_eq!(names, POLICIES);
+    // One table: each row's constructor builds the policy it names, with its budget rule.
+    for p in POLICIES {
+        let Some(build) = p.build else {
+            assert_eq!(p.name, "namm");
+            continue;
+        };
+        let built = build(if p.budgeted { 16 } else { 0 }).unwrap().describe();
+        assert_eq!(built.split(':').next(), Some(p.name), "{built}");
+        assert_eq!(p.budgeted, built.contains("budget="), "{built}");
+    }
     for (name, want) in [
         ("window", "window:budget=16"),
         ("streaming-llm", "streaming-llm:budget=16,sinks=4"),

@@ -4,7 +4,7 @@
 use tch::{Kind, Tensor};
 
 use super::{check_budget, top_plus_newest, CachePolicy, Observation, PolicyInfo};
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "l2",
@@ -12,7 +12,12 @@ pub const INFO: PolicyInfo = PolicyInfo {
             Compression (EMNLP; kvpress's KnormPress)",
     keeps: "the newest token and the tokens with the lowest key L2 norm",
     budgeted: true,
+    build: Some(build),
 };
+
+fn build(budget: usize) -> Result<Box<dyn CachePolicy>, VariantError> {
+    Ok(Box::new(L2Norm::new(budget)?))
+}
 
 /// Lowest key norms, `budget` tokens per head.
 #[derive(Debug, Clone)]

@@ -4,14 +4,19 @@
 use tch::Tensor;
 
 use super::{check_budget, sinks_and_recent, CachePolicy, Observation, PolicyInfo};
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "window",
     paper: "Beltagy et al. 2020, Longformer (arXiv:2004.05150): a sliding window",
     keeps: "the most recent `budget` tokens",
     budgeted: true,
+    build: Some(build),
 };
+
+fn build(budget: usize) -> Result<Box<dyn CachePolicy>, VariantError> {
+    Ok(Box::new(Window::new(budget)?))
+}
 
 /// Keeps the last `budget` tokens of each head.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! A model directory: a Llama-format checkpoint (`config.json` + `model.safetensors`, as
-//! `xarena_variants::kvcache::llama` reads it) and, when `xarena kv train` made it,
+//! `xarena_kvcache::llama` reads it) and, when `xarena kv train` made it,
 //! `train.json` (the tasks it learned and their settings).
 
 use std::collections::BTreeMap;
@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
+use xarena_kvcache::model::llama::{self, CONFIG_FILE};
+use xarena_kvcache::{load_checkpoint, DecoderLm, LmConfig};
 use xarena_reports::schema::Environment;
-use xarena_variants::kvcache::llama::{self, CONFIG_FILE};
-use xarena_variants::kvcache::{load_checkpoint, DecoderLm, LmConfig};
 
 /// What `xarena kv train` writes beside the checkpoint, last.
 pub const TRAIN_FILE: &str = "train.json";

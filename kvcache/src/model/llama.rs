@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
 use super::lm::{DecoderLm, LmConfig};
-use crate::error::VariantError;
+use xarena_variants::VariantError;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";

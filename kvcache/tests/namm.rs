@@ -7,10 +7,10 @@
 use std::f64::consts::PI;
 
 use tch::{Device, Kind, Tensor};
-use xarena_variants::kvcache::policy::namm::{
+use xarena_kvcache::policy::namm::{
     param_layout, recency_encoding, spectrogram, Namm, NammConfig, NormStats,
 };
-use xarena_variants::kvcache::{CachePolicy, Observation};
+use xarena_kvcache::{CachePolicy, Observation};
 
 /// A decoder's view of one layer: per head, the tokens it still caches and a fixed
 /// attention matrix `[queries, tokens]` over every token ever made, causal, so that two

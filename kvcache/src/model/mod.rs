@@ -1,0 +1,8 @@
+//! The decoder LM and its checkpoints.
+//!
+//! - [`lm`]: the model ([`LmConfig`](lm::LmConfig), [`DecoderLm`](lm::DecoderLm)),
+//!   uncached forward for training;
+//! - [`llama`]: checkpoints in Hugging Face's layout (config.json + safetensors).
+
+pub mod llama;
+pub mod lm;
