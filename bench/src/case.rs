@@ -9,7 +9,8 @@ use xarena_reports::schema::{DeviceCheck, Latency, Memory, Mode, Status};
 use xarena_variants::{build_layer, Layer, LayerDecoder, VariantSpec};
 
 use crate::measure::{memory, timing, timing::TimingConfig};
-use crate::sweep::{tch_device, tch_kind, variant_scope, Case};
+use crate::sweep::Case;
+use xarena_measure::device::{tch_device, tch_kind};
 
 /// What the supervisor sends a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,8 +149,7 @@ impl Prepared {
         };
         let seed = seed(case);
         tch::manual_seed(seed);
-        let layer = build_layer(&spec, &shape, variant_scope(key.scope), vs.root())
-            .map_err(|e| e.to_string())?;
+        let layer = build_layer(&spec, &shape, key.scope, vs.root()).map_err(|e| e.to_string())?;
         let x = xarena_datasets::inputs::hidden_states(
             key.batch,
             key.seq_len,

@@ -26,8 +26,9 @@ use xarena_variants::{build_layer, find, Layer, Shape, VariantSpec};
 
 use crate::case::{short_message, Request};
 use crate::measure::timing::TimingConfig;
-use crate::sweep::{tch_device, tch_kind, variant_scope, Case, Sweep};
+use crate::sweep::{Case, Sweep};
 use crate::worker::{injected_fault, Supervisor};
+use xarena_measure::device::{tch_device, tch_kind};
 
 /// The largest length the check runs at: long enough that the default windows, blocks
 /// and buckets (64-256) split the sequence, short enough that the CPU float32 reference
@@ -199,7 +200,7 @@ pub fn check(case: &Case) -> Result<Checked, String> {
     let kind = tch_kind(key.dtype);
     let seq_len = check_seq_len(case);
     let shape = shape_at(case, seq_len);
-    let scope = variant_scope(key.scope);
+    let scope = key.scope;
     let spec = VariantSpec {
         name: key.variant.clone(),
         params: key.params.clone(),
@@ -401,7 +402,8 @@ impl CheckArgs {
             crate::sweep::MAX_SECONDS,
             self.timeout
         );
-        crate::sweep::check_threads(self.threads).map_err(|m| anyhow::anyhow!("--threads {m}"))?;
+        xarena_measure::device::check_threads(self.threads)
+            .map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         let mut cases = Vec::new();
         for spec in &self.variants {
             let entry = find(&spec.name)?;

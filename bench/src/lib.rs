@@ -1,5 +1,5 @@
 //! The xarena runner: sweeps of cases run in isolated workers, measured, and stored as
-//! records. The `xarena` binary (src/main.rs) is its command line.
+//! records. The `xarena` binary (the `cli` crate) is its command line.
 //!
 //! Data flows one way: [`sweep`] (flags or TOML -> checked cases) -> [`worker`] (a
 //! process per case) -> [`case`] (build, warm up, measure with [`measure`]) -> [`store`]
@@ -9,7 +9,6 @@ pub mod case;
 pub mod check;
 pub mod estimate;
 pub mod history;
-pub mod kv;
 pub mod measure;
 pub mod merge;
 pub mod quality;
@@ -17,7 +16,3 @@ pub mod run;
 pub mod store;
 pub mod sweep;
 pub mod worker;
-
-// Moved to the schema crate (shared by every track that writes a directory); kept at
-// their old paths.
-pub use xarena_schema::{files, lock};

@@ -14,9 +14,9 @@ use serde::Serialize;
 use xarena_reports::load::{read_results, results_path, RESULTS_FILE};
 use xarena_reports::merge::{merge, Conflict, Input, Prefer};
 
-use crate::files::is_empty_dir;
-use crate::lock::DirLock;
 use crate::store::{Store, RUNS_FILE};
+use xarena_schema::files::is_empty_dir;
+use xarena_schema::lock::DirLock;
 
 #[derive(Serialize)]
 struct InputLog {

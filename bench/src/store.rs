@@ -4,7 +4,7 @@
 //!
 //! A run killed half way keeps every finished case; `--resume` reads them back, repairs
 //! what the kill cut (see [`Store::open`]), and skips the cases already recorded. The
-//! directory's writer holds its lock (`crate::lock`) for the whole run.
+//! directory's writer holds its lock (`xarena_schema::lock`) for the whole run.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -16,8 +16,8 @@ use serde::Serialize;
 use xarena_reports::load::{read_results, RESULTS_FILE};
 use xarena_reports::Record;
 
-use crate::files::{repair_jsonl_tail, write_atomic};
 use crate::sweep::Shard;
+use xarena_schema::files::{repair_jsonl_tail, write_atomic};
 
 pub const CSV_FILE: &str = "results.csv";
 pub const RUNS_FILE: &str = "runs.jsonl";

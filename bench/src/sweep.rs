@@ -12,6 +12,7 @@ use xarena_variants::{find, Shape, VariantError, VariantSpec};
 
 use crate::measure::roofline::RooflineMode;
 use crate::measure::timing::TimingConfig;
+use xarena_measure::device::{check_threads, normalise_device};
 
 #[derive(Debug, Error)]
 pub enum SweepError {
@@ -31,8 +32,8 @@ pub enum SweepError {
         case: String,
         error: xarena_variants::VariantError,
     },
-    #[error("device `{0}` was asked for, but CUDA is not available to this binary (no GPU or driver, or LibTorch without CUDA)")]
-    NoCuda(String),
+    #[error(transparent)]
+    Device(#[from] xarena_measure::device::DeviceError),
 }
 
 fn field(field: &'static str, message: impl Into<String>) -> SweepError {
@@ -325,74 +326,6 @@ impl Sweep {
 /// (and past about 10^19 s it cannot be a `Duration` at all).
 pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
-/// LibTorch threads: 0 (its default) up to 4 per CPU of this machine; more only
-/// oversubscribe the cores and make no progress.
-pub fn check_threads(threads: i64) -> Result<(), String> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
-    if !(0..=4 * cpus).contains(&threads) {
-        return Err(format!(
-            "must be 0 (LibTorch's default) to {} (4 per CPU, {cpus} CPU(s) here), got {threads}",
-            4 * cpus
-        ));
-    }
-    Ok(())
-}
-
-/// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`; CUDA must be present.
-pub fn normalise_device(d: &str) -> Result<String, SweepError> {
-    let d = d.trim().to_ascii_lowercase();
-    if d == "cpu" {
-        return Ok(d);
-    }
-    let index = match d.as_str() {
-        "cuda" => Some(0),
-        _ => d
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok()),
-    };
-    let Some(index) = index else {
-        return Err(field(
-            "device",
-            format!("`{d}`: expected cpu, cuda or cuda:N"),
-        ));
-    };
-    let name = format!("cuda:{index}");
-    if !tch::Cuda::is_available() {
-        return Err(SweepError::NoCuda(name));
-    }
-    let count = tch::Cuda::device_count() as usize;
-    if index >= count {
-        return Err(field(
-            "device",
-            format!("`{name}`: only {count} CUDA device(s)"),
-        ));
-    }
-    Ok(name)
-}
-
-pub fn tch_device(d: &str) -> tch::Device {
-    match d.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-        Some(i) => tch::Device::Cuda(i),
-        None => tch::Device::Cpu,
-    }
-}
-
-pub fn tch_kind(d: Dtype) -> tch::Kind {
-    match d {
-        Dtype::F32 => tch::Kind::Float,
-        Dtype::Bf16 => tch::Kind::BFloat16,
-        Dtype::F16 => tch::Kind::Half,
-    }
-}
-
-pub fn variant_scope(s: Scope) -> xarena_variants::Scope {
-    match s {
-        Scope::Attention => xarena_variants::Scope::Attention,
-        Scope::Block => xarena_variants::Scope::Block,
-        Scope::Model => xarena_variants::Scope::Model,
-    }
-}
-
 /// One case: its key, its id and what is needed to build and describe it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {
@@ -406,21 +339,7 @@ impl Case {
     fn new(key: CaseKey, spec: &VariantSpec) -> Result<Case, SweepError> {
         let entry = find(&spec.name)?;
         let info = &entry.info;
-        let mut claims = Claims {
-            family: info.family.to_string(),
-            time: info.time.to_string(),
-            memory: info.memory.to_string(),
-            time_exponent: info.time_exponent,
-            memory_exponent: info.memory_exponent,
-            exact: info.exact,
-        };
-        // A decode case claims what one token costs: the state's growth with N.
-        if let (Mode::Decode, Some(d)) = (key.mode, &info.decode) {
-            claims.time = format!("per token: O(N^{})", d.exponent);
-            claims.memory = d.state.to_string();
-            claims.time_exponent = d.exponent;
-            claims.memory_exponent = d.exponent;
-        }
+        let claims = info.claims(key.mode);
         let case = Case {
             id: key.id(),
             label: spec.label(),
@@ -440,9 +359,7 @@ impl Case {
                 &case.shape(),
             )
             .map_err(invalid)?;
-        entry
-            .check_scope(variant_scope(case.key.scope))
-            .map_err(invalid)?;
+        entry.check_scope(case.key.scope).map_err(invalid)?;
         if case.key.mode == Mode::Decode {
             if entry.info.decode.is_none() {
                 return Err(invalid(VariantError::config(

@@ -56,7 +56,7 @@ enum Command {
     /// The KV-cache memory track: train a small decoder LM on long-context decoding
     /// tasks, evolve a NAMM for it, benchmark cache policies, report.
     #[command(subcommand)]
-    Kv(xarena_bench::kv::cli::KvCommand),
+    Kv(xarena_kvcache::commands::cli::KvCommand),
     /// The correctness check alone: each variant's forward and backward at a small N on
     /// the device, finite and (exact variants) equal to the CPU float32 result within the
     /// dtype's tolerance. Exit status 1 when any fails.
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Command::Quality(args) => quality::run(args),
         Command::Train(args) => train::run(args),
         Command::Lra(args) => lra::run(args),
-        Command::Kv(c) => xarena_bench::kv::cli::run(c),
+        Command::Kv(c) => xarena_kvcache::commands::cli::run(c),
         Command::Check(args) => xarena_bench::check::command(args),
         Command::Env => {
             let env = measure::env::capture(i64::from(tch::get_num_threads()));

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use common::{stderr, stdout, tmp, xarena};
 use tch::{Device, Kind, Tensor};
-use xarena_bench::kv::evolve::{read_state, EvolvedNamm};
-use xarena_bench::kv::model_dir::load_model;
 use xarena_datasets::lm_tasks::LmTaskConfig;
+use xarena_kvcache::commands::evolve::{read_state, EvolvedNamm};
+use xarena_kvcache::commands::model_dir::load_model;
 use xarena_kvcache::model::llama::write_safetensors;
 use xarena_reports::kv::{read_kv, KvRecord};
 
@@ -729,7 +729,7 @@ fn bench_and_evolve_refuse_a_directory_another_xarena_holds_and_bench_resumes_a_
         "--out",
         s(&out),
     ];
-    let lock = xarena_bench::lock::DirLock::acquire(&out, "--out").unwrap();
+    let lock = xarena_schema::lock::DirLock::acquire(&out, "--out").unwrap();
     let e = fails(&args);
     assert!(
         e.contains(&format!(

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{stderr, tmp, xarena, QUICK};
-use xarena_bench::lock::DirLock;
 use xarena_reports::load::read_results;
+use xarena_schema::lock::DirLock;
 
 fn quick_run(out: &Path, args: &[&str]) -> Command {
     let mut c = xarena();

@@ -14,11 +14,14 @@
 //! - [`cmaes`]: CMA-ES, as NAMM's parameters are evolved;
 //! - [`eval`]: decoding one prompt under a policy and scoring the answer.
 //!
-//! Tasks come from `xarena_datasets::lm_tasks`; the commands (`xarena kv train | evolve |
-//! bench | report`) are in `xarena_bench::kv`.
+//! - [`commands`]: `xarena kv train | evolve | bench | report`, writing their directories
+//!   with `xarena_schema`'s atomic files and locks and measuring with `xarena_measure`.
+//!
+//! Tasks come from `xarena_datasets::lm_tasks`.
 
 pub mod cache;
 pub mod cmaes;
+pub mod commands;
 pub mod eval;
 pub mod model;
 pub mod policy;

@@ -5,6 +5,7 @@
 //! (`xarena-training`) and the KV-cache track measure with it, and it depends on none of
 //! them.
 
+pub mod device;
 pub mod env;
 pub mod memory;
 pub mod nvml;

@@ -18,7 +18,7 @@ use tch::{Device, Tensor};
 use xarena_reports::schema::{CaseKey, Dtype, Mode, Peak};
 
 use super::timing::{time_once, Sampler};
-use crate::sweep::{tch_device, tch_kind};
+use xarena_measure::device::{normalise_device, tch_device, tch_kind};
 
 /// When the run measures the roofline (`--roofline`, or `roofline` in a sweep file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -163,7 +163,7 @@ pub fn command(args: RooflineArgs) -> anyhow::Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
-    let device = crate::sweep::normalise_device(&args.device)?;
+    let device = normalise_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype).map_err(anyhow::Error::msg)?;
     let size = match args.size {
         Some(n) => Some(n),

@@ -62,7 +62,7 @@ pub fn run(args: QualityArgs) -> Result<()> {
     for spec in &args.variants {
         spec.normalized()?;
     }
-    let kind = xarena_bench::sweep::tch_kind(args.dtype);
+    let kind = xarena_measure::device::tch_kind(args.dtype);
     let shape = |seq_len| Shape {
         batch: args.batch,
         seq_len,

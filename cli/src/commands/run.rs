@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use xarena_bench::lock::DirLock;
 use xarena_bench::measure;
 use xarena_bench::store::{check_resume_shard, check_target, Store};
 use xarena_bench::sweep::{Shard, Sweep, SweepFile, TimingFile};
 use xarena_reports::analysis::efficiency_tables;
 use xarena_reports::table::{efficiency_report, Format};
+use xarena_schema::lock::DirLock;
 use xarena_schema::{Dtype, Mode, Scope};
 use xarena_variants::VariantSpec;
 

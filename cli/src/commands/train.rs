@@ -53,16 +53,16 @@ pub struct RunCliArgs {
 impl RunCliArgs {
     /// Sets the threads and checks the device: the settings of every run.
     pub fn settings(self) -> Result<xarena_training::command::RunSettings> {
-        xarena_bench::sweep::check_threads(i64::from(self.threads))
+        xarena_measure::device::check_threads(i64::from(self.threads))
             .map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
-        let device = xarena_bench::sweep::normalise_device(&self.device)?;
+        let device = xarena_measure::device::normalise_device(&self.device)?;
         Ok(xarena_training::command::RunSettings {
             preset: self.preset,
             seed: self.seed,
-            device: xarena_bench::sweep::tch_device(&device),
+            device: xarena_measure::device::tch_device(&device),
             steps: self.steps,
             cache_dir: self.data.cache_dir(),
             data_dir: self.data.data_dir,

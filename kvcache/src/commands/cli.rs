@@ -4,17 +4,17 @@
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
+use crate::{policy_names, POLICIES};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
-use xarena_kvcache::{policy_names, POLICIES};
 use xarena_reports::kv::{frontier_plot, kv_groups, kv_report, load_kv, plot_name};
 use xarena_reports::table::Style;
 
 use super::bench::{bench_command, BenchArgs};
 use super::evolve::{evolve_command, EvolveArgs};
 use super::train::{train_command, KvTrainArgs};
-use crate::sweep::{normalise_device, tch_device};
+use xarena_measure::device::{normalise_device, tch_device};
 
 #[derive(Subcommand)]
 pub enum KvCommand {
@@ -54,7 +54,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     fn apply(&self) -> Result<tch::Device> {
-        crate::sweep::check_threads(i64::from(self.threads))
+        xarena_measure::device::check_threads(i64::from(self.threads))
             .map_err(|m| anyhow::anyhow!("--threads {m}"))?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads);

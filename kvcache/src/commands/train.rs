@@ -19,18 +19,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::policy::Full;
+use crate::{save_checkpoint, DecoderLm, LmConfig};
 use anyhow::{Context, Result};
 use rand::Rng;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
-use xarena_kvcache::policy::Full;
-use xarena_kvcache::{save_checkpoint, DecoderLm, LmConfig};
 
 use super::model_dir::{preset, TrainInfo, TRAIN_FILE, TRAIN_SCHEMA_VERSION};
 use super::{check_new_dir, write_json_atomic};
-use crate::measure::env;
-use xarena_kvcache::eval::decode_all;
+use crate::eval::decode_all;
+use xarena_measure::env;
 use xarena_training::device::{clip_grad_norm, upload, LossLog, LOSS_READ_EVERY};
 use xarena_training::trainer::{Decay, TrainConfig};
 
@@ -438,7 +438,7 @@ pub fn write_model_dir(
         save_checkpoint(&tmp, vs, cfg)?;
         write_json_atomic(&tmp.join(TRAIN_FILE), info)?;
         check_new_dir(out, "--out", "")?;
-        let _held = crate::lock::DirLock::take_over_empty(out, "--out")?;
+        let _held = xarena_schema::lock::DirLock::take_over_empty(out, "--out")?;
         if out.exists() {
             fs::remove_dir(out)
                 .with_context(|| format!("replacing the empty {}", out.display()))?;

@@ -16,20 +16,20 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::policy::{build_policy, policy_info, policy_names, POLICIES};
+use crate::CachePolicy;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
-use xarena_kvcache::policy::{build_policy, policy_info, policy_names, POLICIES};
-use xarena_kvcache::CachePolicy;
 use xarena_reports::kv::{read_kv, KvRecord, KV_FILE, KV_SCHEMA_VERSION};
 
 use super::evolve::EvolvedNamm;
 use super::model_dir::{load_model, LoadedModel};
 use super::{check_new_dir, read_json, write_json_atomic};
-use crate::lock::DirLock;
-use crate::measure::env;
-use xarena_kvcache::eval::{decode_all, Totals};
+use crate::eval::{decode_all, Totals};
+use xarena_measure::env;
+use xarena_schema::lock::DirLock;
 
 /// The run's settings beside the records: a resume must match them.
 pub const RUN_FILE: &str = "kv-run.json";
@@ -309,7 +309,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
                 done.insert(r.case_id.clone(), r);
             }
             // Appends start on a line of their own.
-            crate::files::repair_jsonl_tail(&records_path, truncated)?;
+            xarena_schema::files::repair_jsonl_tail(&records_path, truncated)?;
         }
     } else {
         check_fresh()?;

@@ -1,18 +1,18 @@
 //! A model directory: a Llama-format checkpoint (`config.json` + `model.safetensors`, as
-//! `xarena_kvcache::llama` reads it) and, when `xarena kv train` made it,
+//! `crate::llama` reads it) and, when `xarena kv train` made it,
 //! `train.json` (the tasks it learned and their settings).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::model::llama::{self, CONFIG_FILE};
+use crate::{load_checkpoint, DecoderLm, LmConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
-use xarena_kvcache::model::llama::{self, CONFIG_FILE};
-use xarena_kvcache::{load_checkpoint, DecoderLm, LmConfig};
 use xarena_reports::schema::Environment;
 
 /// What `xarena kv train` writes beside the checkpoint, last.

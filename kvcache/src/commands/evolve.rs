@@ -25,18 +25,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::policy::namm::{Namm, NammConfig, NormStats, SharedNormStats};
+use crate::policy::Full;
+use crate::DecoderLm;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
-use xarena_kvcache::policy::namm::{Namm, NammConfig, NormStats, SharedNormStats};
-use xarena_kvcache::policy::Full;
-use xarena_kvcache::DecoderLm;
 
 use super::model_dir::{load_model, LoadedModel};
 use super::{check_new_dir, read_json, write_atomic, write_json_atomic};
-use xarena_kvcache::cmaes::{Cmaes, CmaesSettings};
-use xarena_kvcache::eval::decode_all;
+use crate::cmaes::{Cmaes, CmaesSettings};
+use crate::eval::decode_all;
 
 pub const EVOLVE_FILE: &str = "evolve.json";
 pub const NAMM_FILE: &str = "namm.json";
@@ -239,7 +239,7 @@ impl Evaluator<'_> {
         tasks: &[LmTask],
         full: &BTreeMap<String, f64>,
     ) -> Result<Fitness> {
-        let mut policy: Box<dyn xarena_kvcache::CachePolicy> = Box::new(Namm::with_stats(
+        let mut policy: Box<dyn crate::CachePolicy> = Box::new(Namm::with_stats(
             self.namm.clone(),
             &to_f32(params),
             stats.clone(),
@@ -468,7 +468,7 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
     if !(args.resume && args.out.join(EVOLVE_FILE).exists()) {
         check_fresh()?;
     }
-    let _lock = crate::lock::DirLock::acquire(&args.out, "--out")?;
+    let _lock = xarena_schema::lock::DirLock::acquire(&args.out, "--out")?;
     let resumed = if args.resume && args.out.join(EVOLVE_FILE).exists() {
         let state = read_state(&args.out)?;
         if state.setup != setup {

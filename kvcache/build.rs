@@ -1,0 +1,5 @@
+include!("../ci/build/libtorch.rs");
+
+fn main() {
+    link_libtorch();
+}
