@@ -6,10 +6,10 @@ use std::sync::LazyLock;
 
 use crate::{policy_names, POLICIES};
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
 use xarena_reports::kv::{frontier_plot, kv_groups, kv_report, load_kv, plot_name};
-use xarena_reports::table::Style;
+use xarena_reports::table::{Format, Style};
 
 use super::bench::{bench_command, BenchArgs};
 use super::evolve::{evolve_command, EvolveArgs};
@@ -240,21 +240,14 @@ pub struct KvBenchCli {
     device: DeviceArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum KvFormat {
-    Terminal,
-    #[value(alias = "markdown")]
-    Md,
-    Json,
-}
-
 #[derive(Args)]
 pub struct KvReportCli {
     /// kv bench directories or their kv.jsonl files.
     #[arg(required = true)]
     results: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = KvFormat::Terminal)]
-    format: KvFormat,
+    /// terminal, md or json.
+    #[arg(long, value_enum, default_value_t = Format::Terminal)]
+    format: Format,
     /// Also write report.md and the SVG plots into this directory (created; a non-empty
     /// one is refused unless --force, which replaces only those files).
     #[arg(long)]
@@ -416,6 +409,9 @@ fn cmd_bench(a: KvBenchCli) -> Result<()> {
 }
 
 fn cmd_report(a: KvReportCli) -> Result<()> {
+    a.format
+        .only("kv report", &[Format::Terminal, Format::Md, Format::Json])
+        .map_err(anyhow::Error::msg)?;
     let (records, cut) = load_kv(&a.results)?;
     for p in cut {
         eprintln!(
@@ -457,10 +453,9 @@ fn cmd_report(a: KvReportCli) -> Result<()> {
             dir.display()
         );
     }
-    match a.format {
-        KvFormat::Terminal => print!("{}", kv_report(&records, &order, Style::Terminal)),
-        KvFormat::Md => print!("{}", kv_report(&records, &order, Style::Markdown)),
-        KvFormat::Json => println!(
+    match a.format.style() {
+        Some(style) => print!("{}", kv_report(&records, &order, style)),
+        None => println!(
             "{}",
             serde_json::to_string_pretty(&kv_groups(&records, &order))?
         ),
