@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the public PyTorch implementations that bench/pypi_baselines.py times against
+# Installs the public PyTorch implementations that comparisons/pypi_baselines.py times against
 # xarena's variants (local, reformer, routing, sinkhorn, linformer, performer,
 # nystromformer, linear-transformer, set-transformer, switch, moe-top2), once, into a
 # cache outside the repository, and prints that directory (put it on PYTHONPATH after

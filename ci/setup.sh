@@ -42,6 +42,6 @@ fi
 
 [ -f "$libtorch/lib/libtorch_cpu.so" ] || { log "no libtorch_cpu.so under $libtorch/lib"; exit 1; }
 ln -sfn "$libtorch" "$repo/.libtorch"
-# The Python side (bench/pytorch_baseline.py) imports the same torch from here.
+# The Python side (comparisons/pytorch_baseline.py) imports the same torch from here.
 printf '%s\n' "$(dirname "$libtorch")" >"$repo/.libtorch-site"
 echo "$libtorch"

@@ -42,7 +42,9 @@ fn shell_scripts() -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
+    // The CI's scripts and the comparisons against PyTorch and PyPI.
     walk(&repo().join("ci"), &mut out);
+    walk(&repo().join("comparisons"), &mut out);
     out.sort();
     out
 }
@@ -992,4 +994,61 @@ fn submit_asks_cpu_nodes_for_no_gpu_and_the_cpus_given() {
         assert!(stderr(&o).contains(why), "{}", stderr(&o));
         assert!(stub.log().is_empty(), "nothing submitted: {:?}", stub.log());
     }
+}
+
+/// The PyPI baselines set each package up from xarena's own defaults, read from
+/// `xarena list --format json`, not from a copy that could drift.
+#[test]
+fn the_pypi_baselines_take_xarenas_defaults_from_the_registry() {
+    let site = std::fs::read_to_string(repo().join(".libtorch-site"))
+        .expect(".libtorch-site (bash ci/setup.sh writes it)");
+    let listed = Command::new(env!("CARGO_BIN_EXE_xarena"))
+        .args(["list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let registry: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let default = |variant: &str, param: &str| {
+        registry
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["info"]["name"] == variant)
+            .map(|e| e["defaults"][param].clone())
+            .unwrap_or_else(|| panic!("{variant} not listed"))
+    };
+    let script = "import json, pypi_baselines as p; print(json.dumps([p.LOCAL_WINDOW, \
+                  p.REFORMER_BUCKET, p.REFORMER_ROUNDS, p.SINKHORN_BLOCK, p.SINKHORN_ITERS, \
+                  p.SINKHORN_TEMPERATURE, p.LINFORMER_K, p.PERFORMER_FEATURES, \
+                  p.NYSTROM_LANDMARKS, p.NYSTROM_PINV_ITERS, p.NYSTROM_CONV_KERNEL, \
+                  p.ISAB_INDUCING, p.MOE_EXPERTS, p.MOE_FFN_MULT, p.SWITCH_CAPACITY]))";
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(repo().join("comparisons"))
+        .env("PYTHONPATH", site.trim())
+        .env("XARENA_BIN", env!("CARGO_BIN_EXE_xarena"))
+        .env_remove("XARENA_DEFAULTS")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let used: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let expected = serde_json::Value::Array(vec![
+        default("local", "window"),
+        default("reformer", "bucket_size"),
+        default("reformer", "rounds"),
+        default("sinkhorn", "block"),
+        default("sinkhorn", "iterations"),
+        default("sinkhorn", "temperature"),
+        default("linformer", "k"),
+        default("performer", "features"),
+        default("nystromformer", "landmarks"),
+        default("nystromformer", "iterations"),
+        default("nystromformer", "conv_kernel"),
+        default("set-transformer", "inducing"),
+        default("moe-top2", "experts"),
+        default("moe-top2", "ffn_mult"),
+        default("switch", "capacity_factor"),
+    ]);
+    assert_eq!(used, expected);
 }

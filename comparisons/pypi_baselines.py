@@ -6,8 +6,8 @@ Why this exists
 ---------------
 xarena's variants are its own implementations. The claim to check is that each is at
 least as fast on the CPU as the implementation people actually use, mostly lucidrains'
-packages. This script times those packages; bench/compare_pypi.sh interleaves it with
-`xarena run` and bench/compare_pypi_summary.py sets the two side by side.
+packages. This script times those packages; comparisons/compare_pypi.sh interleaves it with
+`xarena run` and comparisons/compare_pypi_summary.py sets the two side by side.
 
 | variant            | package (pinned in ci/setup-baselines.sh) | what is timed             |
 |--------------------|-------------------------------------------|---------------------------|
@@ -89,9 +89,9 @@ The cores and modules, and their settings:
 Every record carries these settings and the known differences from xarena's algorithm
 (`settings.differences_from_xarena`).
 
-The timing protocol (bench/pytorch_baseline.py's, itself xarena's)
+The timing protocol (comparisons/pytorch_baseline.py's, itself xarena's)
 -----------------------------------------------------------------
-The functions are imported from bench/pytorch_baseline.py so the protocol is the same
+The functions are imported from comparisons/pytorch_baseline.py so the protocol is the same
 code: warm-up until --warmup seconds and at least 2 iterations have passed, estimate =
 median of the warm-up times after the first, timed iterations = clamp(ceil(min_time /
 estimate), min_iters, max_iters), each timed on its own with time.perf_counter(),
@@ -109,7 +109,7 @@ runs each in a fresh worker process.
 Usage
 -----
   bash ci/setup-baselines.sh      # once: installs the packages into a cache
-  PYTHONPATH=$(cat .libtorch-site) python3 bench/pypi_baselines.py \
+  PYTHONPATH=$(cat .libtorch-site) python3 comparisons/pypi_baselines.py \
       --variants local,reformer,routing,sinkhorn --seq 1024,2048,4096 --batch 1 \
       --heads 8 --head-dim 64 --threads 2 --min-time 1.0 --out pypi.jsonl
 
@@ -125,6 +125,7 @@ import inspect
 import json
 import math
 import os
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -161,20 +162,45 @@ def scope_of(variant: str) -> str:
     return "block" if variant in BLOCK_VARIANTS else "attention"
 
 
-# xarena's defaults (variants/src/fixed/local.rs, variants/src/learnable/*.rs,
-# variants/src/lowrank/linformer.rs, variants/src/kernel/performer.rs, and the defaults
-# the other families' variants are being written with).
-LOCAL_WINDOW = 128
-REFORMER_BUCKET, REFORMER_ROUNDS = 64, 4
-SINKHORN_BLOCK, SINKHORN_ITERS, SINKHORN_TEMPERATURE = 64, 8, 0.75
-LINFORMER_K = 256
-PERFORMER_FEATURES = 256
-NYSTROM_LANDMARKS, NYSTROM_PINV_ITERS, NYSTROM_CONV_KERNEL = 64, 6, 33
-ISAB_INDUCING = 32
-# isab_pytorch's Attention takes dim_head, but ISAB does not pass it on: it is 64.
+def xarena_defaults() -> dict[str, dict]:
+    """Each variant's default parameters as the registry gives them (`xarena list --format
+    json`), so that the packages are set up from xarena's own numbers rather than a copy.
+    XARENA_DEFAULTS names a saved copy of that JSON; otherwise XARENA_BIN (default
+    target/release/xarena, as comparisons/compare_pypi.sh builds it) is asked."""
+    saved = os.environ.get("XARENA_DEFAULTS")
+    if saved:
+        text = Path(saved).read_text()
+    else:
+        binary = os.environ.get("XARENA_BIN", "target/release/xarena")
+        try:
+            text = subprocess.run([binary, "list", "--format", "json"], check=True,
+                                  capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            sys.exit(f"pypi_baselines: cannot read xarena's defaults from `{binary} list "
+                     f"--format json` ({e}); build it (cargo build --release -p xarena-cli) "
+                     "or set XARENA_BIN or XARENA_DEFAULTS")
+    return {entry["info"]["name"]: entry["defaults"] for entry in json.loads(text)}
+
+
+DEFAULTS = xarena_defaults()
+LOCAL_WINDOW = DEFAULTS["local"]["window"]
+REFORMER_BUCKET = DEFAULTS["reformer"]["bucket_size"]
+REFORMER_ROUNDS = DEFAULTS["reformer"]["rounds"]
+SINKHORN_BLOCK = DEFAULTS["sinkhorn"]["block"]
+SINKHORN_ITERS = DEFAULTS["sinkhorn"]["iterations"]
+SINKHORN_TEMPERATURE = DEFAULTS["sinkhorn"]["temperature"]
+LINFORMER_K = DEFAULTS["linformer"]["k"]
+PERFORMER_FEATURES = DEFAULTS["performer"]["features"]
+NYSTROM_LANDMARKS = DEFAULTS["nystromformer"]["landmarks"]
+NYSTROM_PINV_ITERS = DEFAULTS["nystromformer"]["iterations"]
+NYSTROM_CONV_KERNEL = DEFAULTS["nystromformer"]["conv_kernel"]
+ISAB_INDUCING = DEFAULTS["set-transformer"]["inducing"]
+# isab_pytorch's Attention takes dim_head, but ISAB does not pass it on: it is 64 (the
+# package's constant, not one of xarena's).
 ISAB_HEAD_DIM = 64
-MOE_EXPERTS, MOE_FFN_MULT = 8, 4
-SWITCH_CAPACITY = 1.25
+MOE_EXPERTS = DEFAULTS["moe-top2"]["experts"]
+MOE_FFN_MULT = DEFAULTS["moe-top2"]["ffn_mult"]
+SWITCH_CAPACITY = DEFAULTS["switch"]["capacity_factor"]
 
 
 def baselines_dir() -> Path:
@@ -226,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     seconds = protocol.non_negative_float
     p.add_argument("--variants", type=comma(variant_name), default=list(VARIANTS),
                    help=f"comma list of {','.join(VARIANTS)} (default: all)")
-    # The shape defaults are `xarena run`'s, so that bench/compare_pypi.sh's two sides
+    # The shape defaults are `xarena run`'s, so that comparisons/compare_pypi.sh's two sides
     # agree when the caller leaves them out.
     p.add_argument("--seq", type=comma(positive), default=[256, 512, 1024, 2048],
                    help="comma list of sequence lengths (default: 256,512,1024,2048)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Sets xarena and the PyPI packages side by side after bench/compare_pypi.sh.
+"""Sets xarena and the PyPI packages side by side after comparisons/compare_pypi.sh.
 
-bench/compare_summary.py does the same for PyTorch, but it reads `pytorch-<r>.jsonl`,
+comparisons/compare_summary.py does the same for PyTorch, but it reads `pytorch-<r>.jsonl`,
 labels its columns PyTorch and has no place for a package's name or failures, so this is
 its counterpart for `pypi-<r>.jsonl`. The statistics are the same, per case and side,
 over the rounds:
@@ -11,9 +11,9 @@ over the rounds:
 Ratios are xarena / package: below 1, xarena is faster. A case that failed on a side is
 listed with the reason, so that nothing drops out silently. The scope is part of a case's
 key: xarena's results of a round are read from xarena-<r> and, where there is one,
-xarena-<r>-block (bench/compare_pypi.sh runs xarena once per scope).
+xarena-<r>-block (comparisons/compare_pypi.sh runs xarena once per scope).
 
-    python3 bench/compare_pypi_summary.py docs/results/pypi-compare 3
+    python3 comparisons/compare_pypi_summary.py docs/results/pypi-compare 3
 """
 
 import json

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Sets xarena and PyTorch side by side after bench/compare_pytorch.sh.
+"""Sets xarena and PyTorch side by side after comparisons/compare_pytorch.sh.
 
 Two statistics per case and side, over the interleaved rounds:
 * the median of the rounds' medians: the typical time, as the tables report it;
@@ -7,7 +7,7 @@ Two statistics per case and side, over the interleaved rounds:
   noise only ever adds time, so this is the closer estimate of what the computation
   itself costs, and the fairer one for asking whether the harness adds anything.
 
-    python3 bench/compare_summary.py results/pytorch-compare 5
+    python3 comparisons/compare_summary.py results/pytorch-compare 5
 """
 
 import json

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# xarena's variants against the public PyPI implementations (bench/pypi_baselines.py:
+# xarena's variants against the public PyPI implementations (comparisons/pypi_baselines.py:
 # lucidrains' packages and others, each core wrapped in xarena's projections where the
 # package has one), at the same shapes, scope, threads and timing protocol, forward,
 # f32, on the CPU.
 #
 # A shared VM's speed drifts by 10-20% between runs, so the two sides are interleaved
-# over ROUNDS rounds (xarena, packages, xarena, ...); bench/compare_pypi_summary.py sets
+# over ROUNDS rounds (xarena, packages, xarena, ...); comparisons/compare_pypi_summary.py sets
 # them side by side in $OUT/summary.md.
 #
-#   bash bench/compare_pypi.sh --seq 256 --min-time 0.1
-#   ROUNDS=3 THREADS=2 OUT=docs/results/pypi-compare bash bench/compare_pypi.sh \
+#   bash comparisons/compare_pypi.sh --seq 256 --min-time 0.1
+#   ROUNDS=3 THREADS=2 OUT=docs/results/pypi-compare bash comparisons/compare_pypi.sh \
 #       --seq 1024,2048,4096 --batch 1
 #   VARIANTS=linformer,performer,nystromformer,linear-transformer,set-transformer,switch,moe-top2 \
-#       ROUNDS=3 THREADS=2 OUT=docs/results/pypi-compare-others bash bench/compare_pypi.sh \
+#       ROUNDS=3 THREADS=2 OUT=docs/results/pypi-compare-others bash comparisons/compare_pypi.sh \
 #       --seq 1024,2048,4096 --batch 1
 #
 # VARIANTS (comma separated) picks the variants, default local,reformer,routing,sinkhorn.
@@ -57,7 +57,7 @@ for r in $(seq 1 "$rounds"); do
     ./target/release/xarena run --variants "$(join "${block[@]}")" --scope block \
       --threads "$threads" "$@" --out "$out/xarena-$r-block" --no-report
   fi
-  PYTHONPATH=$site python3 bench/pypi_baselines.py --variants "$variants" \
+  PYTHONPATH=$site python3 comparisons/pypi_baselines.py --variants "$variants" \
     --threads "$threads" "$@" --out "$out/pypi-$r.jsonl"
 done
-python3 bench/compare_pypi_summary.py "$out" "$rounds" | tee "$out/summary.md"
+python3 comparisons/compare_pypi_summary.py "$out" "$rounds" | tee "$out/summary.md"

@@ -45,9 +45,9 @@ script runs all cases in one process one after another.
 
 Usage
 -----
-  PYTHONPATH=$(cat .libtorch-site) python3 bench/pytorch_baseline.py \
+  PYTHONPATH=$(cat .libtorch-site) python3 comparisons/pytorch_baseline.py \
       --variants vanilla,sdpa --seq 256,512,1024,2048 --out pytorch.jsonl
-  PYTHONPATH=$(cat .libtorch-site) python3 bench/pytorch_baseline.py \
+  PYTHONPATH=$(cat .libtorch-site) python3 comparisons/pytorch_baseline.py \
       --compare results/xarena.jsonl --threads 2
 
 With --compare, the cases come from xarena's results file (every `ok` record of scope

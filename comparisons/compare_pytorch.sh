@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # xarena's vanilla and sdpa against the same computation in PyTorch from Python
-# (bench/pytorch_baseline.py), at the same shapes, threads and timing protocol.
+# (comparisons/pytorch_baseline.py), at the same shapes, threads and timing protocol.
 #
 # A shared VM's speed drifts by 10-20% between runs, so the two sides are interleaved
-# over ROUNDS rounds (xarena, PyTorch, xarena, ...); bench/compare_summary.py sets them
+# over ROUNDS rounds (xarena, PyTorch, xarena, ...); comparisons/compare_summary.py sets them
 # side by side.
 #
-#   bash bench/compare_pytorch.sh --seq 256,512,1024,2048 --batch 2
-#   ROUNDS=5 THREADS=2 OUT=results/pytorch-compare bash bench/compare_pytorch.sh --seq 1024
+#   bash comparisons/compare_pytorch.sh --seq 256,512,1024,2048 --batch 2
+#   ROUNDS=5 THREADS=2 OUT=results/pytorch-compare bash comparisons/compare_pytorch.sh --seq 1024
 #
 # Extra arguments go to `xarena run` (shapes, dtype, mode, --causal); needs a release
 # build (`cargo build --release`) and `bash ci/setup.sh`.
@@ -22,7 +22,7 @@ mkdir -p "$out"
 for r in $(seq 1 "$rounds"); do
   ./target/release/xarena run --variants vanilla,sdpa --threads "$threads" "$@" \
     --out "$out/xarena-$r" --no-report
-  PYTHONPATH=$site python3 bench/pytorch_baseline.py --threads "$threads" \
+  PYTHONPATH=$site python3 comparisons/pytorch_baseline.py --threads "$threads" \
     --compare "$out/xarena-$r/results.jsonl" --out "$out/pytorch-$r.jsonl" >/dev/null
 done
-python3 bench/compare_summary.py "$out" "$rounds" | tee "$out/summary.md"
+python3 comparisons/compare_summary.py "$out" "$rounds" | tee "$out/summary.md"
