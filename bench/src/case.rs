@@ -11,6 +11,7 @@ use xarena_variants::{build_layer, Layer, LayerDecoder, VariantSpec};
 use crate::measure::{memory, timing, timing::TimingConfig};
 use crate::sweep::Case;
 use xarena_measure::device::{tch_device, tch_kind};
+use xarena_variants::attention::tensor_bytes;
 
 /// What the supervisor sends a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,10 +83,6 @@ pub fn is_oom(msg: &str) -> bool {
         // Rust's allocation-failure abort and C++'s, under the worker's address-space cap.
         || (m.contains("memory allocation of") && m.contains("failed"))
         || m.contains("bad_alloc")
-}
-
-fn bytes(t: &Tensor) -> u64 {
-    (t.numel() * t.kind().elt_size_in_bytes()) as u64
 }
 
 /// Seed from the case id, so a case draws the same weights and inputs in every run.
@@ -160,7 +157,8 @@ impl Prepared {
         );
         let params = vs.trainable_variables();
         let n_params = params.iter().map(|p| p.numel() as u64).sum();
-        let mut static_bytes = vs.variables().values().map(bytes).sum::<u64>() + bytes(&x);
+        let mut static_bytes =
+            vs.variables().values().map(tensor_bytes).sum::<u64>() + tensor_bytes(&x);
         let mut decoder = None;
         let (x, g, wrt) = match key.mode {
             Mode::Forward => (x, None, Vec::new()),
@@ -177,13 +175,13 @@ impl Prepared {
                     device,
                     seed.wrapping_add(1),
                 );
-                static_bytes += bytes(&token);
+                static_bytes += tensor_bytes(&token);
                 decoder = Some((RefCell::new(state), token));
                 (x, None, Vec::new())
             }
             Mode::Train => {
                 let g = Tensor::randn(x.size(), (kind, device));
-                static_bytes += bytes(&g);
+                static_bytes += tensor_bytes(&g);
                 let x = x.set_requires_grad(true);
                 let mut wrt = params;
                 wrt.push(x.shallow_clone());

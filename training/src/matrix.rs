@@ -43,7 +43,7 @@ struct MatrixSpec {
 }
 
 /// One (variant, task) of the matrix and what became of it.
-pub enum Outcome {
+pub enum CellOutcome {
     /// Finished in an earlier invocation.
     Skipped(AccuracyRecord),
     Trained(AccuracyRecord, TrainReport),
@@ -53,7 +53,7 @@ pub enum Outcome {
 pub struct Cell {
     pub task: String,
     pub variant: String,
-    pub outcome: Outcome,
+    pub outcome: CellOutcome,
 }
 
 /// A file-system-safe directory name for a variant label (`local(window=16)`).
@@ -136,7 +136,7 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
             let label = variant.label();
             let dir = run_dir(&args.out, task, &label);
             let outcome = match finished(&dir)? {
-                Some(line) => Outcome::Skipped(line),
+                Some(line) => CellOutcome::Skipped(line),
                 None => {
                     if dir.exists() {
                         // Killed before its accuracy file: start it afresh.
@@ -150,11 +150,11 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
                         settings: args.settings.clone(),
                     });
                     match run {
-                        Ok((line, report)) => Outcome::Trained(line, report),
+                        Ok((line, report)) => CellOutcome::Trained(line, report),
                         Err(e) => {
                             let message = format!("{e:#}");
                             record_failure(&args.out, task, &label, &message)?;
-                            Outcome::Failed(message)
+                            CellOutcome::Failed(message)
                         }
                     }
                 }
@@ -164,7 +164,7 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
                 variant: label,
                 outcome,
             };
-            if !matches!(cell.outcome, Outcome::Failed(_)) {
+            if !matches!(cell.outcome, CellOutcome::Failed(_)) {
                 collect(&args.out)?;
             }
             progress(&cell);

@@ -25,7 +25,7 @@ pub struct LraCliArgs {
 }
 
 pub fn run(args: LraCliArgs) -> Result<()> {
-    use xarena_training::matrix::{run_matrix, MatrixArgs, Outcome};
+    use xarena_training::matrix::{run_matrix, CellOutcome, MatrixArgs};
     let matrix = MatrixArgs {
         variants: args.variants,
         tasks: args.tasks,
@@ -33,13 +33,13 @@ pub fn run(args: LraCliArgs) -> Result<()> {
         settings: args.run.settings()?,
     };
     let cells = run_matrix(&matrix, |cell| match &cell.outcome {
-        Outcome::Skipped(l) => eprintln!(
+        CellOutcome::Skipped(l) => eprintln!(
             "xarena lra: {} on {}: done earlier ({:.1}%)",
             cell.variant,
             cell.task,
             100.0 * l.accuracy
         ),
-        Outcome::Trained(l, r) => eprintln!(
+        CellOutcome::Trained(l, r) => eprintln!(
             "xarena lra: {} on {}: {:.1}% (train {:.1}%) in {:.0} s, {:.1} steps/s",
             cell.variant,
             cell.task,
@@ -48,13 +48,13 @@ pub fn run(args: LraCliArgs) -> Result<()> {
             r.train_seconds,
             r.steps_per_s
         ),
-        Outcome::Failed(e) => {
+        CellOutcome::Failed(e) => {
             eprintln!("xarena lra: {} on {}: FAILED: {e}", cell.variant, cell.task)
         }
     })?;
     let failed = cells
         .iter()
-        .filter(|c| matches!(c.outcome, Outcome::Failed(_)))
+        .filter(|c| matches!(c.outcome, CellOutcome::Failed(_)))
         .count();
     eprintln!(
         "xarena lra: {} of {} cells done; `xarena report {}` shows the table",

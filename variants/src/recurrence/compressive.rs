@@ -31,10 +31,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::transformer_xl::check_recurrence;
-use super::{Plan, Stack};
-use crate::attention::{Layer, LayerDecoder, Shape};
+use super::{Plan, SegmentStack};
+use crate::attention::Shape;
 use crate::error::VariantError;
-use crate::flops::FlopCount;
 use crate::info::{DecodeInfo, Family, Scope, VariantInfo};
 use crate::registry::LayerVariant;
 
@@ -80,7 +79,7 @@ impl Config {
 }
 
 pub struct Compressive {
-    stack: Stack,
+    stack: SegmentStack,
     shape: Shape,
 }
 
@@ -155,32 +154,16 @@ impl LayerVariant for Compressive {
             rate: config.compression,
         };
         Ok(Compressive {
-            stack: Stack::new(&vs, layers, shape.heads, shape.head_dim, plan),
+            stack: SegmentStack::new(&vs, layers, shape.heads, shape.head_dim, plan),
             shape: *shape,
         })
     }
 }
 
-impl Layer for Compressive {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.stack.forward(x)
-    }
-
-    /// Transformer-XL's count with the compressed slots among each segment's prefix
-    /// keys, plus the compression of every slot the segments use: a (c d) x d product
-    /// per slot and layer.
-    fn flops(&self) -> FlopCount {
-        self.stack.flops(self.shape.batch, self.shape.seq_len)
-    }
-
-    fn decoder(&self, x: &Tensor, _capacity: i64) -> Option<Box<dyn LayerDecoder>> {
-        Some(self.stack.decoder(x))
-    }
-
-    /// Per layer: one token's projections, its scores against the compressed memory, the
-    /// memory and the segment so far, its FFN. The compression at a segment boundary
-    /// (once per segment) is not in a step's count.
-    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
-        Some(self.stack.decode_flops(self.shape.batch, context))
-    }
-}
+// FLOPs: Transformer-XL's count with the compressed slots among each segment's prefix
+// keys, plus the compression of every slot the segments use: a (c d) x d product per
+// slot and layer.
+// Decode FLOPs: Per layer: one token's projections, its scores against the compressed
+// memory, the memory and the segment so far, its FFN. The compression at a segment
+// boundary (once per segment) is not in a step's count.
+super::segment_stack_layer!(Compressive);

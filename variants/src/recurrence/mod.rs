@@ -357,20 +357,50 @@ impl Compressor {
     }
 }
 
+/// The [`crate::Layer`] of a variant that is a [`SegmentStack`] and the shape it was
+/// built for (Transformer-XL, the compressive transformer): forward, FLOPs and decoding
+/// are the stack's. Each variant's file says what its count includes.
+macro_rules! segment_stack_layer {
+    ($variant:ty) => {
+        impl $crate::attention::Layer for $variant {
+            fn forward(&self, x: &tch::Tensor) -> tch::Tensor {
+                self.stack.forward(x)
+            }
+
+            fn flops(&self) -> $crate::flops::FlopCount {
+                self.stack.flops(self.shape.batch, self.shape.seq_len)
+            }
+
+            fn decoder(
+                &self,
+                x: &tch::Tensor,
+                _capacity: i64,
+            ) -> Option<Box<dyn $crate::attention::LayerDecoder>> {
+                Some(self.stack.decoder(x))
+            }
+
+            fn decode_flops(&self, context: i64) -> Option<$crate::flops::FlopCount> {
+                Some(self.stack.decode_flops(self.shape.batch, context))
+            }
+        }
+    };
+}
+pub(crate) use segment_stack_layer;
+
 /// A stack of [`RelLayer`]s with their plan, and, for the compressive transformer, one
 /// compressor per layer.
-pub(crate) struct Stack {
+pub(crate) struct SegmentStack {
     pub layers: Vec<RelLayer>,
     pub compressors: Vec<Compressor>,
     pub plan: Plan,
 }
 
-impl Stack {
+impl SegmentStack {
     /// `layers` layers under `layer{i}`; compressors under
     /// `layer{i}.compressor` when the plan has compressed memory.
-    pub fn new(vs: &nn::Path, layers: i64, heads: i64, head_dim: i64, plan: Plan) -> Stack {
+    pub fn new(vs: &nn::Path, layers: i64, heads: i64, head_dim: i64, plan: Plan) -> SegmentStack {
         let d = heads * head_dim;
-        let mut stack = Stack {
+        let mut stack = SegmentStack {
             layers: Vec::new(),
             compressors: Vec::new(),
             plan,
@@ -509,7 +539,7 @@ impl Stack {
                 (layer, cache, rel)
             })
             .collect();
-        let mut dec = StackDecoder {
+        let mut dec = SegmentDecoder {
             layers,
             plan: self.plan,
             pos: n,
@@ -697,9 +727,9 @@ impl LayerCache {
     }
 }
 
-/// Token-by-token decoding of a [`Stack`]: each layer's cache, stepped in order, with
+/// Token-by-token decoding of a [`SegmentStack`]: each layer's cache, stepped in order, with
 /// its relative table computed once.
-struct StackDecoder {
+struct SegmentDecoder {
     layers: Vec<(RelLayer, LayerCache, Tensor)>,
     plan: Plan,
     /// Position of the next token.
@@ -708,7 +738,7 @@ struct StackDecoder {
     start_pos: i64,
 }
 
-impl LayerDecoder for StackDecoder {
+impl LayerDecoder for SegmentDecoder {
     fn step(&mut self, x: &Tensor) -> Tensor {
         let t = self.pos;
         let mut x = x.shallow_clone();

@@ -29,12 +29,11 @@
 //! memory >= N it computes exactly causal relative attention over the whole prefix.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::nn;
 
-use super::{Plan, Stack};
-use crate::attention::{Layer, LayerDecoder, Shape};
+use super::{Plan, SegmentStack};
+use crate::attention::Shape;
 use crate::error::VariantError;
-use crate::flops::FlopCount;
 use crate::info::{DecodeInfo, Family, Scope, VariantInfo};
 use crate::registry::LayerVariant;
 
@@ -70,7 +69,7 @@ impl Config {
 }
 
 pub struct TransformerXl {
-    stack: Stack,
+    stack: SegmentStack,
     shape: Shape,
 }
 
@@ -157,33 +156,17 @@ impl LayerVariant for TransformerXl {
             rate: 1,
         };
         Ok(TransformerXl {
-            stack: Stack::new(&vs, layers, shape.heads, shape.head_dim, plan),
+            stack: SegmentStack::new(&vs, layers, shape.heads, shape.head_dim, plan),
             shape: *shape,
         })
     }
 }
 
-impl Layer for TransformerXl {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.stack.forward(x)
-    }
-
-    /// Per layer and segment of Q tokens after P memory tokens: the q and output
-    /// projections of Q rows, the k and v projections of P + Q rows, the content and
-    /// position scores and the weighted sum (three Q x (P + Q) x head_dim products per
-    /// head), the FFN; plus W_r on the memory + segment distances of the table, once per
-    /// layer. The relative shift and the masking are element-wise.
-    fn flops(&self) -> FlopCount {
-        self.stack.flops(self.shape.batch, self.shape.seq_len)
-    }
-
-    fn decoder(&self, x: &Tensor, _capacity: i64) -> Option<Box<dyn LayerDecoder>> {
-        Some(self.stack.decoder(x))
-    }
-
-    /// Per layer: one token's four projections, its scores against the memory and the
-    /// segment so far, and its FFN.
-    fn decode_flops(&self, context: i64) -> Option<FlopCount> {
-        Some(self.stack.decode_flops(self.shape.batch, context))
-    }
-}
+// FLOPs: Per layer and segment of Q tokens after P memory tokens: the q and output
+// projections of Q rows, the k and v projections of P + Q rows, the content and position
+// scores and the weighted sum (three Q x (P + Q) x head_dim products per head), the FFN;
+// plus W_r on the memory + segment distances of the table, once per layer. The relative
+// shift and the masking are element-wise.
+// Decode FLOPs: Per layer: one token's four projections, its scores against the memory
+// and the segment so far, and its FFN.
+super::segment_stack_layer!(TransformerXl);
