@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::de::DeserializeOwned;
 use xarena_bench::case::Prepared;
-use xarena_bench::measure::timing::synchronize;
 use xarena_bench::sweep::Sweep;
+use xarena_measure::timing::synchronize;
 use xarena_reports::schema::{Dtype, Mode, Scope};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {

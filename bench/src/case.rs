@@ -8,9 +8,9 @@ use tch::{nn, Kind, Tensor};
 use xarena_reports::schema::{DeviceCheck, Latency, Memory, Mode, Status};
 use xarena_variants::{build_layer, Layer, LayerDecoder, VariantSpec};
 
-use crate::measure::{memory, timing, timing::TimingConfig};
 use crate::sweep::Case;
 use xarena_measure::device::{tch_device, tch_kind};
+use xarena_measure::{memory, timing, timing::TimingConfig};
 use xarena_variants::attention::tensor_bytes;
 
 /// What the supervisor sends a worker.

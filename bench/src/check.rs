@@ -25,10 +25,10 @@ use xarena_reports::table::Format;
 use xarena_variants::{build_layer, find, Layer, Shape, VariantSpec};
 
 use crate::case::{short_message, Request};
-use crate::measure::timing::TimingConfig;
 use crate::sweep::{Case, Sweep};
 use crate::worker::{injected_fault, Supervisor};
 use xarena_measure::device::{tch_device, tch_kind};
+use xarena_measure::timing::TimingConfig;
 
 /// The largest length the check runs at: long enough that the default windows, blocks
 /// and buckets (64-256) split the sequence, short enough that the CPU float32 reference

@@ -214,7 +214,7 @@ pub fn device_limit(device: &str) -> Option<Limit> {
     if device == "cpu" {
         return cpu_limit();
     }
-    let bytes = crate::measure::nvml::GpuWatch::init()
+    let bytes = xarena_measure::nvml::GpuWatch::init()
         .ok()?
         .total_memory(device)?;
     Some(Limit {

@@ -142,7 +142,7 @@ pub fn estimated_bytes(shape: &Shape) -> u64 {
 
 /// Refuses a shape whose comparison cannot fit in the memory this process can still
 /// take, naming N, the estimate and the limit.
-pub fn check_fits(shape: &Shape, free: &crate::measure::memory::Headroom) -> Result<(), String> {
+pub fn check_fits(shape: &Shape, free: &xarena_measure::memory::Headroom) -> Result<(), String> {
     let need = estimated_bytes(shape);
     if need <= free.bytes {
         return Ok(());
@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn sizes_that_cannot_fit_are_refused_naming_n_and_the_limit() {
         let mut shape = case("vanilla", 64).shape;
-        let free = crate::measure::memory::Headroom {
+        let free = xarena_measure::memory::Headroom {
             bytes: 1 << 30,
             limit: "a test limit".into(),
         };

@@ -11,10 +11,11 @@ use xarena_reports::schema::{Environment, Record, Status, SCHEMA_VERSION};
 
 use crate::case::Request;
 use crate::check::Policy;
-use crate::measure::{env, nvml, roofline};
+use crate::roofline;
 use crate::store::Store;
 use crate::sweep::{Case, Shard, Sweep};
 use crate::worker::Supervisor;
+use xarena_measure::{env, nvml};
 
 #[derive(Serialize)]
 struct RunLog<'a> {

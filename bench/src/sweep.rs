@@ -10,9 +10,9 @@ use thiserror::Error;
 use xarena_reports::schema::{CaseKey, Claims, Dtype, Mode, Scope};
 use xarena_variants::{find, Shape, VariantError, VariantSpec};
 
-use crate::measure::roofline::RooflineMode;
-use crate::measure::timing::TimingConfig;
+use crate::roofline::RooflineMode;
 use xarena_measure::device::{check_threads, normalise_device};
+use xarena_measure::timing::TimingConfig;
 
 #[derive(Debug, Error)]
 pub enum SweepError {

@@ -249,7 +249,7 @@ impl Watchdog {
 
 /// The worker's side: answer requests until stdin closes.
 pub fn serve() -> anyhow::Result<()> {
-    crate::measure::memory::steady_state_allocator();
+    xarena_measure::memory::steady_state_allocator();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     let watchdog = Watchdog::start();

@@ -7,8 +7,8 @@
 //! allocations land in the fault count.
 
 use xarena_bench::case::Prepared;
-use xarena_bench::measure::memory::steady_state_allocator;
 use xarena_bench::sweep::Sweep;
+use xarena_measure::memory::steady_state_allocator;
 use xarena_variants::VariantSpec;
 
 fn minor_faults() -> i64 {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use xarena_bench::{measure, worker};
+use xarena_bench::worker;
 
 mod commands;
 
@@ -69,7 +69,7 @@ enum Command {
     /// Measure one device's peak matmul rate and copy bandwidth, as JSON (started by
     /// `run`; not for direct use).
     #[command(hide = true)]
-    Roofline(measure::roofline::RooflineArgs),
+    Roofline(xarena_bench::roofline::RooflineArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,13 +97,13 @@ fn main() -> ExitCode {
         Command::Kv(c) => xarena_kvcache::commands::cli::run(c),
         Command::Check(args) => xarena_bench::check::command(args),
         Command::Env => {
-            let env = measure::env::capture(i64::from(tch::get_num_threads()));
+            let env = xarena_measure::env::capture(i64::from(tch::get_num_threads()));
             serde_json::to_string_pretty(&env)
                 .context("serialising")
                 .map(|s| println!("{s}"))
         }
         Command::Worker => worker::serve(),
-        Command::Roofline(args) => measure::roofline::command(args),
+        Command::Roofline(args) => xarena_bench::roofline::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

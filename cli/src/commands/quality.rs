@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use xarena_bench::measure;
 use xarena_reports::grid::{Grid, GridCell};
 use xarena_reports::table::Format;
 use xarena_schema::Dtype;
@@ -72,7 +71,7 @@ pub fn run(args: QualityArgs) -> Result<()> {
     };
     // It computes in this process: a size it cannot hold is refused now, not killed (or
     // failed in an allocation) after the smaller ones.
-    let free = measure::memory::available_memory();
+    let free = xarena_measure::memory::available_memory();
     for &seq_len in &args.seq {
         xarena_bench::quality::check_fits(&shape(seq_len), &free)
             .map_err(|e| anyhow::anyhow!("--seq {seq_len}: {e}"))?;

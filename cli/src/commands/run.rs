@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use xarena_bench::measure;
 use xarena_bench::store::{check_resume_shard, check_target, Store};
 use xarena_bench::sweep::{Shard, Sweep, SweepFile, TimingFile};
 use xarena_reports::analysis::efficiency_tables;
@@ -84,7 +83,7 @@ pub struct RunArgs {
     /// cases, and report every case's fraction of that peak: auto (CUDA devices only),
     /// on or off.
     #[arg(long, value_enum)]
-    roofline: Option<measure::roofline::RooflineMode>,
+    roofline: Option<xarena_bench::roofline::RooflineMode>,
     /// Check each case on its device before timing it (forward and backward at a small
     /// N: finite, and exact variants equal to the CPU float32 result); a case that fails
     /// is recorded as `error`. auto: on CUDA devices only.

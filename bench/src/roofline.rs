@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 use xarena_reports::schema::{CaseKey, Dtype, Mode, Peak};
 
-use super::timing::{time_once, Sampler};
 use xarena_measure::device::{normalise_device, tch_device, tch_kind};
+use xarena_measure::timing::{time_once, Sampler};
 
 /// When the run measures the roofline (`--roofline`, or `roofline` in a sweep file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
