@@ -43,7 +43,7 @@ struct MergeLog<'a> {
 }
 
 #[derive(Debug)]
-pub struct Summary {
+pub struct MergeSummary {
     pub cases: usize,
     pub inputs: usize,
     pub duplicates: usize,
@@ -60,7 +60,7 @@ fn runs_file(input: &Path) -> Option<PathBuf> {
     runs.exists().then_some(runs)
 }
 
-pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Result<Summary> {
+pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Result<MergeSummary> {
     if out.exists() {
         // A lock file left by a writer that ended before writing anything counts as empty.
         let empty = out.is_dir() && is_empty_dir(out)?;
@@ -158,7 +158,7 @@ pub fn merge_runs(out: &Path, inputs: &[PathBuf], prefer: Option<Prefer>) -> Res
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    Ok(Summary {
+    Ok(MergeSummary {
         cases: merged.records.len(),
         inputs: inputs.len(),
         duplicates: merged.duplicates,

@@ -33,7 +33,7 @@ struct RunLog<'a> {
 
 /// Totals of a finished run.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub struct RunSummary {
     pub ran: usize,
     pub skipped: usize,
     pub ok: usize,
@@ -53,7 +53,7 @@ pub fn run(
     reuse_worker: bool,
     shard: Option<Shard>,
     check: Policy,
-) -> Result<Summary> {
+) -> Result<RunSummary> {
     let threads = if sweep.threads > 0 {
         sweep.threads
     } else {
@@ -72,7 +72,7 @@ pub fn run(
         .filter(|c| !done.contains(&c.id))
         .cloned()
         .collect();
-    let mut summary = Summary {
+    let mut summary = RunSummary {
         skipped: cases.len() - todo.len(),
         ..Default::default()
     };

@@ -24,7 +24,7 @@ pub const RUNS_FILE: &str = "runs.jsonl";
 
 /// The flat CSV row of a record.
 #[derive(Serialize)]
-struct Row<'a> {
+struct ResultsCsvRow<'a> {
     case_id: &'a str,
     variant: &'a str,
     label: &'a str,
@@ -56,12 +56,12 @@ struct Row<'a> {
     state_bytes: Option<u64>,
 }
 
-impl<'a> Row<'a> {
-    fn of(r: &'a Record) -> Row<'a> {
+impl<'a> ResultsCsvRow<'a> {
+    fn of(r: &'a Record) -> ResultsCsvRow<'a> {
         let k = &r.key;
         let ms =
             |f: fn(&xarena_reports::schema::Latency) -> f64| r.latency.as_ref().map(|l| f(l) * 1e3);
-        Row {
+        ResultsCsvRow {
             case_id: &r.case_id,
             variant: &k.variant,
             label: &r.label,
@@ -232,7 +232,7 @@ impl Store {
             .and_then(|()| self.jsonl.flush())
             .with_context(|| format!("appending to {}", path(RESULTS_FILE)))?;
         self.csv
-            .serialize(Row::of(record))
+            .serialize(ResultsCsvRow::of(record))
             .map_err(anyhow::Error::from)
             .and_then(|()| self.csv.flush().map_err(Into::into))
             .with_context(|| format!("appending to {}", path(CSV_FILE)))?;
@@ -268,7 +268,7 @@ fn repair_jsonl(results: &Path) -> Result<Vec<Record>> {
 fn csv_text(records: &[Record]) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in records {
-        w.serialize(Row::of(r))?;
+        w.serialize(ResultsCsvRow::of(r))?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
 }

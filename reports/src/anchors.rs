@@ -157,7 +157,7 @@ fn flash_ratios(variant: &str, n: i64) -> Option<(f64, f64)> {
 
 /// One published table set beside one of this run's settings.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Comparison {
+pub struct AnchorTable {
     /// Which setting each side is.
     pub heading: String,
     pub grid: Grid,
@@ -224,7 +224,7 @@ const SOURCES: [Source; 2] = [
     },
 ];
 
-fn compare(table: &EfficiencyTable, src: &Source) -> Option<Comparison> {
+fn compare(table: &EfficiencyTable, src: &Source) -> Option<AnchorTable> {
     let rows: Vec<_> = table
         .rows
         .iter()
@@ -261,7 +261,7 @@ fn compare(table: &EfficiencyTable, src: &Source) -> Option<Comparison> {
         }
         grid.push(line);
     }
-    Some(Comparison {
+    Some(AnchorTable {
         heading: format!(
             "{} vs this run. {} Ours: {}, {}, against {REFERENCE}, at the measured N \
              nearest each of the paper's lengths. Cells: speed-up / memory ratio.",
@@ -275,7 +275,7 @@ fn compare(table: &EfficiencyTable, src: &Source) -> Option<Comparison> {
 }
 
 /// The published tables beside every non-decode setting that shares a variant with them.
-pub fn comparisons(tables: &[EfficiencyTable]) -> Vec<Comparison> {
+pub fn comparisons(tables: &[EfficiencyTable]) -> Vec<AnchorTable> {
     let mut out = Vec::new();
     for t in tables.iter().filter(|t| t.setting.mode != Mode::Decode) {
         out.extend(SOURCES.iter().filter_map(|src| compare(t, src)));

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::accuracy::{self, AccuracyRecord, ACCURACY_FILE};
 use crate::analysis::{efficiency_tables, EfficiencyTable};
-use crate::anchors::{comparisons, Comparison};
+use crate::anchors::{comparisons, AnchorTable};
 use crate::grid::{Grid, GridCell};
 use crate::load::{load_records, LoadError, RESULTS_FILE};
 use crate::lra::{lra_views, LraView};
@@ -64,7 +64,7 @@ pub struct Report {
     pub accuracy: Vec<AccuracyRecord>,
     pub tables: Vec<EfficiencyTable>,
     pub lra: Vec<LraView>,
-    pub published: Vec<Comparison>,
+    pub published: Vec<AnchorTable>,
     pub environments: Grid,
 }
 
@@ -381,7 +381,7 @@ impl Report {
                 .get(&(&setting, r.label.as_str(), r.key.seq_len))
                 .copied()
                 .unwrap_or_default();
-            w.serialize(CsvRow {
+            w.serialize(ReportCsvRow {
                 run_id: &r.run_id,
                 case_id: &r.case_id,
                 label: &r.label,
@@ -505,13 +505,13 @@ struct JsonReport<'a> {
     environments: &'a Grid,
     settings: &'a [EfficiencyTable],
     lra_layout: &'a [LraView],
-    published: &'a [Comparison],
+    published: &'a [AnchorTable],
     accuracy: &'a [AccuracyRecord],
     records: &'a [Record],
 }
 
 #[derive(Serialize)]
-struct CsvRow<'a> {
+struct ReportCsvRow<'a> {
     run_id: &'a str,
     case_id: &'a str,
     label: &'a str,

@@ -23,12 +23,8 @@ pub mod trainer;
 
 use std::fmt;
 
-/// One labelled token sequence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Example {
-    pub tokens: Vec<u32>,
-    pub label: u32,
-}
+/// One labelled token sequence: the datasets' own type, padded for the trainer.
+pub use xarena_datasets::task::Example;
 
 /// A classification task as the trainer sees it: every sequence exactly
 /// `towers x seq_len` tokens below `vocab`, every label below `classes`.

@@ -50,7 +50,7 @@ pub enum CellOutcome {
     Failed(String),
 }
 
-pub struct Cell {
+pub struct MatrixCell {
     pub task: String,
     pub variant: String,
     pub outcome: CellOutcome,
@@ -112,7 +112,10 @@ fn check(args: &MatrixArgs) -> Result<Vec<VariantSpec>> {
 }
 
 /// Runs (or resumes) the matrix, task by task; `progress` hears each cell as it ends.
-pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<Vec<Cell>> {
+pub fn run_matrix(
+    args: &MatrixArgs,
+    mut progress: impl FnMut(&MatrixCell),
+) -> Result<Vec<MatrixCell>> {
     let variants = check(args)?;
     let spec = MatrixSpec {
         preset: args.settings.preset.clone(),
@@ -159,7 +162,7 @@ pub fn run_matrix(args: &MatrixArgs, mut progress: impl FnMut(&Cell)) -> Result<
                     }
                 }
             };
-            let cell = Cell {
+            let cell = MatrixCell {
                 task: task.clone(),
                 variant: label,
                 outcome,

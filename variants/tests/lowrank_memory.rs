@@ -8,7 +8,7 @@ use common::*;
 use tch::{nn, Device, Kind, Tensor};
 use xarena_variants::exact::vanilla::softmax_attention;
 use xarena_variants::lowrank::nystromformer::{self, iterative_pinv, segment_means};
-use xarena_variants::lowrank::synthesizer::{self, Logits, Mode};
+use xarena_variants::lowrank::synthesizer::{self, Logits, SynthesizerKind};
 use xarena_variants::memory::{perceiver, set_transformer};
 use xarena_variants::registry::AttentionVariant;
 use xarena_variants::{build_layer, Attention, Scope, Shape, VariantError, VariantSpec};
@@ -332,7 +332,7 @@ fn perceiver_depends_on_its_latents_and_latent_layers() {
 
 fn synth(
     s: &Shape,
-    mode: Mode,
+    mode: SynthesizerKind,
     rank: i64,
     trainable: bool,
 ) -> (synthesizer::Synthesizer, nn::VarStore) {
@@ -357,7 +357,7 @@ fn synthesizer_random_logits_set_to_the_scores_are_exact() {
     for causal in [false, true] {
         let s = one_batch(25, causal);
         let (q, k, v) = qkv(&s, 14);
-        let (core, _vs) = synth(&s, Mode::Random, 8, true);
+        let (core, _vs) = synth(&s, SynthesizerKind::Random, 8, true);
         let Logits::Random { r } = &core.logits else {
             panic!("random logits")
         };
@@ -372,7 +372,7 @@ fn synthesizer_random_logits_set_to_the_scores_are_exact() {
 fn synthesizer_shapes_and_rank() {
     let s = shape(30, false);
     let (q, k, v) = qkv(&s, 15);
-    let (core, vs) = synth(&s, Mode::FactorizedRandom, 5, true);
+    let (core, vs) = synth(&s, SynthesizerKind::FactorizedRandom, 5, true);
     let Logits::Factorized { r1, r2 } = &core.logits else {
         panic!("factorised logits")
     };
@@ -385,14 +385,14 @@ fn synthesizer_shapes_and_rank() {
     assert_eq!(ranks, vec![5; s.heads as usize]);
     assert_eq!(core.attend(&q, &k, &v).size(), q.size());
     // Dense: per-input logits with one column per position.
-    let (dense, _vs) = synth(&s, Mode::Dense, 5, true);
+    let (dense, _vs) = synth(&s, SynthesizerKind::Dense, 5, true);
     assert_eq!(
         dense.scores(&q).size(),
         [s.batch, s.heads, s.seq_len, s.seq_len]
     );
     assert_eq!(dense.attend(&q, &k, &v).size(), q.size());
     // Fixed random logits are a buffer, not a parameter.
-    let (_fixed, fixed_vs) = synth(&s, Mode::Random, 5, false);
+    let (_fixed, fixed_vs) = synth(&s, SynthesizerKind::Random, 5, false);
     assert!(fixed_vs.trainable_variables().is_empty());
     assert_eq!(
         fixed_vs.variables()["r"].size(),
@@ -403,7 +403,11 @@ fn synthesizer_shapes_and_rank() {
 /// No mode reads the keys: logits come from the query alone or from nothing.
 #[test]
 fn synthesizer_ignores_the_keys() {
-    for mode in [Mode::Dense, Mode::Random, Mode::FactorizedRandom] {
+    for mode in [
+        SynthesizerKind::Dense,
+        SynthesizerKind::Random,
+        SynthesizerKind::FactorizedRandom,
+    ] {
         let s = shape(20, false);
         let (q, k, v) = qkv(&s, 16);
         let (core, _vs) = synth(&s, mode, 4, true);
@@ -417,7 +421,11 @@ fn synthesizer_ignores_the_keys() {
 #[test]
 fn synthesizer_causal_masks_the_future() {
     let n = 24;
-    for mode in [Mode::Dense, Mode::Random, Mode::FactorizedRandom] {
+    for mode in [
+        SynthesizerKind::Dense,
+        SynthesizerKind::Random,
+        SynthesizerKind::FactorizedRandom,
+    ] {
         let s = shape(n, true);
         let (q, k, v) = qkv(&s, 17);
         let (core, _vs) = synth(&s, mode, 4, true);
@@ -677,7 +685,11 @@ fn every_configuration_trains_near_float64_in_each_precision() {
     }
     for causal in [false, true] {
         let s = shape(45, causal);
-        for mode in [Mode::Dense, Mode::Random, Mode::FactorizedRandom] {
+        for mode in [
+            SynthesizerKind::Dense,
+            SynthesizerKind::Random,
+            SynthesizerKind::FactorizedRandom,
+        ] {
             for trainable in [true, false] {
                 let config = || synthesizer::Config {
                     mode,

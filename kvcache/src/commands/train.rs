@@ -245,13 +245,13 @@ fn forced_accuracy(lm: &DecoderLm, xs: &[LmExample], device: Device) -> f64 {
 }
 
 /// What `kv train` did.
-pub struct Trained {
+pub struct TrainedLm {
     pub info: TrainInfo,
     pub out: PathBuf,
 }
 
 /// Checks everything, trains, writes the model directory.
-pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
+pub fn train_command(args: &KvTrainArgs) -> Result<TrainedLm> {
     args.check()?;
     let (cfg, label) = args.model_config()?;
     let schedule = args.schedule();
@@ -407,7 +407,7 @@ pub fn train_command(args: &KvTrainArgs) -> Result<Trained> {
         env: env::capture(i64::from(tch::get_num_threads())),
     };
     write_model_dir(&args.out, &vs, &cfg, &info)?;
-    Ok(Trained {
+    Ok(TrainedLm {
         info,
         out: args.out.clone(),
     })

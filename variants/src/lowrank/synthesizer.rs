@@ -35,7 +35,7 @@ use crate::registry::AttentionVariant;
 /// Where the logits come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Mode {
+pub enum SynthesizerKind {
     Dense,
     Random,
     FactorizedRandom,
@@ -46,7 +46,7 @@ pub enum Mode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub mode: Mode,
+    pub mode: SynthesizerKind,
     /// Rank k of `factorized-random`.
     pub rank: i64,
     /// Whether the `random` / `factorized-random` logits are learned.
@@ -56,7 +56,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            mode: Mode::Dense,
+            mode: SynthesizerKind::Dense,
             rank: 8,
             trainable: true,
         }
@@ -137,7 +137,7 @@ impl AttentionVariant for Synthesizer {
             }
         };
         let logits = match config.mode {
-            Mode::Dense => {
+            SynthesizerKind::Dense => {
                 let u =
                     |name: &str, dims: &[i64]| vs.uniform(name, dims, -linear_bound, linear_bound);
                 Logits::Dense {
@@ -147,10 +147,10 @@ impl AttentionVariant for Synthesizer {
                     b2: u("b2", &[h, 1, n]),
                 }
             }
-            Mode::Random => Logits::Random {
+            SynthesizerKind::Random => Logits::Random {
                 r: normal("r", &[h, n, n], 1.0),
             },
-            Mode::FactorizedRandom => {
+            SynthesizerKind::FactorizedRandom => {
                 let std = (config.rank as f64).powf(-0.25);
                 Logits::Factorized {
                     r1: normal("r1", &[h, n, config.rank], std),
