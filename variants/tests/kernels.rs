@@ -14,6 +14,7 @@ use std::f64::consts::FRAC_PI_2;
 
 use common::*;
 use tch::{nn, Device, Kind, Tensor};
+use xarena_variants::kernel::FeatureMap;
 use xarena_variants::kernel::{cosformer, linear_transformer, performer};
 use xarena_variants::registry::AttentionVariant;
 use xarena_variants::{build_layer, Attention, Scope, Shape, VariantSpec};

@@ -31,11 +31,10 @@ use std::f64::consts::FRAC_PI_2;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{Guard, KernelDecoder, TokenFeatures};
-use crate::attention::{Attention, Decoder, Shape};
+use super::{FeatureMap, Guard, TokenFeatures};
+use crate::attention::Shape;
 use crate::decode::LinearState;
 use crate::error::VariantError;
-use crate::flops::FlopCount;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -91,14 +90,6 @@ fn features_at(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
 }
 
 impl Cosformer {
-    /// The denominator's guard for inputs of `kind`.
-    fn guard(&self, kind: Kind) -> Guard {
-        match kind {
-            Kind::Half => Guard::Floor(self.eps.max(HALF_MIN_EPS)),
-            _ => Guard::Floor(self.eps),
-        }
-    }
-
     /// phi(x) for `x` `[.., n, d]` at positions 0..n of the built sequence -> `[.., n, 2d]`.
     pub fn features(&self, x: &Tensor) -> Tensor {
         let n = x.size()[x.dim() - 2];
@@ -147,7 +138,7 @@ impl AttentionVariant for Cosformer {
 }
 
 /// The decoder's features: the angle of the token's position, M fixed at build time.
-struct CosTokens {
+pub struct CosTokens {
     m: i64,
 }
 
@@ -158,51 +149,40 @@ impl TokenFeatures for CosTokens {
     }
 }
 
-impl Cosformer {
-    /// The causal form's chunking and its in-chunk mask, made at construction.
-    pub fn chunks(&self) -> &super::Chunks {
+impl FeatureMap for Cosformer {
+    type Tokens = CosTokens;
+
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn chunks(&self) -> &super::Chunks {
         &self.chunks
     }
-}
 
-impl Attention for Cosformer {
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        let (qf, kf) = (self.features(q), self.features(k));
-        let guard = self.guard(v.kind());
-        if self.shape.causal {
-            super::causal(&qf, &kf, v, &self.chunks, guard)
-        } else {
-            super::bidirectional(&qf, &kf, v, guard)
+    fn phi(&self, x: &Tensor) -> Tensor {
+        self.features(x)
+    }
+
+    /// m = 2d: the cos- and the sin-weighted halves; the ReLU and the weights are
+    /// element-wise.
+    fn feature_dim(&self) -> i64 {
+        2 * self.shape.head_dim
+    }
+
+    fn guard(&self, kind: Kind) -> Guard {
+        match kind {
+            Kind::Half => Guard::Floor(self.eps.max(HALF_MIN_EPS)),
+            _ => Guard::Floor(self.eps),
         }
     }
 
-    /// The family's products with m = 2d ([`super::product_flops`]); the ReLU and the
-    /// cos / sin weights are element-wise and not counted (see [`crate::flops`]).
-    fn flops(&self) -> FlopCount {
-        let s = &self.shape;
-        let chunk = s.causal.then_some(self.chunks.chunk());
-        FlopCount::forward(super::product_flops(s, 2 * s.head_dim, chunk))
-    }
-
-    fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
-        let tokens = CosTokens {
+    /// The angle of each token's position, M fixed at build time.
+    fn tokens(&self) -> CosTokens {
+        CosTokens {
             m: self.shape.seq_len,
-        };
-        let guard = self.guard(v.kind());
-        Some(Box::new(KernelDecoder::new(
-            &self.features(k),
-            v,
-            tokens,
-            guard,
-        )))
-    }
-
-    /// One step of the running sums with m = 2d ([`super::decode_product_flops`]).
-    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
-        let s = &self.shape;
-        Some(FlopCount::forward(super::decode_product_flops(
-            s,
-            2 * s.head_dim,
-        )))
+        }
     }
 }
+
+super::feature_attention!(Cosformer);

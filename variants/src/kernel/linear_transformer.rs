@@ -18,11 +18,10 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::{Guard, KernelDecoder, TokenFeatures};
-use crate::attention::{Attention, Decoder, Shape};
+use super::{FeatureMap, Guard, TokenFeatures};
+use crate::attention::Shape;
 use crate::decode::LinearState;
 use crate::error::VariantError;
-use crate::flops::FlopCount;
 use crate::info::{Family, VariantInfo};
 use crate::registry::AttentionVariant;
 
@@ -98,7 +97,7 @@ impl AttentionVariant for LinearTransformer {
 }
 
 /// The decoder's features: the same element-wise map, whatever the position.
-struct EluTokens;
+pub struct EluTokens;
 
 impl TokenFeatures for EluTokens {
     fn token(&mut self, q: &Tensor, k: &Tensor, _: i64, _: &mut LinearState) -> (Tensor, Tensor) {
@@ -106,47 +105,33 @@ impl TokenFeatures for EluTokens {
     }
 }
 
-impl LinearTransformer {
-    /// The causal form's chunking and its in-chunk mask, made at construction.
-    pub fn chunks(&self) -> &super::Chunks {
+impl FeatureMap for LinearTransformer {
+    type Tokens = EluTokens;
+
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn chunks(&self) -> &super::Chunks {
         &self.chunks
     }
-}
 
-impl Attention for LinearTransformer {
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        let (qf, kf) = (features(q), features(k));
-        let guard = Guard::Offset(self.eps);
-        if self.shape.causal {
-            super::causal(&qf, &kf, v, &self.chunks, guard)
-        } else {
-            super::bidirectional(&qf, &kf, v, guard)
-        }
+    fn phi(&self, x: &Tensor) -> Tensor {
+        features(x)
     }
 
-    /// The family's products with m = d ([`super::product_flops`]); the feature map is
-    /// element-wise and not counted (see [`crate::flops`]).
-    fn flops(&self) -> FlopCount {
-        let s = &self.shape;
-        let chunk = s.causal.then_some(self.chunks.chunk());
-        FlopCount::forward(super::product_flops(s, s.head_dim, chunk))
+    /// m = d: the map is element-wise.
+    fn feature_dim(&self) -> i64 {
+        self.shape.head_dim
     }
 
-    fn decoder(&self, k: &Tensor, v: &Tensor, _capacity: i64) -> Option<Box<dyn Decoder>> {
-        let guard = Guard::Offset(self.eps);
-        Some(Box::new(KernelDecoder::new(
-            &features(k),
-            v,
-            EluTokens,
-            guard,
-        )))
+    fn guard(&self, _kind: tch::Kind) -> Guard {
+        Guard::Offset(self.eps)
     }
 
-    /// One step of the running sums with m = d ([`super::decode_product_flops`]).
-    fn decode_flops(&self, _context: i64) -> Option<FlopCount> {
-        let s = &self.shape;
-        Some(FlopCount::forward(super::decode_product_flops(
-            s, s.head_dim,
-        )))
+    fn tokens(&self) -> EluTokens {
+        EluTokens
     }
 }
+
+super::feature_attention!(LinearTransformer);

@@ -275,3 +275,76 @@ impl<F: TokenFeatures> Decoder for KernelDecoder<F> {
         self.state.bytes() + self.features.bytes()
     }
 }
+
+/// What one deterministic-feature kernel variant adds to the family's engine (linear
+/// transformer, cosFormer): its feature map phi, the features per head m, the
+/// denominator's guard and the per-token features of its decoder. [`feature_attention!`]
+/// makes it an [`crate::Attention`] with the shared causal sums, products and decoder.
+pub trait FeatureMap {
+    type Tokens: TokenFeatures + 'static;
+    fn shape(&self) -> &Shape;
+    /// The causal form's chunking and its in-chunk mask, made at construction.
+    fn chunks(&self) -> &Chunks;
+    /// phi(x) for `x` `[.., n, d]` at positions 0..n.
+    fn phi(&self, x: &Tensor) -> Tensor;
+    /// m, the features per head (the products' inner size).
+    fn feature_dim(&self) -> i64;
+    fn guard(&self, kind: Kind) -> Guard;
+    /// The decoder's features of one token at a given position.
+    fn tokens(&self) -> Self::Tokens;
+}
+
+/// The [`crate::Attention`] of a [`FeatureMap`]: attention is phi(Q) (phi(K)^T V) over
+/// the guarded normaliser, chunked prefix sums when causal; FLOPs are the family's
+/// products with the variant's m (feature maps are element-wise and not counted, see
+/// [`crate::flops`]); decoding keeps the running sums.
+macro_rules! feature_attention {
+    ($variant:ty) => {
+        impl $crate::attention::Attention for $variant {
+            fn attend(&self, q: &tch::Tensor, k: &tch::Tensor, v: &tch::Tensor) -> tch::Tensor {
+                use $crate::kernel::FeatureMap;
+                let (qf, kf) = (self.phi(q), self.phi(k));
+                let guard = self.guard(v.kind());
+                if self.shape().causal {
+                    $crate::kernel::causal(&qf, &kf, v, self.chunks(), guard)
+                } else {
+                    $crate::kernel::bidirectional(&qf, &kf, v, guard)
+                }
+            }
+
+            fn flops(&self) -> $crate::flops::FlopCount {
+                use $crate::kernel::FeatureMap;
+                let s = self.shape();
+                let chunk = s.causal.then_some(self.chunks().chunk());
+                $crate::flops::FlopCount::forward($crate::kernel::product_flops(
+                    s,
+                    self.feature_dim(),
+                    chunk,
+                ))
+            }
+
+            fn decoder(
+                &self,
+                k: &tch::Tensor,
+                v: &tch::Tensor,
+                _capacity: i64,
+            ) -> Option<Box<dyn $crate::attention::Decoder>> {
+                use $crate::kernel::FeatureMap;
+                Some(Box::new($crate::kernel::KernelDecoder::new(
+                    &self.phi(k),
+                    v,
+                    self.tokens(),
+                    self.guard(v.kind()),
+                )))
+            }
+
+            fn decode_flops(&self, _context: i64) -> Option<$crate::flops::FlopCount> {
+                use $crate::kernel::FeatureMap;
+                Some($crate::flops::FlopCount::forward(
+                    $crate::kernel::decode_product_flops(self.shape(), self.feature_dim()),
+                ))
+            }
+        }
+    };
+}
+pub(crate) use feature_attention;
