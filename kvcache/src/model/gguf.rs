@@ -236,7 +236,8 @@ impl<'a> Reader<'a> {
         let left = (self.bytes.len() - self.at) as u64;
         if n.saturating_mul(min_bytes as u64) > left {
             return Err(format!(
-                "{what} is {n}, more than the {left} bytes left at offset {} can hold",
+                "truncated or corrupt: {what} is {n}, more than the {left} bytes left at \
+                 offset {} can hold",
                 self.at
             ));
         }
