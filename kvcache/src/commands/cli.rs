@@ -32,6 +32,10 @@ pub enum KvCommand {
     /// Convert a Llama GGUF file (F32, F16, Q8_0, Q4_1 tensors) to a Hugging Face-layout
     /// checkpoint: OUT/config.json and OUT/model.safetensors in f32.
     Convert(KvConvertCli),
+    /// The uncached logits of a checkpoint on given token ids, as a safetensors file
+    /// (`logits`, [n, vocab] f32): for comparisons/smollm2_logits.py.
+    #[command(hide = true)]
+    Logits(KvLogitsCli),
 }
 
 /// Repeats kept once, in order.
@@ -267,6 +271,21 @@ pub struct KvConvertCli {
     out: PathBuf,
 }
 
+#[derive(Args)]
+pub struct KvLogitsCli {
+    /// The checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Token ids, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tokens: Vec<i64>,
+    /// The safetensors file to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
 /// Runs one `xarena kv` command.
 pub fn run(cmd: KvCommand) -> Result<()> {
     match cmd {
@@ -275,7 +294,25 @@ pub fn run(cmd: KvCommand) -> Result<()> {
         KvCommand::Bench(a) => cmd_bench(a),
         KvCommand::Report(a) => cmd_report(a),
         KvCommand::Convert(a) => cmd_convert(a),
+        KvCommand::Logits(a) => cmd_logits(a),
     }
+}
+
+fn cmd_logits(a: KvLogitsCli) -> Result<()> {
+    let device = a.device.apply()?;
+    let (_vs, lm, cfg) = crate::load_checkpoint(&a.model, device)?;
+    if let Some(t) = a.tokens.iter().find(|&&t| t < 0 || t >= cfg.vocab_size) {
+        anyhow::bail!(
+            "--tokens: {t} is outside the vocabulary (0..{})",
+            cfg.vocab_size
+        );
+    }
+    let tokens = tch::Tensor::from_slice(&a.tokens)
+        .to_device(device)
+        .unsqueeze(0);
+    let logits = tch::no_grad(|| lm.forward(&tokens)).squeeze_dim(0);
+    crate::model::llama::write_safetensors(&a.out, &[("logits".to_string(), logits)])?;
+    Ok(())
 }
 
 fn cmd_convert(a: KvConvertCli) -> Result<()> {
