@@ -713,12 +713,40 @@ impl GgufFile {
 }
 
 /// `xarena kv convert`: the Llama GGUF at `gguf` as `out/config.json` and
-/// `out/model.safetensors` (f32), `out` new or empty.
+/// `out/model.safetensors` (f32), `out` new or empty. Written into a temporary sibling
+/// and renamed into place, so that `out` never holds half a checkpoint.
 pub fn convert(gguf: impl AsRef<Path>, out: impl AsRef<Path>) -> anyhow::Result<LmConfig> {
+    use anyhow::Context;
     let out = out.as_ref();
     crate::commands::check_new_dir(out, "OUT", "")?;
     let file = GgufFile::read(gguf)?;
     let (vs, _lm, cfg) = file.llama_checkpoint()?;
-    save_checkpoint(out, &vs, &cfg)?;
+    drop(file);
+    let name = out
+        .file_name()
+        .with_context(|| format!("OUT {}: no directory name", out.display()))?;
+    if let Some(p) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    let tmp = out.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let write = || -> anyhow::Result<()> {
+        save_checkpoint(&tmp, &vs, &cfg)?;
+        crate::commands::check_new_dir(out, "OUT", "")?;
+        let _held = xarena_schema::lock::DirLock::take_over_empty(out, "OUT")?;
+        if out.exists() {
+            std::fs::remove_dir(out)
+                .with_context(|| format!("replacing the empty {}", out.display()))?;
+        }
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
     Ok(cfg)
 }
