@@ -761,3 +761,70 @@ fn bench_and_evolve_refuse_a_directory_another_xarena_holds_and_bench_resumes_a_
     assert_eq!(records(&out).len(), 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `kv convert`'s refusals name the file and what is wrong (a converted tiny GGUF is in
+/// kvcache/tests/gguf.rs); the hidden `kv logits` writes the uncached logits that
+/// comparisons/smollm2_logits.py compares, equal to the model's forward.
+#[test]
+fn kv_convert_refuses_bad_input_by_name_and_kv_logits_writes_the_forward() {
+    let dir = tmp("kv-convert");
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_gguf = dir.join("model.gguf");
+    std::fs::write(&not_gguf, b"PK\x03\x04 not a gguf file at all, a zip").unwrap();
+    let e = fails(&["kv", "convert", s(&not_gguf), s(&dir.join("out"))]);
+    assert!(e.contains("model.gguf") && e.contains("bad magic"), "{e}");
+    let mut v1 = b"GGUF".to_vec();
+    v1.extend(1u32.to_le_bytes());
+    v1.extend([0u8; 16]);
+    std::fs::write(&not_gguf, &v1).unwrap();
+    let e = fails(&["kv", "convert", s(&not_gguf), s(&dir.join("out"))]);
+    assert!(e.contains("GGUF version 1 is not supported"), "{e}");
+    let e = fails(&[
+        "kv",
+        "convert",
+        s(&dir.join("absent.gguf")),
+        s(&dir.join("out")),
+    ]);
+    assert!(e.contains("absent.gguf"), "{e}");
+    // A non-empty OUT is refused before the file is read.
+    let e = fails(&["kv", "convert", s(&not_gguf), s(&dir)]);
+    assert!(e.contains("not empty"), "{e}");
+    assert!(!dir.join("out").exists());
+
+    let model = hf_dir();
+    let out = dir.join("logits.safetensors");
+    ok(&[
+        "kv",
+        "logits",
+        "--model",
+        s(&model),
+        "--tokens",
+        "3,1,4,1,5",
+        "--out",
+        s(&out),
+    ]);
+    let got = Tensor::read_safetensors(&out).unwrap();
+    assert_eq!(got.len(), 1);
+    let (name, logits) = &got[0];
+    assert_eq!(name, "logits");
+    let m = load_model(&model, Device::Cpu).unwrap();
+    let want =
+        m.lm.forward(&Tensor::from_slice(&[3i64, 1, 4, 1, 5]).unsqueeze(0))
+            .squeeze_dim(0);
+    assert_eq!(logits.size(), want.size());
+    // Thread counts may differ between the two processes: equal up to f32 rounding.
+    let diff = (logits - want).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "kv logits differs from the forward by {diff}");
+    let e = fails(&[
+        "kv",
+        "logits",
+        "--model",
+        s(&model),
+        "--tokens",
+        "999999",
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("999999"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

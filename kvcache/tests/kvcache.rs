@@ -974,6 +974,75 @@ fn config_checks_name_the_bad_field() {
     assert!(cfg.check().err().unwrap().to_string().contains("yarn"));
 }
 
+/// transformers 5 writes the rotary base and scaling as `rope_parameters`, with no
+/// top-level `rope_theta` (it was once read as 10000 silently); a top-level one wins.
+#[test]
+fn transformers_5_rope_parameters_are_read_and_unknown_scalings_refused() {
+    let base = r#"{"vocab_size": 8, "hidden_size": 128, "intermediate_size": 8,
+        "num_hidden_layers": 1, "num_attention_heads": 2, PARAMS}"#;
+    let parse = |params: &str| {
+        let j = base.replace("PARAMS", params);
+        serde_json::from_str::<LmConfig>(&j).and_then(|cfg| {
+            cfg.check()
+                .map_err(|e| serde::de::Error::custom(e.to_string()))
+                .map(|_| cfg)
+        })
+    };
+    let cfg =
+        parse(r#""rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}"#).unwrap();
+    assert_eq!(cfg.rope_theta, 500000.0);
+    assert_eq!(cfg.rope_scaling, None);
+    let cfg = parse(r#""rope_parameters": {"rope_theta": 100000.0}"#).unwrap();
+    assert_eq!(cfg.rope_theta, 100000.0);
+    // A top-level rope_theta is read first.
+    let cfg = parse(r#""rope_theta": 1000.0, "rope_parameters": {"rope_theta": 5.0}"#).unwrap();
+    assert_eq!(cfg.rope_theta, 1000.0);
+    // Neither: LlamaConfig's default.
+    let cfg = parse(r#""tie_word_embeddings": false"#).unwrap();
+    assert_eq!(cfg.rope_theta, 10_000.0);
+    // Scaling in rope_parameters, as Llama 3.2's config is written by transformers 5.
+    let cfg = parse(
+        r#""rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3",
+        "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192}"#,
+    )
+    .unwrap();
+    let s = cfg.rope_scaling.as_ref().unwrap();
+    assert_eq!(
+        (s.rope_type.as_str(), s.factor, cfg.rope_theta),
+        ("llama3", Some(32.0), 500000.0)
+    );
+    let legacy = parse(
+        r#""rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
+        "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192}"#,
+    )
+    .unwrap();
+    assert_eq!(cfg, legacy);
+    let cfg =
+        parse(r#""rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}"#)
+            .unwrap();
+    assert_eq!(cfg.rope_scaling.unwrap().factor, Some(2.0));
+    // Scalings the decoder does not implement are refused by name, in either form.
+    for t in ["yarn", "dynamic", "longrope"] {
+        let e = parse(&format!(
+            r#""rope_parameters": {{"rope_theta": 1e4, "rope_type": "{t}", "factor": 4.0}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!("`{t}`")) && e.contains("rope_parameters"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            r#""rope_scaling": {{"rope_type": "{t}", "factor": 4.0}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&format!("`{t}`")), "{e}");
+    }
+}
+
 #[test]
 fn llama3_rope_scaling_matches_hugging_face_formula() {
     // Llama 3.2's settings on a head of 64: wavelengths below 8192/4 unchanged, above

@@ -29,6 +29,13 @@ pub enum KvCommand {
     /// The report of kv bench records: the frontier, the normalised-score table, costs;
     /// with --out, report.md and SVG plots of score vs cache kept.
     Report(KvReportCli),
+    /// Convert a Llama GGUF file (F32, F16, Q8_0, Q4_1 tensors) to a Hugging Face-layout
+    /// checkpoint: OUT/config.json and OUT/model.safetensors in f32.
+    Convert(KvConvertCli),
+    /// The uncached logits of a checkpoint on given token ids, as a safetensors file
+    /// (`logits`, [n, vocab] f32): for comparisons/smollm2_logits.py.
+    #[command(hide = true)]
+    Logits(KvLogitsCli),
 }
 
 /// Repeats kept once, in order.
@@ -256,6 +263,29 @@ pub struct KvReportCli {
     force: bool,
 }
 
+#[derive(Args)]
+pub struct KvConvertCli {
+    /// The .gguf file (e.g. the one `bash ci/setup-smollm2.sh` prints).
+    gguf: PathBuf,
+    /// A new or empty directory for config.json and model.safetensors.
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct KvLogitsCli {
+    /// The checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Token ids, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tokens: Vec<i64>,
+    /// The safetensors file to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
 /// Runs one `xarena kv` command.
 pub fn run(cmd: KvCommand) -> Result<()> {
     match cmd {
@@ -263,7 +293,56 @@ pub fn run(cmd: KvCommand) -> Result<()> {
         KvCommand::Evolve(a) => cmd_evolve(a),
         KvCommand::Bench(a) => cmd_bench(a),
         KvCommand::Report(a) => cmd_report(a),
+        KvCommand::Convert(a) => cmd_convert(a),
+        KvCommand::Logits(a) => cmd_logits(a),
     }
+}
+
+fn cmd_logits(a: KvLogitsCli) -> Result<()> {
+    let device = a.device.apply()?;
+    let (_vs, lm, cfg) = crate::load_checkpoint(&a.model, device)?;
+    if let Some(t) = a.tokens.iter().find(|&&t| t < 0 || t >= cfg.vocab_size) {
+        anyhow::bail!(
+            "--tokens: {t} is outside the vocabulary (0..{})",
+            cfg.vocab_size
+        );
+    }
+    let tokens = tch::Tensor::from_slice(&a.tokens)
+        .to_device(device)
+        .unsqueeze(0);
+    let logits = tch::no_grad(|| lm.forward(&tokens)).squeeze_dim(0);
+    crate::model::llama::write_safetensors(&a.out, &[("logits".to_string(), logits)])?;
+    Ok(())
+}
+
+fn cmd_convert(a: KvConvertCli) -> Result<()> {
+    let started = std::time::Instant::now();
+    let cfg = crate::model::gguf::convert(&a.gguf, &a.out)?;
+    let params = cfg.hidden_size
+        * (cfg.vocab_size * if cfg.tie_word_embeddings { 1 } else { 2 } + 1)
+        + cfg.num_hidden_layers
+            * (2 * cfg.hidden_size * (cfg.hidden_size + cfg.num_key_value_heads * cfg.head_dim())
+                + 3 * cfg.hidden_size * cfg.intermediate_size
+                + 2 * cfg.hidden_size);
+    eprintln!(
+        "xarena kv convert: {} -> {} ({} layers, hidden {}, {} heads / {} KV heads, \
+         vocabulary {}, {:.1}M parameters{}) in {:.1} s",
+        a.gguf.display(),
+        a.out.display(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.vocab_size,
+        params as f64 / 1e6,
+        if cfg.tie_word_embeddings {
+            ", tied embeddings"
+        } else {
+            ""
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn cmd_train(a: KvTrainCli) -> Result<()> {

@@ -81,14 +81,18 @@ struct RawLmConfig {
     num_key_value_heads: Option<i64>,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
+    /// Absent from configs written by transformers 5, which keep it in `rope_parameters`.
+    #[serde(default)]
+    rope_theta: Option<f64>,
     #[serde(default = "default_max_positions")]
     max_position_embeddings: i64,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
     rope_scaling: Option<RopeScaling>,
+    /// transformers 5's form of both: `rope_theta`, `rope_type` and the scaling's keys.
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
     #[serde(default)]
     head_dim: Option<i64>,
     #[serde(default)]
@@ -101,12 +105,22 @@ struct RawLmConfig {
     model_type: Option<String>,
 }
 
+/// transformers 5's `rope_parameters`: the rotary base and the scaling in one object.
+#[derive(Deserialize)]
+struct RopeParameters {
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default, alias = "type")]
+    rope_type: Option<String>,
+    #[serde(flatten)]
+    scaling: serde_json::Map<String, serde_json::Value>,
+}
+
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_theta() -> f64 {
-    10_000.0
-}
+/// `LlamaConfig`'s rotary base when a config names none.
+const DEFAULT_THETA: f64 = 10_000.0;
 fn default_max_positions() -> i64 {
     2048
 }
@@ -140,6 +154,35 @@ impl TryFrom<RawLmConfig> for LmConfig {
                 ));
             }
         }
+        // The rotary base: top-level `rope_theta` (transformers 4), else
+        // `rope_parameters.rope_theta` (transformers 5), else LlamaConfig's default.
+        let params = raw.rope_parameters;
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| params.as_ref().and_then(|p| p.rope_theta))
+            .unwrap_or(DEFAULT_THETA);
+        // The scaling: `rope_scaling`, else `rope_parameters` unless its type is `default`.
+        let rope_scaling = match (raw.rope_scaling, params) {
+            (Some(s), _) => Some(s),
+            (None, Some(p)) => match p.rope_type.as_deref() {
+                None | Some("default") => None,
+                Some(t @ ("linear" | "llama3")) => {
+                    let mut map = p.scaling;
+                    map.insert("rope_type".into(), t.into());
+                    Some(
+                        serde_json::from_value::<RopeScaling>(map.into())
+                            .map_err(|e| format!("rope_parameters: {e}"))?,
+                    )
+                }
+                Some(t) => {
+                    return Err(format!(
+                        "rope_parameters: rope_type `{t}` is not supported (default, linear, \
+                         llama3)"
+                    ))
+                }
+            },
+            (None, None) => None,
+        };
         Ok(LmConfig {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -148,10 +191,10 @@ impl TryFrom<RawLmConfig> for LmConfig {
             num_attention_heads: raw.num_attention_heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
             rms_norm_eps: raw.rms_norm_eps,
-            rope_theta: raw.rope_theta,
+            rope_theta,
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
-            rope_scaling: raw.rope_scaling,
+            rope_scaling,
         })
     }
 }

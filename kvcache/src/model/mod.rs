@@ -2,7 +2,9 @@
 //!
 //! - [`lm`]: the model ([`LmConfig`](lm::LmConfig), [`DecoderLm`](lm::DecoderLm)),
 //!   uncached forward for training;
-//! - [`llama`]: checkpoints in Hugging Face's layout (config.json + safetensors).
+//! - [`llama`]: checkpoints in Hugging Face's layout (config.json + safetensors);
+//! - [`gguf`]: llama.cpp's GGUF files, read and converted to that layout.
 
+pub mod gguf;
 pub mod llama;
 pub mod lm;
