@@ -11,7 +11,8 @@ use std::rc::Rc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use xarena_kvcache::model::llama::{self, CheckpointError};
 use xarena_kvcache::policy::{
-    AdaKv, H2o, L2Norm, PyramidKv, Random, SnapKv, StreamingLlm, Tova, TovaScope, Window,
+    AdaKv, ExpectedAttention, H2o, L2Norm, PyramidKv, Random, SnapKv, StreamingLlm, Tova,
+    TovaScope, Window,
 };
 use xarena_kvcache::{
     build_policy, policy_names, CachePolicy, DecoderLm, KvLayerCache, LmConfig, Observation,
@@ -602,6 +603,13 @@ fn presses_decode_exactly_and_hold_their_budgets() {
         l.iter().all(|&n| n >= 2),
         "the window and the safeguard stay: {l:?}"
     );
+    let policy = ExpectedAttention::new(7, 2, 6).unwrap();
+    let kept = matches_dense_reference(&lm, Box::new(policy), &toks, 17, 4);
+    assert_eq!(lens(&kept), [7, 7, 7, 7]);
+    assert!(
+        kept.iter().all(|h| h.starts_with(&[0, 1])),
+        "the sinks stay"
+    );
 }
 
 /// Drops, per head, the tokens at positions `p % (head + layer + 2) == 1` once they are
@@ -678,6 +686,7 @@ fn kv_bytes_shrink_with_the_budget() {
         "snapkv",
         "pyramidkv",
         "adakv",
+        "expected-attention",
     ] {
         // adakv's heads hold different numbers of tokens, 8 on average: the same bytes.
         let st = run(name, Some(8));
@@ -901,6 +910,7 @@ fn registry_builds_by_name_and_explains_refusals() {
             "snapkv",
             "pyramidkv",
             "adakv",
+            "expected-attention",
             "namm"
         ]
     );
@@ -927,6 +937,10 @@ fn registry_builds_by_name_and_explains_refusals() {
             "pyramidkv:budget=16,window=64,kernel=5,beta=20",
         ),
         ("adakv", "adakv:budget=16,window=64,kernel=5,alpha=0.2"),
+        (
+            "expected-attention",
+            "expected-attention:budget=16,sinks=4,window=64",
+        ),
     ] {
         assert_eq!(build_policy(name, Some(16)).unwrap().describe(), want);
         let err = build_policy(name, None).err().unwrap().to_string();

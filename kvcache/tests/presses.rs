@@ -1,11 +1,12 @@
-//! kvpress's presses (`random`, `snapkv`, `pyramidkv`, `adakv`) on hand-made
+//! kvpress's presses (`random`, `snapkv`, `pyramidkv`, `adakv`, `expected-attention`)
+//! on hand-made
 //! observations: what each keeps equals a computation written here from its paper and
 //! kvpress's definition, on f64 copies of the numbers the policy sees, and the budgets
 //! hold per head (per layer for `adakv`, on the layers' mean for `pyramidkv`). The runs
 //! in a session on a small model are in `kvcache.rs`.
 
-use tch::{Device, Kind, Tensor};
-use xarena_kvcache::policy::{AdaKv, PyramidKv, Random, SnapKv};
+use tch::Tensor;
+use xarena_kvcache::policy::{AdaKv, ExpectedAttention, PyramidKv, Random, SnapKv};
 use xarena_kvcache::{CachePolicy, Observation};
 
 /// A deterministic stream of uniforms in `[0, 1)` for the hand-made attention (not the
@@ -47,6 +48,8 @@ fn attention(t: usize, rng: &mut Lcg) -> Vec<Vec<f64>> {
 struct Sim {
     /// `[layer][head]`: attention over all positions, `[query][key]`.
     att: Vec<Vec<Vec<Vec<f64>>>>,
+    /// `[layer][head]`: every position's key (`[position][feature]`).
+    keys: Vec<Vec<Vec<Vec<f64>>>>,
     /// `[layer][head]`: the positions held.
     held: Vec<Vec<Vec<i64>>>,
     next: i64,
@@ -63,9 +66,64 @@ impl Sim {
             att: (0..layers)
                 .map(|_| (0..heads).map(|_| attention(t, &mut rng)).collect())
                 .collect(),
+            keys: vec![vec![vec![vec![0.0; 4]; t]; heads]; layers],
             held: vec![vec![Vec::new(); heads]; layers],
             next: 0,
         }
+    }
+
+    /// One layer whose heads' attention comes from queries and keys (`d` features, f32
+    /// values): `softmax(q . k / sqrt(d))` over the positions up to the query's. Also
+    /// answers the queries, `[head][position][feature]`.
+    fn attending(heads: usize, t: usize, d: usize, seed: u64) -> (Sim, Vec<Vec<Vec<f64>>>) {
+        let mut rng = Lcg(seed);
+        let mut vectors = || -> Vec<Vec<f64>> {
+            (0..t)
+                .map(|_| {
+                    (0..d)
+                        .map(|_| (2.0 * rng.next() - 1.0) as f32 as f64)
+                        .collect()
+                })
+                .collect()
+        };
+        let qs: Vec<Vec<Vec<f64>>> = (0..heads).map(|_| vectors()).collect();
+        let ks: Vec<Vec<Vec<f64>>> = (0..heads).map(|_| vectors()).collect();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let att = (0..heads)
+            .map(|h| {
+                (0..t)
+                    .map(|q| {
+                        let e: Vec<f64> = (0..t)
+                            .map(|k| {
+                                if k <= q {
+                                    (2.0 * dot(&qs[h][q], &ks[h][k]) / (d as f64).sqrt()).exp()
+                                } else {
+                                    0.0
+                                }
+                            })
+                            .collect();
+                        let sum: f64 = e.iter().sum();
+                        e.iter().map(|x| (x / sum) as f32 as f64).collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        // The logits were scaled by 2: the queries the attention answers to.
+        let qs = qs
+            .iter()
+            .map(|h| {
+                h.iter()
+                    .map(|q| q.iter().map(|x| 2.0 * x).collect())
+                    .collect()
+            })
+            .collect();
+        let sim = Sim {
+            att: vec![att],
+            keys: vec![ks],
+            held: vec![vec![Vec::new(); heads]],
+            next: 0,
+        };
+        (sim, qs)
     }
 
     fn start(&mut self, policy: &mut dyn CachePolicy) {
@@ -91,7 +149,11 @@ impl Sim {
                     .collect();
                 let n = held.len() as i64;
                 attention.push(Tensor::from_slice(&rows).view([q, n]));
-                keys.push(Tensor::zeros([n, 4], (Kind::Float, Device::Cpu)));
+                let k: Vec<f32> = held
+                    .iter()
+                    .flat_map(|&p| self.keys[layer][h][p as usize].iter().map(|&x| x as f32))
+                    .collect();
+                keys.push(Tensor::from_slice(&k).view([n, -1]));
                 positions.push(Tensor::from_slice(held.as_slice()));
             }
             let keep = policy.update(&Observation {
@@ -390,4 +452,106 @@ fn random_keeps_the_seeded_draws_best() {
         Random::new(4, 3).unwrap().describe(),
         "random:budget=4,seed=3"
     );
+}
+
+/// Expected attention written from its definition, with the true queries: the last
+/// `window` queries past the sinks give a mean `mu` and covariance `S` (over their
+/// number); a key scores `mu . k / sqrt(d) + k' S k / (2 d)`; the sinks stay.
+fn expected_keep(
+    queries: &[Vec<f64>],
+    keys: &[Vec<f64>],
+    held: &[i64],
+    now: i64,
+    sinks: usize,
+    window: usize,
+    budget: usize,
+) -> Vec<i64> {
+    if held.len() <= budget {
+        return held.to_vec();
+    }
+    let d = keys[0].len();
+    let used: Vec<&Vec<f64>> = ((now + 1 - window as i64).max(sinks as i64)..=now)
+        .map(|p| &queries[p as usize])
+        .collect();
+    let m = used.len() as f64;
+    let mu: Vec<f64> = (0..d)
+        .map(|i| used.iter().map(|q| q[i]).sum::<f64>() / m)
+        .collect();
+    let cov: Vec<Vec<f64>> = (0..d)
+        .map(|i| {
+            (0..d)
+                .map(|j| {
+                    used.iter()
+                        .map(|q| (q[i] - mu[i]) * (q[j] - mu[j]))
+                        .sum::<f64>()
+                        / m
+                })
+                .collect()
+        })
+        .collect();
+    let sinks = sinks.min(budget);
+    let score: Vec<f64> = held[sinks..]
+        .iter()
+        .map(|&p| {
+            let k = &keys[p as usize];
+            let mean: f64 = (0..d).map(|i| mu[i] * k[i]).sum::<f64>() / (d as f64).sqrt();
+            let var: f64 = (0..d)
+                .flat_map(|i| (0..d).map(move |j| (i, j)))
+                .map(|(i, j)| k[i] * cov[i][j] * k[j])
+                .sum();
+            mean + var / (2 * d) as f64
+        })
+        .collect();
+    let mut keep: Vec<i64> = held[..sinks].to_vec();
+    keep.extend(
+        best(&score, budget - sinks)
+            .into_iter()
+            .map(|r| held[sinks + r]),
+    );
+    keep.sort();
+    keep
+}
+
+#[test]
+fn expected_attention_keeps_what_the_fitted_queries_will_attend() {
+    let (sinks, window, budget, d) = (4, 8, 12, 4);
+    let (mut sim, queries) = Sim::attending(3, 48, d, 7);
+    let mut policy = ExpectedAttention::new(budget, sinks, window).unwrap();
+    assert_eq!(
+        policy.describe(),
+        "expected-attention:budget=12,sinks=4,window=8"
+    );
+    sim.start(&mut policy);
+    for q in [30, 1, 1, 6, 1, 1] {
+        let call = sim.call(&mut policy, q);
+        let now = sim.next - 1;
+        for (h, (before, after)) in call[0].iter().enumerate() {
+            let want = expected_keep(
+                &queries[h],
+                &sim.keys[0][h],
+                before,
+                now,
+                sinks,
+                window,
+                budget,
+            );
+            assert_eq!(after, &want, "head {h} at {now}");
+        }
+        // The queries it holds are the true ones (one query head per KV head).
+        for (h, true_queries) in queries.iter().enumerate() {
+            let got = Vec::<f64>::try_from(policy.queries(0, h).unwrap().reshape(-1)).unwrap();
+            let want: Vec<f64> = (now + 1 - window as i64..=now)
+                .flat_map(|p| true_queries[p as usize].clone())
+                .collect();
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-4, "head {h}: queries recovered to {err}");
+        }
+    }
+    let held = &sim.held[0];
+    assert!(held[0] != held[1] && held[1] != held[2]);
+    assert!(held.iter().all(|h| h.starts_with(&[0, 1, 2, 3])));
 }

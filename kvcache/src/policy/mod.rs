@@ -14,6 +14,7 @@ use tch::Tensor;
 use xarena_variants::VariantError;
 
 pub mod adakv;
+pub mod expected_attention;
 pub mod full;
 pub mod h2o;
 pub mod l2;
@@ -25,6 +26,7 @@ pub mod tova;
 pub mod window;
 
 pub use adakv::AdaKv;
+pub use expected_attention::ExpectedAttention;
 pub use full::Full;
 pub use h2o::H2o;
 pub use l2::L2Norm;
@@ -55,8 +57,9 @@ pub struct Observation<'a> {
 }
 
 /// A KV-cache eviction policy (`full`, `window`, `streaming-llm`, `h2o`, `l2`, `tova`,
-/// `random`, `snapkv`, `pyramidkv`, `adakv`, `namm`). Work per layer and head; a policy
-/// must compact its own per-token state with the same indices it returns.
+/// `random`, `snapkv`, `pyramidkv`, `adakv`, `expected-attention`, `namm`). Work per
+/// layer and head; a policy must compact its own per-token state with the same indices
+/// it returns.
 pub trait CachePolicy {
     /// The policy's name with its settings, as reports show it (`h2o:budget=128`).
     fn describe(&self) -> String;
@@ -102,6 +105,7 @@ pub const POLICIES: &[PolicyInfo] = &[
     snapkv::INFO,
     pyramidkv::INFO,
     adakv::INFO,
+    expected_attention::INFO,
     namm::INFO,
 ];
 
