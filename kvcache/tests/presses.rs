@@ -400,6 +400,12 @@ fn adakv_shares_the_layer_budget_across_heads() {
     }
     // Heads were given different shares (else this is SnapKV).
     assert!(uneven);
+    // A budget below the window: each head keeps its newest `budget` tokens.
+    let mut sim = Sim::new(1, 3, 20, 8);
+    let mut policy = AdaKv::new(4, 6, 5, 0.2).unwrap();
+    sim.start(&mut policy);
+    let call = sim.call(&mut policy, 20);
+    assert!(call[0].iter().all(|(_, a)| a == &[16, 17, 18, 19]));
     assert!(AdaKv::new(8, 4, 5, 1.5).is_err());
 }
 

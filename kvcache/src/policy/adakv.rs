@@ -6,15 +6,18 @@
 //! least `floor(alpha x budget)` tokens in every head (kvpress's `alpha_safeguard`, 0.20):
 //! the head's top `floor(alpha x budget)` scores, the window's tokens ranking first, as
 //! kvpress's padding of the window with the largest score makes them. The window's tokens
-//! are always kept.
+//! are always kept (within the budget).
 //!
 //! Where it departs from kvpress: kvpress keeps the keys and masks the evicted ones in
 //! attention; here they leave the cache. kvpress pads the window with the largest real
 //! score and the safeguarded tokens with the float maximum; here both rank above every
-//! other token, which differs only when they alone would exceed the layer's total. The
-//! window rows are kept across calls as [`super::snapkv`] says; heads may then hold
-//! different numbers of tokens, so the layer keeps `heads x budget` out of what its heads
-//! hold, and evicts nothing while that is within the total.
+//! other token, which differs only when they alone would exceed the layer's total. With
+//! a budget below the window, a head's window is its newest `budget` tokens (the older
+//! ones of the window rank last), so the forced tokens never exceed the layer's total
+//! (kvpress then keeps an arbitrary part of the windows: ties). The window rows are kept
+//! across calls as [`super::snapkv`] says; heads may then hold different numbers of
+//! tokens, so the layer keeps `heads x budget` out of what its heads hold, and evicts
+//! nothing while that is within the total.
 
 use tch::{Kind, Tensor};
 
@@ -111,14 +114,23 @@ impl CachePolicy for AdaKv {
             .iter()
             .map(|r| {
                 let w = window_tokens(r);
+                // Within the budget, the newest of the window's tokens.
+                let kept_w = w.min(self.budget);
                 let mut prefix = prefix_scores(r, self.kernel);
                 // The safeguard: the head's best scores, the window's tokens first.
-                let protect = (self.safe() - w).min(prefix.size()[0]);
+                let protect = (self.safe() - kept_w).min(prefix.size()[0]);
                 if protect > 0 {
                     let (_, idx) = prefix.topk(protect, 0, true, false);
                     prefix = prefix.index_fill(0, &idx, top);
                 }
-                let window = Tensor::full([w], top, (Kind::Float, r.device()));
+                let opts = (Kind::Float, r.device());
+                let window = Tensor::cat(
+                    &[
+                        Tensor::full([w - kept_w], f32::MIN as f64, opts),
+                        Tensor::full([kept_w], top, opts),
+                    ],
+                    0,
+                );
                 Tensor::cat(&[prefix, window], 0)
             })
             .collect();
