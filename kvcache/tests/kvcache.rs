@@ -10,7 +10,10 @@ use std::rc::Rc;
 
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use xarena_kvcache::model::llama::{self, CheckpointError};
-use xarena_kvcache::policy::{H2o, L2Norm, StreamingLlm, Tova, TovaScope, Window};
+use xarena_kvcache::policy::{
+    AdaKv, ExpectedAttention, H2o, L2Norm, PyramidKv, Random, SnapKv, StreamingLlm, Tova,
+    TovaScope, Window,
+};
 use xarena_kvcache::{
     build_policy, policy_names, CachePolicy, DecoderLm, KvLayerCache, LmConfig, Observation,
     Session, POLICIES,
@@ -565,6 +568,50 @@ fn tova_drops_the_least_attended() {
     }
 }
 
+#[test]
+fn presses_decode_exactly_and_hold_their_budgets() {
+    // The choices themselves are checked against their papers in `presses.rs`; here each
+    // runs in a session, chunked prefill then steps, against the dense masked reference.
+    let cfg = gqa();
+    let (_vs, lm) = model(&cfg, 19);
+    let toks = tokens(30, cfg.vocab_size, 20);
+    let lens = |kept: &[Vec<i64>]| kept.iter().map(Vec::len).collect::<Vec<_>>();
+    // [layer 0 head 0, layer 0 head 1, layer 1 head 0, layer 1 head 1].
+    let kept = matches_dense_reference(&lm, Box::new(Random::new(7, 1).unwrap()), &toks, 17, 4);
+    assert_eq!(lens(&kept), [7, 7, 7, 7]);
+    let kept = matches_dense_reference(&lm, Box::new(SnapKv::new(7, 3, 5).unwrap()), &toks, 17, 4);
+    assert_eq!(lens(&kept), [7, 7, 7, 7]);
+    assert!(
+        kept.iter().all(|h| h.ends_with(&[27, 28, 29])),
+        "the window stays"
+    );
+    assert!(kept.windows(2).any(|w| w[0] != w[1]));
+    // Budget 8, window 2, beta 2 on 30 tokens: min 4, max 12, so 12 and 4.
+    let policy = PyramidKv::new(8, 2, 3, 2).unwrap();
+    let kept = matches_dense_reference(&lm, Box::new(policy), &toks, 17, 4);
+    assert_eq!(lens(&kept), [12, 12, 4, 4]);
+    let kept = matches_dense_reference(
+        &lm,
+        Box::new(AdaKv::new(7, 2, 5, 0.2).unwrap()),
+        &toks,
+        17,
+        4,
+    );
+    let l = lens(&kept);
+    assert_eq!((l[0] + l[1], l[2] + l[3]), (14, 14));
+    assert!(
+        l.iter().all(|&n| n >= 2),
+        "the window and the safeguard stay: {l:?}"
+    );
+    let policy = ExpectedAttention::new(7, 2, 6).unwrap();
+    let kept = matches_dense_reference(&lm, Box::new(policy), &toks, 17, 4);
+    assert_eq!(lens(&kept), [7, 7, 7, 7]);
+    assert!(
+        kept.iter().all(|h| h.starts_with(&[0, 1])),
+        "the sinks stay"
+    );
+}
+
 /// Drops, per head, the tokens at positions `p % (head + layer + 2) == 1` once they are
 /// no longer the newest: heads end with different numbers of tokens.
 struct Thinning;
@@ -629,7 +676,19 @@ fn kv_bytes_shrink_with_the_budget() {
     assert_eq!(full.peak_kv_bytes, 40 * row);
     assert_eq!(full.mean_retained_fraction, 1.0);
     assert_eq!(full.retained_fraction, 1.0);
-    for name in ["window", "streaming-llm", "h2o", "l2", "tova"] {
+    for name in [
+        "window",
+        "streaming-llm",
+        "h2o",
+        "l2",
+        "tova",
+        "random",
+        "snapkv",
+        "pyramidkv",
+        "adakv",
+        "expected-attention",
+    ] {
+        // adakv's heads hold different numbers of tokens, 8 on average: the same bytes.
         let st = run(name, Some(8));
         assert_eq!(st.kv_bytes, 8 * row, "{name}");
         // One layer holds a chunk of 10 beside its 8 before evicting; the other 8.
@@ -847,6 +906,11 @@ fn registry_builds_by_name_and_explains_refusals() {
             "h2o",
             "l2",
             "tova",
+            "random",
+            "snapkv",
+            "pyramidkv",
+            "adakv",
+            "expected-attention",
             "namm"
         ]
     );
@@ -866,6 +930,17 @@ fn registry_builds_by_name_and_explains_refusals() {
         ("h2o", "h2o:budget=16,recent=8"),
         ("l2", "l2:budget=16"),
         ("tova", "tova:budget=16"),
+        ("random", "random:budget=16,seed=0"),
+        ("snapkv", "snapkv:budget=16,window=64,kernel=5"),
+        (
+            "pyramidkv",
+            "pyramidkv:budget=16,window=64,kernel=5,beta=20",
+        ),
+        ("adakv", "adakv:budget=16,window=64,kernel=5,alpha=0.2"),
+        (
+            "expected-attention",
+            "expected-attention:budget=16,sinks=4,window=64",
+        ),
     ] {
         assert_eq!(build_policy(name, Some(16)).unwrap().describe(), want);
         let err = build_policy(name, None).err().unwrap().to_string();
@@ -877,9 +952,9 @@ fn registry_builds_by_name_and_explains_refusals() {
     };
     assert!(err(build_policy("full", Some(4))).contains("no budget"));
     assert!(err(build_policy("namm", Some(4))).contains("needs parameters"));
-    let unknown = err(build_policy("snapkv", Some(4)));
+    let unknown = err(build_policy("snap-kv", Some(4)));
     assert!(
-        unknown.contains("snapkv") && unknown.contains("streaming-llm, h2o"),
+        unknown.contains("snap-kv") && unknown.contains("streaming-llm, h2o"),
         "{unknown}"
     );
     assert!(err(build_policy("window", Some(0))).contains("at least 1"));

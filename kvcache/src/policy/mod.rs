@@ -13,16 +13,26 @@ use tch::Tensor;
 
 use xarena_variants::VariantError;
 
+pub mod adakv;
+pub mod expected_attention;
 pub mod full;
 pub mod h2o;
 pub mod l2;
+pub mod pyramidkv;
+pub mod random;
+pub mod snapkv;
 pub mod streaming_llm;
 pub mod tova;
 pub mod window;
 
+pub use adakv::AdaKv;
+pub use expected_attention::ExpectedAttention;
 pub use full::Full;
 pub use h2o::H2o;
 pub use l2::L2Norm;
+pub use pyramidkv::PyramidKv;
+pub use random::Random;
+pub use snapkv::SnapKv;
 pub use streaming_llm::StreamingLlm;
 pub use tova::{Tova, TovaScope};
 pub use window::Window;
@@ -47,8 +57,9 @@ pub struct Observation<'a> {
 }
 
 /// A KV-cache eviction policy (`full`, `window`, `streaming-llm`, `h2o`, `l2`, `tova`,
-/// `namm`). Work per layer and head; a policy must compact its own per-token state with
-/// the same indices it returns.
+/// `random`, `snapkv`, `pyramidkv`, `adakv`, `expected-attention`, `namm`). Work per
+/// layer and head; a policy must compact its own per-token state with the same indices
+/// it returns.
 pub trait CachePolicy {
     /// The policy's name with its settings, as reports show it (`h2o:budget=128`).
     fn describe(&self) -> String;
@@ -90,6 +101,11 @@ pub const POLICIES: &[PolicyInfo] = &[
     h2o::INFO,
     l2::INFO,
     tova::INFO,
+    random::INFO,
+    snapkv::INFO,
+    pyramidkv::INFO,
+    adakv::INFO,
+    expected_attention::INFO,
     namm::INFO,
 ];
 
