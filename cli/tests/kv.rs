@@ -828,3 +828,71 @@ fn kv_convert_refuses_bad_input_by_name_and_kv_logits_writes_the_forward() {
     assert!(e.contains("999999"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
+    let dir = hf_dir();
+    let (chunked, kvpress) = (tmp("kv-proto-chunked"), tmp("kv-proto-kvpress"));
+    for (out, protocol) in [(&chunked, "chunked"), (&kvpress, "kvpress")] {
+        ok(&[
+            "kv",
+            "bench",
+            "--model",
+            s(&dir),
+            "--policies",
+            "full,streaming-llm",
+            "--ratios",
+            "0.5",
+            "--contexts",
+            "40",
+            "--tasks",
+            "mqar",
+            "--examples",
+            "2",
+            "--threads",
+            "1",
+            "--protocol",
+            protocol,
+            "--out",
+            s(out),
+        ]);
+    }
+    // Chunked records are as before (no field); kvpress ones say so.
+    assert!(records(&chunked).iter().all(|r| r.protocol.is_none()));
+    let rs = records(&kvpress);
+    assert!(rs.iter().all(|r| r.protocol.as_deref() == Some("kvpress")));
+    // The cache grows while decoding: at the end it holds more than the budget.
+    let s_llm = rs.iter().find(|r| r.policy == "streaming-llm").unwrap();
+    let budget = s_llm.budget.unwrap() as f64 / s_llm.context as f64;
+    assert!(s_llm.final_retained_fraction > budget, "{s_llm:?}");
+    // One report of both: two tables, the protocols apart.
+    let md = ok(&["kv", "report", s(&chunked), s(&kvpress), "--format", "md"]);
+    assert!(md.contains("(kvpress protocol), context 40 tokens"), "{md}");
+    assert_eq!(md.matches("context 40 tokens").count(), 2, "{md}");
+    // A resume under the other protocol is refused.
+    let e = fails(&[
+        "kv",
+        "bench",
+        "--model",
+        s(&dir),
+        "--policies",
+        "full,streaming-llm",
+        "--ratios",
+        "0.5",
+        "--contexts",
+        "40",
+        "--tasks",
+        "mqar",
+        "--examples",
+        "2",
+        "--protocol",
+        "chunked",
+        "--resume",
+        "--out",
+        s(&kvpress),
+    ]);
+    assert!(e.contains("--resume"), "{e}");
+    for d in [&chunked, &kvpress] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

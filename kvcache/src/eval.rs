@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use crate::{CachePolicy, DecoderLm, Session, SessionStats};
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use xarena_datasets::lm_tasks::LmExample;
 
@@ -31,6 +32,28 @@ fn argmax(logits: &Tensor) -> u32 {
     logits.argmax(-1, false).int64_value(&[]) as u32
 }
 
+/// How a prompt meets the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The prompt in chunks, the policy after each chunk and each decoded token, so the
+    /// cache stays within its budget the whole time (the NAMM paper's setting).
+    #[default]
+    Chunked,
+    /// kvpress's: the whole prompt in one call, the policy once after it, then decoding
+    /// with the cache growing and no further eviction.
+    Kvpress,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Chunked => "chunked",
+            Protocol::Kvpress => "kvpress",
+        })
+    }
+}
+
 /// Decodes `ex` with `policy` (reset first), prefilling `chunk` tokens per call; gives
 /// the policy back for the next example.
 pub fn decode(
@@ -39,10 +62,28 @@ pub fn decode(
     ex: &LmExample,
     chunk: usize,
 ) -> (Decoded, Box<dyn CachePolicy>) {
+    decode_under(lm, policy, ex, chunk, Protocol::Chunked)
+}
+
+/// As [`decode`], under `protocol` (`chunk` is used by [`Protocol::Chunked`] only).
+pub fn decode_under(
+    lm: &DecoderLm,
+    policy: Box<dyn CachePolicy>,
+    ex: &LmExample,
+    chunk: usize,
+    protocol: Protocol,
+) -> (Decoded, Box<dyn CachePolicy>) {
     let prompt: Vec<i64> = ex.prompt.iter().map(|&t| i64::from(t)).collect();
     let mut session = Session::new(lm, policy);
+    let chunk = match protocol {
+        Protocol::Chunked => chunk,
+        Protocol::Kvpress => prompt.len(),
+    };
     let t = Instant::now();
     let mut logits = session.prefill(&prompt, chunk);
+    if protocol == Protocol::Kvpress {
+        session.set_evicting(false);
+    }
     let prefill_seconds = t.elapsed().as_secs_f64();
     let after_prefill = session.stats();
     let t = Instant::now();
@@ -118,13 +159,24 @@ impl Totals {
 /// Decodes every example with one policy (reset per example) and adds them up.
 pub fn decode_all(
     lm: &DecoderLm,
-    mut policy: Box<dyn CachePolicy>,
+    policy: Box<dyn CachePolicy>,
     examples: &[LmExample],
     chunk: usize,
 ) -> (Totals, Box<dyn CachePolicy>) {
+    decode_all_under(lm, policy, examples, chunk, Protocol::Chunked)
+}
+
+/// As [`decode_all`], under `protocol`.
+pub fn decode_all_under(
+    lm: &DecoderLm,
+    mut policy: Box<dyn CachePolicy>,
+    examples: &[LmExample],
+    chunk: usize,
+    protocol: Protocol,
+) -> (Totals, Box<dyn CachePolicy>) {
     let mut totals = Totals::default();
     for ex in examples {
-        let (d, p) = decode(lm, policy, ex, chunk);
+        let (d, p) = decode_under(lm, policy, ex, chunk, protocol);
         policy = p;
         totals.add(&d);
     }

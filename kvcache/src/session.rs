@@ -46,6 +46,9 @@ pub struct Session<'a> {
     /// Running bytes of the whole cache, updated as layers append and evict.
     bytes_now: u64,
     precise_timing: bool,
+    /// Whether the policy is asked after each call; off, the cache only grows (kvpress's
+    /// protocol decodes so after compressing the prefill once).
+    evicting: bool,
 }
 
 impl<'a> Session<'a> {
@@ -60,6 +63,7 @@ impl<'a> Session<'a> {
             retained_sum: 0.0,
             bytes_now: 0,
             precise_timing: lm.device().is_cuda(),
+            evicting: true,
         };
         s.reset();
         s
@@ -92,6 +96,11 @@ impl<'a> Session<'a> {
     /// charged to the forward pass (or the other way round). On by default on CUDA.
     pub fn set_precise_timing(&mut self, on: bool) {
         self.precise_timing = on;
+    }
+
+    /// Asks the policy after each call (the default) or not: then calls only append.
+    pub fn set_evicting(&mut self, on: bool) {
+        self.evicting = on;
     }
 
     /// Processes `tokens` (appended to whatever the session holds) in calls of `chunk`
@@ -226,6 +235,9 @@ impl<'a> Session<'a> {
                 x = &x + layer.output(&att.unsqueeze(0));
                 x = &x + layer.mlp(&rms_norm(&x, &layer.post_norm, eps));
 
+                if !self.evicting {
+                    continue;
+                }
                 Self::sync(self.precise_timing, device);
                 let t = Instant::now();
                 let keys = cache.keys();

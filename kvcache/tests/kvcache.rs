@@ -1312,3 +1312,100 @@ fn checkpoint_errors_name_what_is_missing() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// kvpress's protocol: the whole prompt in one call and one compression, then decoding
+/// with the cache growing. The positions kept are kvpress's: StreamingLLMPress (the first
+/// 4 and the newest), TOVAPress (the newest, then the last query's attention averaged over
+/// every query head, the newest itself left out) and KnormPress (the lowest key norms),
+/// except that `l2` always keeps the newest token, which KnormPress may drop.
+#[test]
+fn the_kvpress_protocol_compresses_once_then_the_cache_grows() {
+    use xarena_datasets::lm_tasks::LmExample;
+    use xarena_kvcache::eval::{decode_under, Protocol};
+    let cfg = gqa();
+    let (_vs, lm) = model(&cfg, 21);
+    let n = 24usize;
+    let budget = 9usize;
+    let toks = tokens(n, cfg.vocab_size, 22);
+    type Expect = Box<dyn Fn(&Observation) -> Vec<Vec<i64>>>;
+    let streaming: Expect = Box::new(move |obs| {
+        let want: Vec<i64> = (0..4).chain((n - (budget - 4)) as i64..n as i64).collect();
+        vec![want; obs.positions.len()]
+    });
+    let tova: Expect = Box::new(move |obs| {
+        // The last query's attention to every earlier token, mean over all query heads
+        // (the group averages weigh equal groups equally).
+        let heads = obs.attention.len();
+        let last: Vec<Vec<f64>> = obs
+            .attention
+            .iter()
+            .map(|a| floats(&a.get(a.size()[0] - 1)))
+            .collect();
+        let mut order: Vec<usize> = (0..n - 1).collect();
+        let score = |j: usize| last.iter().map(|r| r[j]).sum::<f64>() / heads as f64;
+        order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+        let mut want: Vec<i64> = order[..budget - 1].iter().map(|&j| j as i64).collect();
+        want.push(n as i64 - 1);
+        want.sort();
+        vec![want; heads]
+    });
+    let knorm: Expect = Box::new(move |obs| {
+        obs.keys
+            .iter()
+            .map(|k| {
+                let norms = floats(&k.to_kind(Kind::Double).norm_scalaropt_dim(2, [1], false));
+                let mut order: Vec<usize> = (0..n - 1).collect();
+                order.sort_by(|&a, &b| norms[a].total_cmp(&norms[b]));
+                let mut want: Vec<i64> = order[..budget - 1].iter().map(|&j| j as i64).collect();
+                want.push(n as i64 - 1);
+                want.sort();
+                want
+            })
+            .collect()
+    });
+    let answer = 5usize;
+    let example = LmExample {
+        prompt: toks.iter().map(|&t| t as u32).collect(),
+        answer: vec![1; answer],
+        given: vec![true; answer],
+    };
+    for (name, policy, expect) in [
+        (
+            "streaming-llm",
+            Box::new(StreamingLlm::new(budget, 4).unwrap()) as Box<dyn CachePolicy>,
+            streaming,
+        ),
+        (
+            "tova",
+            Box::new(Tova::new(budget, TovaScope::Layer).unwrap()),
+            tova,
+        ),
+        ("l2", Box::new(L2Norm::new(budget).unwrap()), knorm),
+    ] {
+        let calls = Rc::new(RefCell::new(0usize));
+        let seen = calls.clone();
+        let (policy, kept) = checked(policy, move |obs, keep| {
+            *seen.borrow_mut() += 1;
+            // One observation of the whole prompt.
+            assert_eq!(obs.now, n as i64 - 1, "{name}");
+            let got: Vec<Vec<i64>> = keep
+                .iter()
+                .zip(obs.positions)
+                .map(|(k, p)| ints(&p.index_select(0, k.as_ref().unwrap())))
+                .collect();
+            assert_eq!(got, expect(obs), "{name} layer {}", obs.layer);
+        });
+        let (decoded, _) = decode_under(&lm, policy, &example, 4, Protocol::Kvpress);
+        // Once per layer, after the prefill; never while decoding.
+        assert_eq!(*calls.borrow(), cfg.num_hidden_layers as usize, "{name}");
+        assert_eq!(kept.borrow().len(), 1, "{name}");
+        // The cache grew by the decoded tokens: budget + answer per KV head at the end.
+        let tokens_seen = (n + answer) as f64;
+        let want = (budget + answer) as f64 / tokens_seen;
+        assert!(
+            (decoded.stats.retained_fraction - want).abs() < 1e-9,
+            "{name}: retained {} after decoding, want {want}",
+            decoded.stats.retained_fraction
+        );
+    }
+}

@@ -89,13 +89,13 @@ fn namm_source(namm: &str, hash_too: bool) -> String {
 pub fn kv_groups(records: &[KvRecord], order: &[&str]) -> Vec<KvGroup> {
     type CaseKey = (String, usize, String, Option<String>);
     let mut cases: BTreeMap<CaseKey, &KvRecord> = BTreeMap::new();
+    // Another protocol is another setting: its cases get a table of their own.
+    let model = |r: &KvRecord| match &r.protocol {
+        Some(p) => format!("{} ({p} protocol)", r.model),
+        None => r.model.clone(),
+    };
     for r in records {
-        let key = (
-            r.model.clone(),
-            r.context,
-            r.case_id.clone(),
-            r.namm.clone(),
-        );
+        let key = (model(r), r.context, r.case_id.clone(), r.namm.clone());
         cases.insert(key, r);
     }
     let mut groups: BTreeMap<(String, usize), Vec<&KvRecord>> = BTreeMap::new();

@@ -40,6 +40,10 @@ pub struct KvRecord {
     pub seed: u64,
     /// Prompt tokens per prefill call (the policy acts after each).
     pub chunk: usize,
+    /// `kvpress` when the whole prompt was prefilled at once, the policy applied once and
+    /// the cache then grew while decoding; absent for the chunked protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// Fraction of the scored answer tokens right, greedy decoding, mean over examples.
     pub score: f64,
     /// The full cache's score on the same prompts.

@@ -27,7 +27,7 @@ use xarena_reports::kv::{read_kv, KvRecord, KV_FILE, KV_SCHEMA_VERSION};
 use super::evolve::EvolvedNamm;
 use super::model_dir::{load_model, LoadedModel};
 use super::{check_new_dir, read_json, write_json_atomic};
-use crate::eval::{decode_all, Totals};
+use crate::eval::{decode_all_under, Protocol, Totals};
 use xarena_measure::env;
 use xarena_schema::lock::DirLock;
 
@@ -45,6 +45,8 @@ pub struct BenchArgs {
     pub tasks: Vec<LmTask>,
     pub examples: usize,
     pub chunk: usize,
+    /// How prompts meet the policy (chunked, or kvpress's compress-once).
+    pub protocol: Protocol,
     pub seed: u64,
     pub out: PathBuf,
     pub resume: bool,
@@ -67,6 +69,7 @@ impl Default for BenchArgs {
             tasks: vec![LmTask::Passkey, LmTask::Recall, LmTask::Mqar],
             examples: 20,
             chunk: 32,
+            protocol: Protocol::Chunked,
             seed: 0,
             out: PathBuf::new(),
             resume: false,
@@ -85,6 +88,9 @@ pub struct RunSetup {
     pub task_config: LmTaskConfig,
     pub examples: usize,
     pub chunk: usize,
+    /// Absent in runs made before it existed: chunked.
+    #[serde(default)]
+    pub protocol: Protocol,
     pub seed: u64,
 }
 
@@ -275,6 +281,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         task_config: task_config.clone(),
         examples: args.examples,
         chunk: args.chunk,
+        protocol: args.protocol,
         seed: args.seed,
     };
     let records_path = args.out.join(KV_FILE);
@@ -350,7 +357,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
             (p, _) => build_policy(p, case.budget)?,
         };
         let label = policy.describe();
-        let (totals, _) = decode_all(&model.lm, policy, xs, args.chunk);
+        let (totals, _) = decode_all_under(&model.lm, policy, xs, args.chunk, args.protocol);
         let full_score = if case.policy == "full" {
             totals.score()
         } else {
@@ -414,6 +421,7 @@ fn make_record(
         examples: t.examples as usize,
         seed: args.seed,
         chunk: args.chunk,
+        protocol: (args.protocol != Protocol::Chunked).then(|| args.protocol.to_string()),
         score: t.score(),
         full_score,
         normalized_score: (full_score > 0.0).then(|| t.score() / full_score),

@@ -14,6 +14,7 @@ use xarena_reports::table::{Format, Style};
 use super::bench::{bench_command, BenchArgs};
 use super::evolve::{evolve_command, EvolveArgs};
 use super::train::{train_command, KvTrainArgs};
+use crate::eval::Protocol;
 use xarena_measure::device::{normalise_device, tch_device};
 
 #[derive(Subcommand)]
@@ -235,6 +236,11 @@ pub struct KvBenchCli {
     /// Prompt tokens per prefill call (the policy acts after each).
     #[arg(long, default_value_t = 32)]
     chunk: usize,
+    /// chunked: the policy after every prompt chunk and decoded token (the cache held
+    /// within its budget throughout); kvpress: the whole prompt at once, compressed once,
+    /// then decoding with the cache growing (kvpress's protocol; --chunk unused).
+    #[arg(long, value_enum, default_value_t = Protocol::Chunked)]
+    protocol: Protocol,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The results directory (new or empty, unless --resume).
@@ -454,6 +460,7 @@ fn cmd_bench(a: KvBenchCli) -> Result<()> {
         tasks: dedup(a.tasks),
         examples: a.examples,
         chunk: a.chunk,
+        protocol: a.protocol,
         seed: a.seed,
         out: a.out.clone(),
         resume: a.resume,
