@@ -30,7 +30,7 @@ pub struct KvRecord {
     /// Fraction of the context removed (kvpress's compression ratio); `None` for `full`
     /// and `namm`, which take no budget.
     pub ratio: Option<f64>,
-    /// Tokens kept per KV head: `(1 - ratio) x context`, rounded.
+    /// Tokens kept per KV head: kvpress's `int((1 - ratio) x context)`.
     pub budget: Option<usize>,
     /// Prompt tokens.
     pub context: usize,

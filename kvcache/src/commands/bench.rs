@@ -116,9 +116,10 @@ impl KvCase {
     }
 }
 
-/// Tokens per KV head a ratio leaves of a context (at least one).
+/// Tokens per KV head a ratio leaves of a context: kvpress's `int((1 - ratio) * n)`, the
+/// same floating-point product truncated (at least one).
 pub fn budget(ratio: f64, context: usize) -> usize {
-    (((1.0 - ratio) * context as f64).round() as usize).max(1)
+    (((1.0 - ratio) * context as f64).floor() as usize).max(1)
 }
 
 impl BenchArgs {
