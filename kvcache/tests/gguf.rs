@@ -14,6 +14,9 @@ use xarena_kvcache::model::gguf::{
 };
 use xarena_kvcache::{load_checkpoint, DecoderLm, LmConfig};
 
+mod common;
+use common::gguf_writer::{gguf_bytes, RawTensor};
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xarena-gguf-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -92,105 +95,6 @@ fn dequantize_refuses_partial_blocks_and_other_types_by_name() {
     let e = dequantize(GgmlType(12), &[0u8; 144]).unwrap_err();
     assert!(e.contains("Q4_K"), "{e}");
     assert_eq!(GgmlType(99).to_string(), "type 99");
-}
-
-// ---------------------------------------------------------------------------------------
-// A GGUF writer, written from the format's description (independent of the reader).
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend((s.len() as u64).to_le_bytes());
-    buf.extend(s.as_bytes());
-}
-
-fn tag(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
-fn put_value(buf: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => buf.push(*x),
-        GgufValue::I8(x) => buf.push(*x as u8),
-        GgufValue::U16(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::I16(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::U32(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::I32(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::F32(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::Bool(x) => buf.push(u8::from(*x)),
-        GgufValue::String(s) => put_str(buf, s),
-        GgufValue::Array(a) => {
-            buf.extend(a.first().map_or(4, tag).to_le_bytes());
-            buf.extend((a.len() as u64).to_le_bytes());
-            for x in a {
-                put_value(buf, x);
-            }
-        }
-        GgufValue::U64(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::I64(x) => buf.extend(x.to_le_bytes()),
-        GgufValue::F64(x) => buf.extend(x.to_le_bytes()),
-    }
-}
-
-struct RawTensor {
-    name: String,
-    /// ggml order, fastest first.
-    dims: Vec<u64>,
-    ty: u32,
-    data: Vec<u8>,
-}
-
-fn gguf_bytes(
-    version: u32,
-    meta: &[(&str, GgufValue)],
-    tensors: &[RawTensor],
-    alignment: u64,
-) -> Vec<u8> {
-    let mut buf = b"GGUF".to_vec();
-    buf.extend(version.to_le_bytes());
-    buf.extend((tensors.len() as u64).to_le_bytes());
-    buf.extend((meta.len() as u64).to_le_bytes());
-    for (k, v) in meta {
-        put_str(&mut buf, k);
-        buf.extend(tag(v).to_le_bytes());
-        put_value(&mut buf, v);
-    }
-    let mut offset = 0u64;
-    let mut offsets = Vec::new();
-    for t in tensors {
-        put_str(&mut buf, &t.name);
-        buf.extend((t.dims.len() as u32).to_le_bytes());
-        for d in &t.dims {
-            buf.extend(d.to_le_bytes());
-        }
-        buf.extend(t.ty.to_le_bytes());
-        buf.extend(offset.to_le_bytes());
-        offsets.push(offset);
-        offset = (offset + t.data.len() as u64).div_ceil(alignment) * alignment;
-    }
-    let pad = |buf: &mut Vec<u8>| {
-        while !(buf.len() as u64).is_multiple_of(alignment) {
-            buf.push(0);
-        }
-    };
-    pad(&mut buf);
-    for t in tensors {
-        buf.extend(&t.data);
-        pad(&mut buf);
-    }
-    buf
 }
 
 // ---------------------------------------------------------------------------------------
@@ -548,6 +452,7 @@ fn tiny_llama(tied: bool) -> (Vec<(&'static str, GgufValue)>, Vec<Weight>) {
         ),
         ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
         ("tokenizer.ggml.tokens", GgufValue::Array(tokens)),
+        ("tokenizer.ggml.merges", GgufValue::Array(vec![])),
     ];
     (meta, weights)
 }
@@ -733,6 +638,10 @@ fn converted_tiny_llama_loads_with_load_checkpoint_and_runs() {
         let out = dir.join("hf");
         let cfg = convert(&gguf, &out).unwrap();
         assert_eq!(cfg, expected_config(tied));
+        // The tokenizer beside the weights (tests/tokenizer.rs checks what it does).
+        let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        assert_eq!(tok.token_to_id("tok5"), Some(5));
+        assert!(out.join("tokenizer_config.json").is_file());
         let (_vs, lm, loaded) = load_checkpoint(&out, Device::Cpu).unwrap();
         assert_eq!(loaded, expected_config(tied));
 

@@ -31,12 +31,17 @@ pub enum KvCommand {
     /// with --out, report.md and SVG plots of score vs cache kept.
     Report(KvReportCli),
     /// Convert a Llama GGUF file (F32, F16, Q8_0, Q4_1 tensors) to a Hugging Face-layout
-    /// checkpoint: OUT/config.json and OUT/model.safetensors in f32.
+    /// checkpoint: OUT/config.json and OUT/model.safetensors in f32, with OUT/tokenizer.json
+    /// and OUT/tokenizer_config.json when the file has a byte-level BPE tokenizer.
     Convert(KvConvertCli),
     /// The uncached logits of a checkpoint on given token ids, as a safetensors file
     /// (`logits`, [n, vocab] f32): for comparisons/smollm2_logits.py.
     #[command(hide = true)]
     Logits(KvLogitsCli),
+    /// Token ids of strings read as JSON lines on stdin, one JSON array per line on stdout:
+    /// for comparisons/smollm2_tokenizer.py.
+    #[command(hide = true)]
+    Tokenize(KvTokenizeCli),
 }
 
 /// Repeats kept once, in order.
@@ -278,6 +283,12 @@ pub struct KvConvertCli {
 }
 
 #[derive(Args)]
+pub struct KvTokenizeCli {
+    /// A .gguf file (its tokenizer built from the metadata) or a tokenizer.json.
+    tokenizer: PathBuf,
+}
+
+#[derive(Args)]
 pub struct KvLogitsCli {
     /// The checkpoint directory (config.json + safetensors).
     #[arg(long)]
@@ -301,7 +312,33 @@ pub fn run(cmd: KvCommand) -> Result<()> {
         KvCommand::Report(a) => cmd_report(a),
         KvCommand::Convert(a) => cmd_convert(a),
         KvCommand::Logits(a) => cmd_logits(a),
+        KvCommand::Tokenize(a) => cmd_tokenize(a),
     }
+}
+
+fn cmd_tokenize(a: KvTokenizeCli) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let tokenizer = if a.tokenizer.extension().is_some_and(|e| e == "gguf") {
+        let file = crate::model::gguf::GgufFile::read(&a.tokenizer)?;
+        crate::model::tokenizer::tokenizer_from_gguf(&file)?
+    } else {
+        tokenizers::Tokenizer::from_file(&a.tokenizer)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", a.tokenizer.display()))?
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        let text: String = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {}: not a JSON string", i + 1))?;
+        let encoding = tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| anyhow::anyhow!("stdin line {}: {e}", i + 1))?;
+        serde_json::to_writer(&mut out, encoding.get_ids())?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn cmd_logits(a: KvLogitsCli) -> Result<()> {

@@ -713,7 +713,8 @@ impl GgufFile {
 }
 
 /// `xarena kv convert`: the Llama GGUF at `gguf` as `out/config.json` and
-/// `out/model.safetensors` (f32), `out` new or empty. Written into a temporary sibling
+/// `out/model.safetensors` (f32), with `out/tokenizer.json` and `out/tokenizer_config.json`
+/// when the file describes a tokenizer ([`super::tokenizer`]), `out` new or empty. Written into a temporary sibling
 /// and renamed into place, so that `out` never holds half a checkpoint.
 pub fn convert(gguf: impl AsRef<Path>, out: impl AsRef<Path>) -> anyhow::Result<LmConfig> {
     use anyhow::Context;
@@ -721,6 +722,7 @@ pub fn convert(gguf: impl AsRef<Path>, out: impl AsRef<Path>) -> anyhow::Result<
     crate::commands::check_new_dir(out, "OUT", "")?;
     let file = GgufFile::read(gguf)?;
     let (vs, _lm, cfg) = file.llama_checkpoint()?;
+    let tokenizer = super::tokenizer::TokenizerFiles::from_gguf(&file)?;
     drop(file);
     let name = out
         .file_name()
@@ -736,6 +738,9 @@ pub fn convert(gguf: impl AsRef<Path>, out: impl AsRef<Path>) -> anyhow::Result<
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> anyhow::Result<()> {
         save_checkpoint(&tmp, &vs, &cfg)?;
+        if let Some(tokenizer) = &tokenizer {
+            tokenizer.write(&tmp)?;
+        }
         crate::commands::check_new_dir(out, "OUT", "")?;
         let _held = xarena_schema::lock::DirLock::take_over_empty(out, "OUT")?;
         if out.exists() {
