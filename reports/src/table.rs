@@ -28,6 +28,26 @@ pub enum Format {
     Json,
 }
 
+/// What every report command takes: the results, what to print, or a directory to
+/// write the report's files into (`report` and `kv report`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportTarget {
+    /// Run directories or results files.
+    #[arg(required = true)]
+    pub results: Vec<std::path::PathBuf>,
+    /// What to print (without --out).
+    #[arg(long, value_enum, default_value_t = Format::Terminal)]
+    pub format: Format,
+    /// Write the report's files (Markdown and the SVG plots; for `report` also HTML, CSV
+    /// and JSON) into this directory (created; a non-empty one is refused unless --force).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// With --out: write into a non-empty directory, replacing the report's own files
+    /// (nothing else there is touched).
+    #[arg(long, requires = "out")]
+    pub force: bool,
+}
+
 impl Format {
     /// The text style of `terminal` and `md`; `None` for the others.
     pub fn style(self) -> Option<Style> {

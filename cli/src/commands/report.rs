@@ -1,29 +1,12 @@
 //! `xarena report`: the report of results in every format, or all of them written into a
 //! directory with the plots.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
-use clap::Args;
-use xarena_reports::table::{Format, Style};
+use xarena_reports::table::{Format, ReportTarget, Style};
 use xarena_reports::Report;
 
-#[derive(Args)]
-pub struct ReportArgs {
-    #[arg(required = true)]
-    results: Vec<PathBuf>,
-    /// What to print (without --out).
-    #[arg(long, value_enum, default_value_t = Format::Terminal)]
-    format: Format,
-    /// Write report.md, report.html, report.csv, report.json and the SVG plots into
-    /// this directory (created; a non-empty one is refused unless --force).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// With --out: write into a non-empty directory, replacing the report's own files
-    /// (nothing else there is touched).
-    #[arg(long, requires = "out")]
-    force: bool,
-}
+/// `xarena report`'s arguments: the shared report target.
+pub type ReportArgs = ReportTarget;
 
 pub fn run(args: ReportArgs) -> Result<()> {
     let report = Report::load(&args.results)?;

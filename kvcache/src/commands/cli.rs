@@ -258,21 +258,9 @@ pub struct KvBenchCli {
     device: DeviceArgs,
 }
 
-#[derive(Args)]
-pub struct KvReportCli {
-    /// kv bench directories or their kv.jsonl files.
-    #[arg(required = true)]
-    results: Vec<PathBuf>,
-    /// terminal, md or json.
-    #[arg(long, value_enum, default_value_t = Format::Terminal)]
-    format: Format,
-    /// Also write report.md and the SVG plots into this directory (created; a non-empty
-    /// one is refused unless --force, which replaces only those files).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    #[arg(long, requires = "out")]
-    force: bool,
-}
+/// `kv report`'s arguments (kv bench directories or their kv.jsonl files; terminal, md
+/// or json; --out writes report.md and the frontier plots).
+pub type KvReportCli = xarena_reports::table::ReportTarget;
 
 #[derive(Args)]
 pub struct KvConvertCli {
