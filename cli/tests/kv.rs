@@ -14,9 +14,9 @@ use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
 use xarena_kvcache::commands::evolve::{
     draw_prompts, read_state, EvolvedNamm, PromptSampling, StageStart,
 };
-use xarena_kvcache::policy::namm::Selection;
 use xarena_kvcache::commands::model_dir::load_model;
 use xarena_kvcache::model::llama::write_safetensors;
+use xarena_kvcache::policy::namm::Selection;
 use xarena_reports::kv::{read_kv, KvRecord};
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -259,7 +259,11 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
     // The defaults are the reference's, and recorded: the second stage continued the
     // first's CMA-ES (4 generations in one state), prompts drawn anew every generation
     // (seed 3 + the generation), the full cache scored on each generation's prompts.
-    assert_eq!(state.cmaes.generation(), 4, "one CMA-ES through both stages");
+    assert_eq!(
+        state.cmaes.generation(),
+        4,
+        "one CMA-ES through both stages"
+    );
     assert_eq!(state.setup.stage_start, StageStart::Continue);
     assert_eq!(state.setup.prompts, PromptSampling::Resample);
     assert_eq!(state.setup.namm.selection, Selection::SharedCount);
@@ -359,7 +363,10 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
     assert!(state.history.iter().all(|h| h.prompt_seed.is_none()));
     let namm = EvolvedNamm::read(&old).unwrap();
     assert_eq!(namm.config.selection, Selection::PerHead);
-    assert_eq!(namm.policy().unwrap().config().selection, Selection::PerHead);
+    assert_eq!(
+        namm.policy().unwrap().config().selection,
+        Selection::PerHead
+    );
     std::fs::remove_dir_all(&old).unwrap();
 }
 
@@ -958,5 +965,27 @@ fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
     assert!(e.contains("--resume"), "{e}");
     for d in [&chunked, &kvpress] {
         std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn namm_files_from_before_the_selection_setting_read_as_evolved() {
+    // docs/results/kv-cpu's NAMMs (schema 1) were evolved per head, restarting the
+    // CMA-ES at each stage, on fixed prompts: they are read as such.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/results/kv-cpu");
+    for dir in ["namm", "namm-paper"] {
+        let n = EvolvedNamm::read(&docs.join(dir)).unwrap();
+        assert_eq!(n.schema, 1);
+        assert_eq!(
+            (n.config.selection, n.stage_start, n.prompts),
+            (
+                Selection::PerHead,
+                StageStart::Restart,
+                PromptSampling::Fixed
+            ),
+            "{dir}"
+        );
+        let p = n.policy().unwrap();
+        assert!(xarena_kvcache::CachePolicy::describe(&p).ends_with(",selection=per-head"));
     }
 }

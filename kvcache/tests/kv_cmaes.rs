@@ -254,7 +254,9 @@ fn a_stage_continues_the_state_or_restarts_at_the_mean() {
         .collect();
     assert_ne!(es.covariance(), identity.as_slice(), "the covariance moved");
     for path in ["p_sigma", "p_c"] {
-        let p = v[path].as_array().unwrap_or_else(|| panic!("{path} in {v}"));
+        let p = v[path]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} in {v}"));
         assert!(p.iter().any(|x| x.as_f64().unwrap() != 0.0), "{path} moved");
     }
 

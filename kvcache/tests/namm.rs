@@ -607,7 +607,10 @@ fn shared_count_keeps_as_many_as_the_head_that_evicts_least() {
     ]);
     // d = 2: every head drops its 2 lowest and keeps 4 (the first head's count), in
     // order, some below zero.
-    let kept: Vec<_> = select(&scores, Selection::SharedCount).iter().map(idx).collect();
+    let kept: Vec<_> = select(&scores, Selection::SharedCount)
+        .iter()
+        .map(idx)
+        .collect();
     assert_eq!(
         kept,
         vec![
@@ -617,16 +620,25 @@ fn shared_count_keeps_as_many_as_the_head_that_evicts_least() {
         ]
     );
     // Per head: each keeps exactly its scores >= 0 (today's behaviour, unchanged).
-    let kept: Vec<_> = select(&scores, Selection::PerHead).iter().map(idx).collect();
+    let kept: Vec<_> = select(&scores, Selection::PerHead)
+        .iter()
+        .map(idx)
+        .collect();
     assert_eq!(
         kept,
         vec![Some(vec![1, 3, 4, 5]), Some(vec![3, 5]), Some(vec![0, 5])]
     );
     // One head with nothing below zero: nobody evicts under the shared count.
     let scores = heads(&[&[1.0, 0.0, inf], &[-1.0, -1.0, inf]]);
-    let kept: Vec<_> = select(&scores, Selection::SharedCount).iter().map(idx).collect();
+    let kept: Vec<_> = select(&scores, Selection::SharedCount)
+        .iter()
+        .map(idx)
+        .collect();
     assert_eq!(kept, vec![None, None]);
-    let kept: Vec<_> = select(&scores, Selection::PerHead).iter().map(idx).collect();
+    let kept: Vec<_> = select(&scores, Selection::PerHead)
+        .iter()
+        .map(idx)
+        .collect();
     assert_eq!(kept, vec![None, Some(vec![2])]);
     // Ties at the cut keep the later token; an empty head stays empty.
     let scores = vec![
@@ -634,7 +646,10 @@ fn shared_count_keeps_as_many_as_the_head_that_evicts_least() {
         Some(Tensor::from_slice(&[-2.0f32, 1.0, 1.0, inf])),
         None,
     ];
-    let kept: Vec<_> = select(&scores, Selection::SharedCount).iter().map(idx).collect();
+    let kept: Vec<_> = select(&scores, Selection::SharedCount)
+        .iter()
+        .map(idx)
+        .collect();
     assert_eq!(kept, vec![Some(vec![1, 2, 3]), Some(vec![1, 2, 3]), None]);
 }
 
@@ -671,5 +686,11 @@ fn selection_through_the_policy() {
     let c: NammConfig = serde_json::from_str("{}").unwrap();
     assert_eq!(c.selection, Selection::SharedCount);
     let c: NammConfig = serde_json::from_str(r#"{"selection":"per-head"}"#).unwrap();
-    assert_eq!(c, NammConfig { selection: Selection::PerHead, ..NammConfig::default() });
+    assert_eq!(
+        c,
+        NammConfig {
+            selection: Selection::PerHead,
+            ..NammConfig::default()
+        }
+    );
 }

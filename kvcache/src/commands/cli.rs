@@ -13,9 +13,9 @@ use xarena_reports::table::{Format, Style};
 
 use super::bench::{bench_command, BenchArgs};
 use super::evolve::{evolve_command, EvolveArgs, PromptSampling, StageStart};
-use crate::policy::namm::Selection;
 use super::train::{train_command, KvTrainArgs};
 use crate::eval::Protocol;
+use crate::policy::namm::Selection;
 use xarena_measure::device::{normalise_device, tch_device};
 
 #[derive(Subcommand)]

@@ -54,9 +54,7 @@ pub const EVOLVE_SCHEMA_VERSION: u32 = 2;
 pub const NAMM_SCHEMA_VERSION: u32 = 2;
 
 /// How a stage after the first starts.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageStart {
     /// The previous stage's CMA-ES goes on: mean, covariance, step size, evolution paths
@@ -69,9 +67,7 @@ pub enum StageStart {
 }
 
 /// Which prompts a generation is evaluated on.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PromptSampling {
     /// New prompts every generation, drawn with seed + the generation's number in the

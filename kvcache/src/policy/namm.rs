@@ -39,9 +39,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
 const MIN_STD: f64 = 1e-7;
 
 /// How the scores decide what a layer keeps.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Selection {
     /// The reference's (`memory_policy/base_dynamic.py`, `threshold_score_idxs`): per layer,
@@ -712,7 +710,10 @@ pub fn select(scores: &[Option<Tensor>], selection: Selection) -> Vec<Option<Ten
             // `torch.min(first_above_thresh)`); every head drops its d lowest.
             let below: Vec<Option<i64>> = scores
                 .iter()
-                .map(|s| s.as_ref().map(|s| s.lt(0.0).sum(Kind::Int64).int64_value(&[])))
+                .map(|s| {
+                    s.as_ref()
+                        .map(|s| s.lt(0.0).sum(Kind::Int64).int64_value(&[]))
+                })
                 .collect();
             let d = below.iter().flatten().copied().min().unwrap_or(0);
             scores
