@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 
 use common::{stderr, stdout, tmp, xarena};
 use tch::{Device, Kind, Tensor};
-use xarena_datasets::lm_tasks::LmTaskConfig;
-use xarena_kvcache::commands::evolve::{read_state, EvolvedNamm};
+use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
+use xarena_kvcache::commands::evolve::{
+    draw_prompts, read_state, EvolvedNamm, PromptSampling, StageStart,
+};
 use xarena_kvcache::commands::model_dir::load_model;
 use xarena_kvcache::model::llama::write_safetensors;
+use xarena_kvcache::policy::namm::Selection;
 use xarena_reports::kv::{read_kv, KvRecord};
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -253,13 +256,44 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
     assert_eq!(state.history[0].mean_ratios.len(), 1);
     assert!(state.history[2].mean_ratios.contains_key("passkey"));
     assert!(state.stats.frozen && state.stats.count > 0);
-    assert_eq!(state.cmaes.generation(), 2, "the second stage's own CMA-ES");
+    // The defaults are the reference's, and recorded: the second stage continued the
+    // first's CMA-ES (4 generations in one state), prompts drawn anew every generation
+    // (seed 3 + the generation), the full cache scored on each generation's prompts.
+    assert_eq!(
+        state.cmaes.generation(),
+        4,
+        "one CMA-ES through both stages"
+    );
+    assert_eq!(state.setup.stage_start, StageStart::Continue);
+    assert_eq!(state.setup.prompts, PromptSampling::Resample);
+    assert_eq!(state.setup.namm.selection, Selection::SharedCount);
+    let seeds: Vec<Option<u64>> = state.history.iter().map(|h| h.prompt_seed).collect();
+    assert_eq!(seeds, [Some(3), Some(4), Some(5), Some(6)]);
+    assert!(state.history.iter().all(|h| !h.full_scores.is_empty()));
+    let m = load_model(&trained(), Device::Cpu).unwrap();
+    let cfg = &m.train.as_ref().unwrap().task_config;
+    let drawn: Vec<_> = [3, 4]
+        .iter()
+        .map(|&seed| {
+            let p = draw_prompts(&[LmTask::Passkey], cfg, state.setup.context, 2, seed).unwrap();
+            format!("{:?}", p[&LmTask::Passkey])
+        })
+        .collect();
+    assert_ne!(drawn[0], drawn[1], "other prompts in the next generation");
     assert!(state.best.as_ref().unwrap().fitness >= state.history[0].fitness_min);
     let namm = EvolvedNamm::read(&straight).unwrap();
     let mean: Vec<f32> = state.cmaes.mean().iter().map(|&m| m as f32).collect();
     assert_eq!(namm.params, mean, "namm.json holds the mean");
     assert_eq!(namm.generations, 4);
     assert_eq!(namm.config.hidden_dim, 4);
+    assert_eq!(
+        (namm.stage_start, namm.prompts, namm.config.selection),
+        (
+            StageStart::Continue,
+            PromptSampling::Resample,
+            Selection::SharedCount
+        )
+    );
     let files: Vec<String> = std::fs::read_dir(&straight)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -305,6 +339,35 @@ fn evolve_checkpoints_every_generation_and_resumes_to_the_identical_state() {
     ]);
     assert!(e.contains("not empty"), "{e}");
     std::fs::remove_dir_all(&split).unwrap();
+
+    // xarena's earlier behaviours, by name: a fresh CMA-ES per stage, fixed prompts, per
+    // head selection; recorded as such.
+    let old = tmp("kv-evolve-old");
+    evolve(
+        &old,
+        "1",
+        &[
+            "--stage-start",
+            "restart",
+            "--prompts",
+            "fixed",
+            "--namm-selection",
+            "per-head",
+        ],
+    );
+    let state = read_state(&old).unwrap();
+    assert_eq!(state.history.len(), 2);
+    assert_eq!(state.cmaes.generation(), 1, "the second stage's own CMA-ES");
+    assert_eq!(state.setup.stage_start, StageStart::Restart);
+    assert_eq!(state.setup.prompts, PromptSampling::Fixed);
+    assert!(state.history.iter().all(|h| h.prompt_seed.is_none()));
+    let namm = EvolvedNamm::read(&old).unwrap();
+    assert_eq!(namm.config.selection, Selection::PerHead);
+    assert_eq!(
+        namm.policy().unwrap().config().selection,
+        Selection::PerHead
+    );
+    std::fs::remove_dir_all(&old).unwrap();
 }
 
 const POLICIES: &str = "full,window,streaming-llm,h2o,l2,tova,namm";
@@ -902,5 +965,27 @@ fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
     assert!(e.contains("--resume"), "{e}");
     for d in [&chunked, &kvpress] {
         std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn namm_files_from_before_the_selection_setting_read_as_evolved() {
+    // docs/results/kv-cpu's NAMMs (schema 1) were evolved per head, restarting the
+    // CMA-ES at each stage, on fixed prompts: they are read as such.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/results/kv-cpu");
+    for dir in ["namm", "namm-paper"] {
+        let n = EvolvedNamm::read(&docs.join(dir)).unwrap();
+        assert_eq!(n.schema, 1);
+        assert_eq!(
+            (n.config.selection, n.stage_start, n.prompts),
+            (
+                Selection::PerHead,
+                StageStart::Restart,
+                PromptSampling::Fixed
+            ),
+            "{dir}"
+        );
+        let p = n.policy().unwrap();
+        assert!(xarena_kvcache::CachePolicy::describe(&p).ends_with(",selection=per-head"));
     }
 }

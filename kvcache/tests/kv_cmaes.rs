@@ -1,8 +1,10 @@
 //! CMA-ES (the NAMM evolution): it finds the optima of the standard test functions from a
 //! zero mean, adapts its covariance on an ill-conditioned problem, is deterministic for a
-//! seed, and resumes exactly from its serialised state.
+//! seed, resumes exactly from its serialised state, and carries its whole state across an
+//! evolution's stage boundary (or restarts at the mean, by name).
 
 use xarena_kvcache::cmaes::{Cmaes, CmaesSettings, Constants};
+use xarena_kvcache::commands::evolve::{next_stage, StageStart};
 
 /// Runs until `f(mean)` drops below `tol` (minimising: fitness is `-f`); returns the
 /// generations used.
@@ -233,4 +235,43 @@ fn bad_input_is_refused() {
     }
     assert!(Cmaes::new(0, CmaesSettings::default()).is_err());
     assert!(serde_json::from_str::<CmaesSettings>(r#"{"pop": 3}"#).is_err());
+}
+
+#[test]
+fn a_stage_continues_the_state_or_restarts_at_the_mean() {
+    let n = 6;
+    let s = settings(11);
+    let mut es = Cmaes::new(n, s.clone()).unwrap();
+    for _ in 0..5 {
+        let pop = es.ask();
+        let fitness: Vec<f64> = pop.iter().map(|x| -ellipsoid(x)).collect();
+        es.tell(&fitness).unwrap();
+    }
+    let v = serde_json::to_value(&es).unwrap();
+    assert_ne!(es.sigma(), s.sigma0, "the step size moved");
+    let identity: Vec<f64> = (0..n * n)
+        .map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 })
+        .collect();
+    assert_ne!(es.covariance(), identity.as_slice(), "the covariance moved");
+    for path in ["p_sigma", "p_c"] {
+        let p = v[path]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} in {v}"));
+        assert!(p.iter().any(|x| x.as_f64().unwrap() != 0.0), "{path} moved");
+    }
+
+    // Continue (the default, the reference's): everything carried, C, σ, the paths, the
+    // generation count (so the next samples are those the same run would draw).
+    assert_eq!(StageStart::default(), StageStart::Continue);
+    let mut cont = next_stage(es.clone(), StageStart::Continue, &s).unwrap();
+    assert_eq!(cont, es);
+    assert_eq!(cont.ask(), es.clone().ask());
+
+    // Restart (xarena before): the same mean, σ₀, identity C, zero paths, generation 0.
+    let re = next_stage(es.clone(), StageStart::Restart, &s).unwrap();
+    assert_eq!(re.mean(), es.mean());
+    assert_eq!(re.sigma(), s.sigma0);
+    assert_eq!(re.covariance(), identity.as_slice());
+    assert_eq!(re.generation(), 0);
+    assert_eq!(re, Cmaes::with_mean(es.mean().to_vec(), s).unwrap());
 }

@@ -2,13 +2,14 @@
 //! (counter-causal) attention of its scoring network against a loop implementation, the
 //! all-zero parameters that keep everything, eviction by the sign of the score with the
 //! newest token kept, per-token state that follows its token through evictions, the
-//! running normalisation statistics, and its configuration errors.
+//! running normalisation statistics, the shared-count and per-head selections, and its
+//! configuration errors.
 
 use std::f64::consts::PI;
 
 use tch::{Device, Kind, Tensor};
 use xarena_kvcache::policy::namm::{
-    param_layout, recency_encoding, spectrogram, Namm, NammConfig, NormStats,
+    param_layout, recency_encoding, select, spectrogram, Namm, NammConfig, NormStats, Selection,
 };
 use xarena_kvcache::{CachePolicy, Observation};
 
@@ -432,7 +433,10 @@ fn negative_scores_are_evicted_and_the_newest_kept() {
     // score = cos(age): the first cosine of the age encoding has frequency 1.
     let cfg = small(32, true);
     let mut policy = Namm::new(cfg.clone(), &linear_on(&cfg, 4, 1.0, 0.0)).unwrap();
-    assert_eq!(policy.describe(), "namm:update_every=32");
+    assert_eq!(
+        policy.describe(),
+        "namm:update_every=32,selection=shared-count"
+    );
     policy.reset(1, 1);
     let mut world = World::new(1, 64, 5);
     assert!(world.step(&mut policy, 20)[0].is_none(), "no update yet");
@@ -584,4 +588,109 @@ fn recency_encoding_is_sines_then_cosines() {
             assert!((row[4 + i] - (a * f).cos()).abs() < 1e-6);
         }
     }
+}
+
+fn idx(t: &Option<Tensor>) -> Option<Vec<i64>> {
+    t.as_ref().map(|t| Vec::<i64>::try_from(t).unwrap())
+}
+
+#[test]
+fn shared_count_keeps_as_many_as_the_head_that_evicts_least() {
+    let inf = f32::INFINITY;
+    let heads = |rows: &[&[f32]]| -> Vec<Option<Tensor>> {
+        rows.iter().map(|r| Some(Tensor::from_slice(r))).collect()
+    };
+    let scores = heads(&[
+        &[-1.0, 2.0, -3.0, 0.5, 0.0, inf],   // 2 below zero: evicts least
+        &[-1.0, -2.0, -3.0, 1.0, -0.5, inf], // 4 below
+        &[0.3, -0.2, -0.1, -5.0, -4.0, inf], // 4 below
+    ]);
+    // d = 2: every head drops its 2 lowest and keeps 4 (the first head's count), in
+    // order, some below zero.
+    let kept: Vec<_> = select(&scores, Selection::SharedCount)
+        .iter()
+        .map(idx)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            Some(vec![1, 3, 4, 5]),
+            Some(vec![0, 3, 4, 5]),
+            Some(vec![0, 1, 2, 5]),
+        ]
+    );
+    // Per head: each keeps exactly its scores >= 0 (today's behaviour, unchanged).
+    let kept: Vec<_> = select(&scores, Selection::PerHead)
+        .iter()
+        .map(idx)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![Some(vec![1, 3, 4, 5]), Some(vec![3, 5]), Some(vec![0, 5])]
+    );
+    // One head with nothing below zero: nobody evicts under the shared count.
+    let scores = heads(&[&[1.0, 0.0, inf], &[-1.0, -1.0, inf]]);
+    let kept: Vec<_> = select(&scores, Selection::SharedCount)
+        .iter()
+        .map(idx)
+        .collect();
+    assert_eq!(kept, vec![None, None]);
+    let kept: Vec<_> = select(&scores, Selection::PerHead)
+        .iter()
+        .map(idx)
+        .collect();
+    assert_eq!(kept, vec![None, Some(vec![2])]);
+    // Ties at the cut keep the later token; an empty head stays empty.
+    let scores = vec![
+        Some(Tensor::from_slice(&[-1.0f32, -1.0, -1.0, inf])),
+        Some(Tensor::from_slice(&[-2.0f32, 1.0, 1.0, inf])),
+        None,
+    ];
+    let kept: Vec<_> = select(&scores, Selection::SharedCount)
+        .iter()
+        .map(idx)
+        .collect();
+    assert_eq!(kept, vec![Some(vec![1, 2, 3]), Some(vec![1, 2, 3]), None]);
+}
+
+#[test]
+fn selection_through_the_policy() {
+    // score = spectrogram bin 1 - 0.1 (unnormalised): the heads' attention differs, so
+    // they score differently.
+    let cfg = small(32, false);
+    let per_head = NammConfig {
+        selection: Selection::PerHead,
+        ..cfg.clone()
+    };
+    assert_eq!(NammConfig::default().selection, Selection::SharedCount);
+    let p = linear_on(&cfg, 9, 10.0, -0.5);
+    let mut shared = Namm::new(cfg.clone(), &p).unwrap();
+    let mut each = Namm::new(per_head.clone(), &p).unwrap();
+    assert!(each.describe().ends_with(",selection=per-head"));
+    shared.reset(1, 3);
+    each.reset(1, 3);
+    let mut a = World::new(3, 200, 8);
+    let mut b = World::new(3, 200, 8);
+    let mut differed = false;
+    for q in [32, 32, 32, 32, 32] {
+        a.step(&mut shared, q);
+        b.step(&mut each, q);
+        let la: Vec<usize> = a.tokens.iter().map(Vec::len).collect();
+        let lb: Vec<usize> = b.tokens.iter().map(Vec::len).collect();
+        assert!(la.iter().all(|&l| l == la[0]), "shared count: {la:?}");
+        differed |= lb.iter().any(|&l| l != lb[0]);
+    }
+    assert!(differed, "per head, the heads kept different counts");
+    assert!(a.tokens[0].len() < 160, "the shared count evicted");
+    // A configuration without the field reads as the reference's.
+    let c: NammConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(c.selection, Selection::SharedCount);
+    let c: NammConfig = serde_json::from_str(r#"{"selection":"per-head"}"#).unwrap();
+    assert_eq!(
+        c,
+        NammConfig {
+            selection: Selection::PerHead,
+            ..NammConfig::default()
+        }
+    );
 }

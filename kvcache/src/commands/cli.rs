@@ -12,9 +12,10 @@ use xarena_reports::kv::{frontier_plot, kv_groups, kv_report, load_kv, plot_name
 use xarena_reports::table::{Format, Style};
 
 use super::bench::{bench_command, BenchArgs};
-use super::evolve::{evolve_command, EvolveArgs};
+use super::evolve::{evolve_command, EvolveArgs, PromptSampling, StageStart};
 use super::train::{train_command, KvTrainArgs};
 use crate::eval::Protocol;
+use crate::policy::namm::Selection;
 use xarena_measure::device::{normalise_device, tch_device};
 
 #[derive(Subcommand)]
@@ -172,9 +173,24 @@ pub struct KvEvolveCli {
     /// The NAMM's attention width (the paper's 32: 4172 parameters).
     #[arg(long, default_value_t = 32)]
     namm_hidden: i64,
-    /// Prompts per task (the same for every member and generation).
+    /// Prompts per task (the same for every member of a generation).
     #[arg(long, default_value_t = 8)]
     examples: usize,
+    /// Which prompts each generation is evaluated on: resample (new ones every generation,
+    /// seed + generation; the reference's) or fixed (the seed's for the whole run; the
+    /// figures in docs/results/kv-cpu).
+    #[arg(long, value_enum, default_value_t = PromptSampling::Resample)]
+    prompts: PromptSampling,
+    /// How a later stage starts: continue (the previous stage's CMA-ES: mean, covariance,
+    /// step size, paths; the reference's) or restart (a fresh CMA-ES at the previous mean;
+    /// the figures in docs/results/kv-cpu).
+    #[arg(long, value_enum, default_value_t = StageStart::Continue)]
+    stage_start: StageStart,
+    /// How the NAMM's scores select tokens: shared-count (every head of a layer keeps as
+    /// many as the head that evicts least; the reference's) or per-head (each head keeps
+    /// its tokens scoring >= 0; the figures in docs/results/kv-cpu).
+    #[arg(long, value_enum, default_value_t = Selection::SharedCount)]
+    namm_selection: Selection,
     /// Prompt length (default: the model's held-out context, train.json's eval_context).
     #[arg(long)]
     context: Option<usize>,
@@ -452,6 +468,9 @@ fn cmd_evolve(a: KvEvolveCli) -> Result<()> {
         chunk: a.chunk,
         seed: a.seed,
         memory_weight: a.memory_weight,
+        selection: a.namm_selection,
+        stage_start: a.stage_start,
+        prompts: a.prompts,
         resume: a.resume,
         max_minutes: a.max_minutes,
         device,

@@ -5,10 +5,18 @@
 //! paper). The search starts at the zero vector, which scores every token 0 and so keeps
 //! everything.
 //!
-//! Stages add tasks (incremental learning): each stage starts a fresh CMA-ES (σ₀, an
-//! identity covariance) at the previous stage's mean. The normalisation statistics of
-//! the NAMM's features are collected once, while the zero mean is evaluated on the first
-//! stage's prompts before generation 0, then frozen for every member after.
+//! Stages add tasks (incremental learning). By default, as the reference
+//! (SakanaAI/evo-memory), a stage continues the previous stage's CMA-ES (mean, covariance,
+//! step size, evolution paths; [`StageStart::Continue`]); `--stage-start restart` starts a
+//! fresh one (σ₀, an identity covariance) at the previous stage's mean, as xarena did
+//! before. By default the prompts are drawn anew every generation (seed + the generation's
+//! number in the whole run, [`PromptSampling::Resample`]), as the reference's task sampler
+//! does; `--prompts fixed` keeps the seed's prompts for the whole run, as xarena did
+//! before. A member's fitness is normalised by the full cache's score on the same prompts.
+//! The normalisation statistics of the NAMM's features are collected once, while the zero
+//! mean is evaluated on the seed's prompts of the first stage before generation 0, then
+//! frozen for every member after. `evolve.json` (`setup`) and `namm.json` record which
+//! behaviours (and which [`Selection`]) were used.
 //!
 //! After every generation the whole state is checkpointed: `evolve.json` (the settings,
 //! the stage, CMA-ES's state without its two n x n matrices, the statistics, the best
@@ -17,15 +25,15 @@
 //! mean: the paper evaluates the mean, not the best member). Each file is written to a
 //! temporary name and renamed; `evolve.json`, written after the matrices it names, is the
 //! commit point, so a run killed at any moment resumes (`--resume`) from its last
-//! generation exactly: prompts are fixed per seed, the statistics frozen, and CMA-ES's
-//! samples keyed by generation.
+//! generation exactly: prompts are a function of the seed and the generation, the
+//! statistics frozen, and CMA-ES's samples keyed by generation.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::policy::namm::{Namm, NammConfig, NormStats, SharedNormStats};
+use crate::policy::namm::{Namm, NammConfig, NormStats, Selection, SharedNormStats};
 use crate::policy::Full;
 use crate::DecoderLm;
 use anyhow::{Context, Result};
@@ -40,8 +48,62 @@ use crate::eval::decode_all;
 
 pub const EVOLVE_FILE: &str = "evolve.json";
 pub const NAMM_FILE: &str = "namm.json";
-pub const EVOLVE_SCHEMA_VERSION: u32 = 1;
-pub const NAMM_SCHEMA_VERSION: u32 = 1;
+/// 2: the selection, stage start and prompt sampling recorded (schema 1 files were made
+/// per head, restarting at the mean, on fixed prompts, and are read as such).
+pub const EVOLVE_SCHEMA_VERSION: u32 = 2;
+pub const NAMM_SCHEMA_VERSION: u32 = 2;
+
+/// How a stage after the first starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStart {
+    /// The previous stage's CMA-ES goes on: mean, covariance, step size, evolution paths
+    /// and generation count (the reference's).
+    #[default]
+    Continue,
+    /// A fresh CMA-ES (σ₀, identity covariance, zero paths) at the previous stage's mean
+    /// (xarena before; the figures in `docs/results/kv-cpu`).
+    Restart,
+}
+
+/// Which prompts a generation is evaluated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptSampling {
+    /// New prompts every generation, drawn with seed + the generation's number in the
+    /// whole run (the reference's).
+    #[default]
+    Resample,
+    /// The seed's prompts for every generation (xarena before; the figures in
+    /// `docs/results/kv-cpu`).
+    Fixed,
+}
+
+impl PromptSampling {
+    /// The seed of the prompts of generation `generation` (counted over the whole run).
+    pub fn seed(self, seed: u64, generation: u64) -> u64 {
+        match self {
+            PromptSampling::Resample => seed.wrapping_add(generation),
+            PromptSampling::Fixed => seed,
+        }
+    }
+}
+
+/// The CMA-ES a stage after the first starts with, from the previous stage's.
+pub fn next_stage(prev: Cmaes, start: StageStart, settings: &CmaesSettings) -> Result<Cmaes> {
+    match start {
+        StageStart::Continue => Ok(prev),
+        StageStart::Restart => Cmaes::with_mean(prev.mean().to_vec(), settings.clone()),
+    }
+}
+
+fn legacy_stage_start() -> StageStart {
+    StageStart::Restart
+}
+
+fn legacy_prompts() -> PromptSampling {
+    PromptSampling::Fixed
+}
 
 /// Everything `xarena kv evolve` takes.
 #[derive(Debug, Clone)]
@@ -57,13 +119,17 @@ pub struct EvolveArgs {
     pub update_every: i64,
     /// The NAMM's attention width (`hidden_dim`; 32 in the paper).
     pub namm_hidden: i64,
-    /// Prompts per task, the same for every member and generation.
+    /// Prompts per task, the same for every member of a generation.
     pub examples: usize,
     /// Prompt length; `None`: the model's held-out context (256 without `train.json`).
     pub context: Option<usize>,
     pub chunk: usize,
     pub seed: u64,
     pub memory_weight: f64,
+    /// How the NAMM's scores select tokens.
+    pub selection: Selection,
+    pub stage_start: StageStart,
+    pub prompts: PromptSampling,
     pub resume: bool,
     /// Stop after the generation that ends past this many minutes (resumable).
     pub max_minutes: Option<f64>,
@@ -86,6 +152,9 @@ impl Default for EvolveArgs {
             chunk: 32,
             seed: 0,
             memory_weight: 0.0,
+            selection: Selection::default(),
+            stage_start: StageStart::default(),
+            prompts: PromptSampling::default(),
             resume: false,
             max_minutes: None,
             device: Device::Cpu,
@@ -107,6 +176,12 @@ pub struct EvolveSetup {
     pub chunk: usize,
     pub seed: u64,
     pub memory_weight: f64,
+    /// Absent (schema 1): `restart`.
+    #[serde(default = "legacy_stage_start")]
+    pub stage_start: StageStart,
+    /// Absent (schema 1): `fixed`.
+    #[serde(default = "legacy_prompts")]
+    pub prompts: PromptSampling,
 }
 
 /// One generation's outcome.
@@ -124,6 +199,12 @@ pub struct GenerationLog {
     /// Per task: the mean's score / the full cache's.
     pub mean_ratios: BTreeMap<String, f64>,
     pub sigma: f64,
+    /// The seed of this generation's prompts, and the full cache's score per task on
+    /// them (absent with fixed prompts: `EvolveState::full_scores`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub full_scores: BTreeMap<String, f64>,
     pub seconds: f64,
 }
 
@@ -150,7 +231,7 @@ pub struct EvolveState {
     pub cmaes: Cmaes,
     pub matrices: String,
     pub stats: NormStats,
-    /// The full cache's score per task on the fixed prompts.
+    /// The full cache's score per task on the seed's prompts.
     pub full_scores: BTreeMap<String, f64>,
     pub best: Option<BestMember>,
     pub history: Vec<GenerationLog>,
@@ -172,6 +253,12 @@ pub struct EvolvedNamm {
     pub stages: Vec<Vec<LmTask>>,
     pub generations: u64,
     pub fitness: Option<f64>,
+    /// How it was evolved (absent, schema 1: `restart` and `fixed`); the selection is in
+    /// `config`.
+    #[serde(default = "legacy_stage_start")]
+    pub stage_start: StageStart,
+    #[serde(default = "legacy_prompts")]
+    pub prompts: PromptSampling,
 }
 
 impl EvolvedNamm {
@@ -187,13 +274,17 @@ impl EvolvedNamm {
             "--namm {}: no {NAMM_FILE} there (xarena kv evolve writes it)",
             path.display()
         );
-        let n: EvolvedNamm = read_json(&file)?;
+        let mut n: EvolvedNamm = read_json(&file)?;
         anyhow::ensure!(
-            n.schema == NAMM_SCHEMA_VERSION,
-            "{}: schema {} (this xarena reads {NAMM_SCHEMA_VERSION})",
+            n.schema == NAMM_SCHEMA_VERSION || n.schema == 1,
+            "{}: schema {} (this xarena reads 1 and {NAMM_SCHEMA_VERSION})",
             file.display(),
             n.schema
         );
+        if n.schema == 1 {
+            // Made before the selection was a setting: per head.
+            n.config.selection = Selection::PerHead;
+        }
         // Builds it once, so a bad file fails here, before any work.
         n.policy()?;
         Ok(n)
@@ -222,7 +313,7 @@ struct Fitness {
     ratios: BTreeMap<String, f64>,
 }
 
-/// The fixed prompts and the model, for evaluating members.
+/// A generation's prompts and the model, for evaluating members.
 struct Evaluator<'a> {
     lm: &'a DecoderLm,
     namm: NammConfig,
@@ -231,7 +322,35 @@ struct Evaluator<'a> {
     memory_weight: f64,
 }
 
+/// The prompts of every task in `tasks` drawn with `seed`.
+pub fn draw_prompts(
+    tasks: &[LmTask],
+    task_config: &LmTaskConfig,
+    context: usize,
+    examples: usize,
+    seed: u64,
+) -> Result<BTreeMap<LmTask, Vec<LmExample>>> {
+    tasks
+        .iter()
+        .map(|&t| {
+            t.examples(task_config, context, examples, seed, LmSplit::Valid)
+                .map(|xs| (t, xs))
+        })
+        .collect()
+}
+
 impl Evaluator<'_> {
+    /// The full cache's score per task on the current prompts.
+    fn full_scores(&self, tasks: &[LmTask]) -> BTreeMap<String, f64> {
+        tasks
+            .iter()
+            .map(|t| {
+                let (totals, _) = decode_all(self.lm, Box::new(Full), &self.prompts[t], self.chunk);
+                (t.name().to_string(), totals.score())
+            })
+            .collect()
+    }
+
     fn fitness(
         &self,
         params: &[f64],
@@ -306,6 +425,7 @@ impl EvolveArgs {
         NammConfig {
             update_every: self.update_every,
             hidden_dim: self.namm_hidden,
+            selection: self.selection,
             ..NammConfig::default()
         }
     }
@@ -384,6 +504,8 @@ fn checkpoint(out: &Path, state: &mut EvolveState, fitness: Option<f64>) -> Resu
         stages: state.setup.stages.clone(),
         generations: total as u64,
         fitness,
+        stage_start: state.setup.stage_start,
+        prompts: state.setup.prompts,
     };
     write_json_atomic(&out.join(NAMM_FILE), &namm)
 }
@@ -399,11 +521,16 @@ pub fn read_state(out: &Path) -> Result<EvolveState> {
     );
     let mut state: EvolveState = read_json(&path)?;
     anyhow::ensure!(
-        state.schema == EVOLVE_SCHEMA_VERSION,
-        "{}: schema {} (this xarena reads {EVOLVE_SCHEMA_VERSION})",
+        state.schema == EVOLVE_SCHEMA_VERSION || state.schema == 1,
+        "{}: schema {} (this xarena reads 1 and {EVOLVE_SCHEMA_VERSION})",
         path.display(),
         state.schema
     );
+    if state.schema == 1 {
+        // Made before the selection was a setting: per head (the stage start and the
+        // prompts read as `restart` and `fixed` by their serde defaults).
+        state.setup.namm.selection = Selection::PerHead;
+    }
     let (cov, basis) = read_matrices(&out.join(&state.matrices), state.cmaes.dim())?;
     state.cmaes.put_matrices(cov, basis)?;
     Ok(state)
@@ -455,6 +582,8 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         chunk: args.chunk,
         seed: args.seed,
         memory_weight: args.memory_weight,
+        stage_start: args.stage_start,
+        prompts: args.prompts,
     };
     let check_fresh = || {
         if !args.resume {
@@ -494,20 +623,9 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         None
     };
 
-    let prompts: BTreeMap<LmTask, Vec<LmExample>> = all_tasks
-        .iter()
-        .map(|&t| {
-            t.examples(
-                &task_config,
-                context,
-                args.examples,
-                args.seed,
-                LmSplit::Valid,
-            )
-            .map(|xs| (t, xs))
-        })
-        .collect::<Result<_>>()?;
-    let eval = Evaluator {
+    let draw = |seed: u64| draw_prompts(&all_tasks, &task_config, context, args.examples, seed);
+    let prompts = draw(args.seed)?;
+    let mut eval = Evaluator {
         lm: &model.lm,
         namm: namm.clone(),
         prompts,
@@ -586,10 +704,11 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
                 state.finished = true;
                 break;
             }
-            // The next stage starts afresh at this stage's mean.
+            // The next stage: the same CMA-ES going on, or a fresh one at this mean.
             state.stage += 1;
             state.stage_generation = 0;
-            state.cmaes = Cmaes::with_mean(state.cmaes.mean().to_vec(), settings.clone())?;
+            let prev = std::mem::replace(&mut state.cmaes, Cmaes::new(1, settings.clone())?);
+            state.cmaes = next_stage(prev, args.stage_start, &settings)?;
             log(&format!(
                 "stage {}: {}",
                 state.stage + 1,
@@ -610,10 +729,18 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
         }
         let t0 = Instant::now();
         let tasks = &args.stages[state.stage];
+        let (prompt_seed, full) = match args.prompts {
+            PromptSampling::Fixed => (None, state.full_scores.clone()),
+            PromptSampling::Resample => {
+                let seed = args.prompts.seed(args.seed, state.history.len() as u64);
+                eval.prompts = draw(seed)?;
+                (Some(seed), eval.full_scores(tasks))
+            }
+        };
         let members = state.cmaes.ask();
         let mut fitness = Vec::with_capacity(members.len());
         for m in &members {
-            fitness.push(eval.fitness(m, &stats, tasks, &state.full_scores)?.fitness);
+            fitness.push(eval.fitness(m, &stats, tasks, &full)?.fitness);
         }
         let top = (0..fitness.len())
             .max_by(|&a, &b| fitness[a].total_cmp(&fitness[b]).then(b.cmp(&a)))
@@ -627,7 +754,7 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
             });
         }
         state.cmaes.tell(&fitness)?;
-        let at_mean = eval.fitness(state.cmaes.mean(), &stats, tasks, &state.full_scores)?;
+        let at_mean = eval.fitness(state.cmaes.mean(), &stats, tasks, &full)?;
         let n = fitness.len() as f64;
         let entry = GenerationLog {
             stage: state.stage,
@@ -639,6 +766,12 @@ pub fn evolve_command(args: &EvolveArgs, mut log: impl FnMut(&str)) -> Result<Ev
             mean_retained: at_mean.retained,
             mean_ratios: at_mean.ratios,
             sigma: state.cmaes.sigma(),
+            prompt_seed,
+            full_scores: if prompt_seed.is_some() {
+                full
+            } else {
+                BTreeMap::new()
+            },
             seconds: t0.elapsed().as_secs_f64(),
         };
         log(&format!(

@@ -9,8 +9,11 @@
 //! update's last `n_fft - hop` values prepended), reduced over its frames by an exponential
 //! moving average kept with the token, normalised by running statistics, with a sinusoidal
 //! encoding of the token's age in front. A small network scores every token from these
-//! features, each token attending only to itself and to later tokens; tokens scoring below
-//! zero are evicted. One parameter vector serves every layer and head; it is evolved with
+//! features, each token attending only to itself and to later tokens. Which tokens go is
+//! [`Selection`]'s: by default the reference's shared count (every head of a layer keeps as
+//! many tokens as the head that evicts least, its highest-scoring ones), or per head (each
+//! head drops exactly its tokens scoring below zero). One parameter vector serves every
+//! layer and head; it is evolved with
 //! CMA-ES ([`crate::cmaes`]) from all zeros, which score every token 0 and so
 //! keep everything.
 
@@ -34,6 +37,32 @@ pub const INFO: PolicyInfo = PolicyInfo {
 };
 /// Floor of the normalising standard deviation (the reference's clamp).
 const MIN_STD: f64 = 1e-7;
+
+/// How the scores decide what a layer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// The reference's (`memory_policy/base_dynamic.py`, `threshold_score_idxs`): per layer,
+    /// `d` = the fewest tokens any head scores below zero; every head keeps its `n - d`
+    /// highest-scoring tokens (in order; ties keep the later token). So every head keeps as
+    /// many as the head that evicts least, some of them below zero. The reference's mask of
+    /// those (`new_mask`) only feeds statistics and auxiliary losses: attention still reads
+    /// every kept row, as here.
+    #[default]
+    SharedCount,
+    /// Each head keeps exactly its tokens scoring zero or more (xarena before the shared
+    /// count; the figures in `docs/results/kv-cpu` were produced with it).
+    PerHead,
+}
+
+impl Selection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::SharedCount => "shared-count",
+            Selection::PerHead => "per-head",
+        }
+    }
+}
 
 /// The policy's settings; the defaults are the reference configuration (see each field).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +88,8 @@ pub struct NammConfig {
     /// Normalise the spectrogram features by running statistics
     /// (`emb_online_output_normalization: true`).
     pub normalize: bool,
+    /// How the scores select the kept tokens (the reference's shared count).
+    pub selection: Selection,
 }
 
 impl Default for NammConfig {
@@ -72,6 +103,7 @@ impl Default for NammConfig {
             recency_max_freq: 50000.0,
             hidden_dim: 32,
             normalize: true,
+            selection: Selection::SharedCount,
         }
     }
 }
@@ -575,34 +607,41 @@ impl Namm {
         };
         let net = self.net.as_ref().unwrap();
         let state = &mut self.layers[obs.layer];
+        // Every head's scores, the newest token's set to +inf: it always stays (the
+        // reference sets it to +max).
+        let scores: Vec<Option<Tensor>> = state
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(h, head)| {
+                let ema = head.ema.as_ref().unwrap();
+                let len = ema.size()[0];
+                if len == 0 {
+                    return None;
+                }
+                let spec = match &norm {
+                    Some((mean, std)) => (ema - mean) / std,
+                    None => ema.shallow_clone(),
+                };
+                let age = obs.now - &obs.positions[h];
+                let rec = encode_age(&age, &net.freqs);
+                let x = Tensor::cat(&[rec, spec], 1);
+                let s = net.scores(&x, cfg.hidden_dim);
+                let _ = s.narrow(0, len - 1, 1).fill_(f64::INFINITY);
+                Some(s)
+            })
+            .collect();
+        let kept = select(&scores, cfg.selection);
         let mut keep = Vec::with_capacity(state.heads.len());
-        for (h, (head, rest)) in state.heads.iter_mut().zip(carried).enumerate() {
-            let ema = head.ema.as_ref().unwrap();
-            let len = ema.size()[0];
-            if len == 0 {
-                keep.push(None);
-                continue;
-            }
-            let spec = match &norm {
-                Some((mean, std)) => (ema - mean) / std,
-                None => ema.shallow_clone(),
-            };
-            let age = obs.now - &obs.positions[h];
-            let rec = encode_age(&age, &net.freqs);
-            let x = Tensor::cat(&[rec, spec], 1);
-            let kept = net.scores(&x, cfg.hidden_dim).ge(0.0);
-            // The newest token always stays (the reference sets its score to +max).
-            let _ = kept.narrow(0, len - 1, 1).fill_(1);
-            // A host read, and needed: whether rows go, and how many stay, sets the cache's
-            // shapes. Once per update (every `update_every` tokens), not per token.
-            if kept.all().int64_value(&[]) != 0 {
+        for ((head, rest), idx) in state.heads.iter_mut().zip(carried).zip(kept) {
+            let Some(idx) = idx else {
                 if rest.size()[0] > 0 {
                     head.pending.push(rest);
                 }
                 keep.push(None);
                 continue;
-            }
-            let idx = kept.nonzero().view([-1]);
+            };
+            let ema = head.ema.as_ref().unwrap();
             head.ema = Some(ema.index_select(0, &idx));
             head.tail = head.tail.as_ref().map(|t| t.index_select(0, &idx));
             if rest.size()[0] > 0 {
@@ -649,9 +688,59 @@ impl Namm {
     }
 }
 
+/// The rows each head of a layer keeps, in order, from its scores `[n]` (`None`: an empty
+/// head, or one that keeps every row). Threshold zero (a score of zero stays).
+///
+/// One host read per head, and needed: whether rows go, and how many stay, sets the
+/// cache's shapes. Once per update (every `update_every` tokens), not per token.
+pub fn select(scores: &[Option<Tensor>], selection: Selection) -> Vec<Option<Tensor>> {
+    match selection {
+        Selection::PerHead => scores
+            .iter()
+            .map(|s| {
+                let kept = s.as_ref()?.ge(0.0);
+                if kept.all().int64_value(&[]) != 0 {
+                    return None;
+                }
+                Some(kept.nonzero().view([-1]))
+            })
+            .collect(),
+        Selection::SharedCount => {
+            // d: the fewest tokens below zero in any head (the reference's
+            // `torch.min(first_above_thresh)`); every head drops its d lowest.
+            let below: Vec<Option<i64>> = scores
+                .iter()
+                .map(|s| {
+                    s.as_ref()
+                        .map(|s| s.lt(0.0).sum(Kind::Int64).int64_value(&[]))
+                })
+                .collect();
+            let d = below.iter().flatten().copied().min().unwrap_or(0);
+            scores
+                .iter()
+                .map(|s| {
+                    let s = s.as_ref()?;
+                    if d == 0 {
+                        return None;
+                    }
+                    let n = s.size()[0];
+                    // Ascending and stable: among equal scores the earlier goes first.
+                    let (_, order) = s.sort_stable(true, 0, false);
+                    let (idx, _) = order.narrow(0, d, n - d).sort(0, false);
+                    Some(idx)
+                })
+                .collect()
+        }
+    }
+}
+
 impl CachePolicy for Namm {
     fn describe(&self) -> String {
-        format!("namm:update_every={}", self.cfg.update_every)
+        format!(
+            "namm:update_every={},selection={}",
+            self.cfg.update_every,
+            self.cfg.selection.name()
+        )
     }
 
     fn reset(&mut self, layers: usize, kv_heads: usize) {
