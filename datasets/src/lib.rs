@@ -10,5 +10,6 @@ pub mod listops;
 pub mod lm_tasks;
 pub mod lra_files;
 pub mod pathfinder;
+pub mod ruler;
 pub mod synthetic;
 pub mod task;

@@ -182,3 +182,84 @@ pub fn decode_all_under(
     }
     (totals, policy)
 }
+
+/// A text prompt (RULER's tasks on a real model): its tokens, the strings the answer must
+/// hold, and the most tokens to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPrompt {
+    pub tokens: Vec<u32>,
+    pub answers: Vec<String>,
+    pub max_new: usize,
+}
+
+/// Decodes `p` greedily with `policy` (reset first) until a `stop` token or `max_new`
+/// tokens; the output, detokenized by `detok`, scored by RULER's string match (the
+/// fraction of the answers found in it, case-insensitive).
+pub fn decode_text_under(
+    lm: &DecoderLm,
+    policy: Box<dyn CachePolicy>,
+    p: &TextPrompt,
+    chunk: usize,
+    protocol: Protocol,
+    stop: &[u32],
+    detok: &dyn Fn(&[u32]) -> String,
+) -> (Decoded, String, Box<dyn CachePolicy>) {
+    let prompt: Vec<i64> = p.tokens.iter().map(|&t| i64::from(t)).collect();
+    let mut session = Session::new(lm, policy);
+    let chunk = match protocol {
+        Protocol::Chunked => chunk,
+        Protocol::Kvpress => prompt.len(),
+    };
+    let t = Instant::now();
+    let mut logits = session.prefill(&prompt, chunk);
+    if protocol == Protocol::Kvpress {
+        session.set_evicting(false);
+    }
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let after_prefill = session.stats();
+    let t = Instant::now();
+    let mut produced = Vec::with_capacity(p.max_new);
+    for _ in 0..p.max_new {
+        let token = argmax(&logits);
+        if stop.contains(&token) {
+            break;
+        }
+        produced.push(token);
+        logits = session.step(i64::from(token));
+    }
+    let decode_seconds = t.elapsed().as_secs_f64();
+    let stats = session.stats();
+    let text = detok(&produced);
+    let decoded = Decoded {
+        score: xarena_datasets::ruler::string_match_all(&text, &p.answers),
+        decode_steps: produced.len() as u64,
+        produced,
+        prefill_seconds,
+        prefill_policy_seconds: after_prefill.policy_seconds,
+        decode_seconds,
+        decode_policy_seconds: stats.policy_seconds - after_prefill.policy_seconds,
+        stats,
+    };
+    (decoded, text, session.into_policy())
+}
+
+/// As [`decode_all_under`] for text prompts; also gives each output text.
+pub fn decode_text_all_under(
+    lm: &DecoderLm,
+    mut policy: Box<dyn CachePolicy>,
+    prompts: &[TextPrompt],
+    chunk: usize,
+    protocol: Protocol,
+    stop: &[u32],
+    detok: &dyn Fn(&[u32]) -> String,
+) -> (Totals, Vec<(String, f64)>, Box<dyn CachePolicy>) {
+    let mut totals = Totals::default();
+    let mut outputs = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let (d, text, back) = decode_text_under(lm, policy, p, chunk, protocol, stop, detok);
+        policy = back;
+        outputs.push((text, d.score));
+        totals.add(&d);
+    }
+    (totals, outputs, policy)
+}

@@ -21,18 +21,71 @@ use crate::CachePolicy;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
-use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig};
+use xarena_datasets::lm_tasks::{LmExample, LmSplit, LmTask, LmTaskConfig, LM_TASKS};
+use xarena_datasets::ruler::{self, RulerTask};
 use xarena_reports::kv::{read_kv, KvRecord, KV_FILE, KV_SCHEMA_VERSION};
 
 use super::evolve::EvolvedNamm;
 use super::model_dir::{load_model, LoadedModel};
+use super::ruler_text::RulerText;
 use super::{check_new_dir, read_json, write_json_atomic};
-use crate::eval::{decode_all_under, Protocol, Totals};
+use crate::eval::{decode_all_under, decode_text_all_under, Protocol, TextPrompt, Totals};
 use xarena_measure::env;
 use xarena_schema::lock::DirLock;
 
 /// The run's settings beside the records: a resume must match them.
 pub const RUN_FILE: &str = "kv-run.json";
+
+/// A task of `kv bench`: a token-level one ([`LmTask`], the models trained here) or a
+/// RULER text task ([`RulerTask`], a model directory with a tokenizer.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BenchTask {
+    Lm(LmTask),
+    Ruler(RulerTask),
+}
+
+impl BenchTask {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BenchTask::Lm(t) => t.name(),
+            BenchTask::Ruler(t) => t.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for BenchTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BenchTask {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if let Ok(t) = s.parse::<LmTask>() {
+            return Ok(BenchTask::Lm(t));
+        }
+        RulerTask::parse(s.trim())
+            .map(BenchTask::Ruler)
+            .with_context(|| {
+                format!(
+                    "unknown task `{s}` (tasks: {}; RULER, on a model with a tokenizer: {})",
+                    LM_TASKS.join(", "),
+                    RulerTask::ALL.map(|t| t.name()).join(", ")
+                )
+            })
+    }
+}
+
+/// The prompts of one (task, context).
+enum Prompts {
+    Lm(Vec<LmExample>),
+    Text(Vec<TextPrompt>),
+}
+
+/// The file RULER cases write their outputs to, one JSON line per example.
+pub const RULER_OUTPUTS_FILE: &str = "ruler-outputs.jsonl";
 
 /// Everything `xarena kv bench` takes.
 #[derive(Debug, Clone)]
@@ -42,7 +95,7 @@ pub struct BenchArgs {
     pub namm: Option<PathBuf>,
     pub ratios: Vec<f64>,
     pub contexts: Vec<usize>,
-    pub tasks: Vec<LmTask>,
+    pub tasks: Vec<BenchTask>,
     pub examples: usize,
     pub chunk: usize,
     /// How prompts meet the policy (chunked, or kvpress's compress-once).
@@ -66,7 +119,11 @@ impl Default for BenchArgs {
             namm: None,
             ratios: vec![0.25, 0.5, 0.75, 0.875],
             contexts: vec![256, 512],
-            tasks: vec![LmTask::Passkey, LmTask::Recall, LmTask::Mqar],
+            tasks: vec![
+                BenchTask::Lm(LmTask::Passkey),
+                BenchTask::Lm(LmTask::Recall),
+                BenchTask::Lm(LmTask::Mqar),
+            ],
             examples: 20,
             chunk: 32,
             protocol: Protocol::Chunked,
@@ -92,6 +149,9 @@ pub struct RunSetup {
     #[serde(default)]
     pub protocol: Protocol,
     pub seed: u64,
+    /// How RULER prompts were made (`plain` or `chatml`); absent without RULER tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruler_template: Option<String>,
 }
 
 /// One case before it runs.
@@ -101,7 +161,7 @@ pub struct KvCase {
     pub ratio: Option<f64>,
     pub budget: Option<usize>,
     pub context: usize,
-    pub task: LmTask,
+    pub task: BenchTask,
 }
 
 impl KvCase {
@@ -265,13 +325,32 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
             model.dir.display()
         );
         for t in &args.tasks {
-            let least = t.min_context(&task_config);
-            anyhow::ensure!(
-                c >= least,
-                "--contexts: {c} tokens cannot hold task {t} (at least {least})"
-            );
+            match t {
+                BenchTask::Lm(t) => {
+                    let least = t.min_context(&task_config);
+                    anyhow::ensure!(
+                        c >= least,
+                        "--contexts: {c} tokens cannot hold task {t} (at least {least})"
+                    );
+                }
+                BenchTask::Ruler(t) => {
+                    let end = c + t.max_new_tokens();
+                    anyhow::ensure!(
+                        end as i64 <= positions,
+                        "--contexts: {c} tokens and {t}'s {} answer tokens are past model \
+                         {}'s max_position_embeddings ({positions})",
+                        t.max_new_tokens(),
+                        model.dir.display()
+                    );
+                }
+            }
         }
     }
+    let text = if args.tasks.iter().any(|t| matches!(t, BenchTask::Ruler(_))) {
+        Some(RulerText::load(&args.model)?)
+    } else {
+        None
+    };
     let setup = RunSetup {
         model: model.label(),
         model_fingerprint: model.fingerprint.clone(),
@@ -284,6 +363,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         chunk: args.chunk,
         protocol: args.protocol,
         seed: args.seed,
+        ruler_template: text.as_ref().map(|t| t.label().to_string()),
     };
     let records_path = args.out.join(KV_FILE);
     let run_path = args.out.join(RUN_FILE);
@@ -330,7 +410,8 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         .with_context(|| format!("opening {}", records_path.display()))?;
 
     let environment = env::capture(i64::from(tch::get_num_threads()));
-    let mut prompts: BTreeMap<(LmTask, usize), Vec<LmExample>> = BTreeMap::new();
+    let mut prompts: BTreeMap<(BenchTask, usize), Prompts> = BTreeMap::new();
+    let mut ruler_out: Option<std::fs::File> = None;
     let mut outcome = BenchOutcome {
         ran: 0,
         skipped: 0,
@@ -345,20 +426,66 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         }
         let xs = match prompts.entry((case.task, case.context)) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => e.insert(case.task.examples(
-                &task_config,
-                case.context,
-                args.examples,
-                args.seed,
-                LmSplit::Test,
-            )?),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(match case.task {
+                BenchTask::Lm(t) => Prompts::Lm(t.examples(
+                    &task_config,
+                    case.context,
+                    args.examples,
+                    args.seed,
+                    LmSplit::Test,
+                )?),
+                BenchTask::Ruler(t) => {
+                    let text = text.as_ref().context("RULER tasks need the tokenizer")?;
+                    Prompts::Text(ruler_prompts(text, t, case.context, args)?)
+                }
+            }),
         };
         let policy: Box<dyn CachePolicy> = match (case.policy.as_str(), &namm) {
             ("namm", Some(n)) => Box::new(n.policy()?),
             (p, _) => build_policy(p, case.budget)?,
         };
         let label = policy.describe();
-        let (totals, _) = decode_all_under(&model.lm, policy, xs, args.chunk, args.protocol);
+        let totals = match xs {
+            Prompts::Lm(xs) => decode_all_under(&model.lm, policy, xs, args.chunk, args.protocol).0,
+            Prompts::Text(xs) => {
+                let text = text.as_ref().context("RULER tasks need the tokenizer")?;
+                let detok = |ids: &[u32]| text.decode(ids).unwrap_or_default();
+                let (totals, outputs, _) = decode_text_all_under(
+                    &model.lm,
+                    policy,
+                    xs,
+                    args.chunk,
+                    args.protocol,
+                    &text.stop,
+                    &detok,
+                );
+                let path = args.out.join(RULER_OUTPUTS_FILE);
+                if ruler_out.is_none() {
+                    ruler_out = Some(
+                        OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                            .with_context(|| format!("opening {}", path.display()))?,
+                    );
+                }
+                let f = ruler_out.as_mut().expect("opened above");
+                for (i, ((output, score), p)) in outputs.iter().zip(xs.iter()).enumerate() {
+                    let line = serde_json::json!({
+                        "case_id": id,
+                        "example": i,
+                        "prompt_tokens": p.tokens.len(),
+                        "answers": p.answers,
+                        "output": output,
+                        "score": score,
+                    });
+                    writeln!(f, "{line}")
+                        .with_context(|| format!("appending to {}", path.display()))?;
+                }
+                f.flush()?;
+                totals
+            }
+        };
         let full_score = if case.policy == "full" {
             totals.score()
         } else {
@@ -393,6 +520,27 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         outcome.ran += 1;
     }
     Ok(outcome)
+}
+
+/// The RULER prompts of one (task, context), tokenized; each at most `context` tokens.
+fn ruler_prompts(
+    text: &RulerText,
+    task: RulerTask,
+    context: usize,
+    args: &BenchArgs,
+) -> Result<Vec<TextPrompt>> {
+    let count = |i: &str, p: &str| text.count(i, p);
+    let xs = ruler::examples(task, context, args.examples, args.seed, &count)?;
+    xs.into_iter()
+        .map(|x| {
+            let tokens = text.encode(&text.render(&x.input, &x.answer_prefix))?;
+            Ok(TextPrompt {
+                tokens,
+                answers: x.answers,
+                max_new: task.max_new_tokens(),
+            })
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -440,5 +588,25 @@ fn make_record(
             .flatten(),
         finished: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         env: environment.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_tasks_parse_both_kinds() {
+        assert_eq!(
+            "passkey".parse::<BenchTask>().unwrap(),
+            BenchTask::Lm(LmTask::Passkey)
+        );
+        assert_eq!(
+            "niah_multikey".parse::<BenchTask>().unwrap(),
+            BenchTask::Ruler(RulerTask::NiahMultikey)
+        );
+        assert_eq!("cwe".parse::<BenchTask>().unwrap().to_string(), "cwe");
+        let e = "nope".parse::<BenchTask>().unwrap_err().to_string();
+        assert!(e.contains("mqar") && e.contains("niah_single"), "{e}");
     }
 }

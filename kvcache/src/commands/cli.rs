@@ -11,7 +11,7 @@ use xarena_datasets::lm_tasks::{LmTask, LmTaskConfig};
 use xarena_reports::kv::{frontier_plot, kv_groups, kv_report, load_kv, plot_name};
 use xarena_reports::table::{Format, Style};
 
-use super::bench::{bench_command, BenchArgs};
+use super::bench::{bench_command, BenchArgs, BenchTask};
 use super::evolve::{evolve_command, EvolveArgs, PromptSampling, StageStart};
 use super::train::{train_command, KvTrainArgs};
 use crate::eval::Protocol;
@@ -46,8 +46,8 @@ pub enum KvCommand {
 }
 
 /// Repeats kept once, in order.
-fn dedup(tasks: Vec<LmTask>) -> Vec<LmTask> {
-    let mut out: Vec<LmTask> = Vec::new();
+fn dedup<T: PartialEq>(tasks: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
     for t in tasks {
         if !out.contains(&t) {
             out.push(t);
@@ -249,8 +249,11 @@ pub struct KvBenchCli {
     /// Prompt lengths.
     #[arg(long, value_delimiter = ',', default_values_t = [256, 512])]
     contexts: Vec<usize>,
+    /// passkey, recall, mqar (token-level, the models trained here); or, on a model
+    /// directory with tokenizer.json, the RULER text tasks niah_single, niah_multikey,
+    /// niah_multivalue, niah_multiquery, vt, cwe (a context is then the prompt's tokens).
     #[arg(long, value_delimiter = ',', default_value = "passkey,recall,mqar")]
-    tasks: Vec<LmTask>,
+    tasks: Vec<BenchTask>,
     /// Prompts per case.
     #[arg(long, default_value_t = 20)]
     examples: usize,

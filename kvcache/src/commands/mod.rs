@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod evolve;
 pub mod model_dir;
+pub mod ruler_text;
 pub mod train;
 
 pub use xarena_schema::files::{check_new_dir, read_json, write_atomic, write_json_atomic};
