@@ -950,7 +950,7 @@ mod tests {
                     }
                 }
                 let mut v: Vec<(&str, usize)> = counts.into_iter().collect();
-                v.sort_by_key(|e| std::cmp::Reverse(e.1));
+                v.sort_by_key(|x| std::cmp::Reverse(x.1));
                 let mut top: Vec<String> = v[..10].iter().map(|x| x.0.to_string()).collect();
                 assert!(v[9].1 > v[10].1);
                 top.sort();
