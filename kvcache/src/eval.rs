@@ -65,6 +65,45 @@ pub fn decode(
     decode_under(lm, policy, ex, chunk, Protocol::Chunked)
 }
 
+/// A session after its prompt: the last logits, the prefill's wall time and the
+/// statistics then.
+struct Prefilled<'a> {
+    session: Session<'a>,
+    logits: Tensor,
+    prefill_seconds: f64,
+    after_prefill: SessionStats,
+}
+
+/// Prefills `prompt` under `protocol`: in chunks of `chunk` with the policy after each,
+/// or (kvpress) in one call, compressed once, the policy then left out while decoding.
+fn prefill<'a>(
+    lm: &'a DecoderLm,
+    policy: Box<dyn CachePolicy>,
+    prompt: &[u32],
+    chunk: usize,
+    protocol: Protocol,
+) -> Prefilled<'a> {
+    let prompt: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let mut session = Session::new(lm, policy);
+    let chunk = match protocol {
+        Protocol::Chunked => chunk,
+        Protocol::Kvpress => prompt.len(),
+    };
+    let t = Instant::now();
+    let logits = session.prefill(&prompt, chunk);
+    if protocol == Protocol::Kvpress {
+        session.set_evicting(false);
+    }
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let after_prefill = session.stats();
+    Prefilled {
+        session,
+        logits,
+        prefill_seconds,
+        after_prefill,
+    }
+}
+
 /// As [`decode`], under `protocol` (`chunk` is used by [`Protocol::Chunked`] only).
 pub fn decode_under(
     lm: &DecoderLm,
@@ -73,19 +112,12 @@ pub fn decode_under(
     chunk: usize,
     protocol: Protocol,
 ) -> (Decoded, Box<dyn CachePolicy>) {
-    let prompt: Vec<i64> = ex.prompt.iter().map(|&t| i64::from(t)).collect();
-    let mut session = Session::new(lm, policy);
-    let chunk = match protocol {
-        Protocol::Chunked => chunk,
-        Protocol::Kvpress => prompt.len(),
-    };
-    let t = Instant::now();
-    let mut logits = session.prefill(&prompt, chunk);
-    if protocol == Protocol::Kvpress {
-        session.set_evicting(false);
-    }
-    let prefill_seconds = t.elapsed().as_secs_f64();
-    let after_prefill = session.stats();
+    let Prefilled {
+        mut session,
+        mut logits,
+        prefill_seconds,
+        after_prefill,
+    } = prefill(lm, policy, &ex.prompt, chunk, protocol);
     let t = Instant::now();
     let mut produced = Vec::with_capacity(ex.answer.len());
     for (&truth, &given) in ex.answer.iter().zip(&ex.given) {
@@ -204,19 +236,12 @@ pub fn decode_text_under(
     stop: &[u32],
     detok: &dyn Fn(&[u32]) -> String,
 ) -> (Decoded, String, Box<dyn CachePolicy>) {
-    let prompt: Vec<i64> = p.tokens.iter().map(|&t| i64::from(t)).collect();
-    let mut session = Session::new(lm, policy);
-    let chunk = match protocol {
-        Protocol::Chunked => chunk,
-        Protocol::Kvpress => prompt.len(),
-    };
-    let t = Instant::now();
-    let mut logits = session.prefill(&prompt, chunk);
-    if protocol == Protocol::Kvpress {
-        session.set_evicting(false);
-    }
-    let prefill_seconds = t.elapsed().as_secs_f64();
-    let after_prefill = session.stats();
+    let Prefilled {
+        mut session,
+        mut logits,
+        prefill_seconds,
+        after_prefill,
+    } = prefill(lm, policy, &p.tokens, chunk, protocol);
     let t = Instant::now();
     let mut produced = Vec::with_capacity(p.max_new);
     for _ in 0..p.max_new {
