@@ -904,8 +904,8 @@ fn kv_convert_refuses_bad_input_by_name_and_kv_logits_writes_the_forward() {
 fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
     let dir = hf_dir();
     let (chunked, kvpress) = (tmp("kv-proto-chunked"), tmp("kv-proto-kvpress"));
-    for (out, protocol) in [(&chunked, "chunked"), (&kvpress, "kvpress")] {
-        ok(&[
+    let bench = |protocol: &'static str, out: &Path, extra: &[&'static str]| -> Vec<String> {
+        [
             "kv",
             "bench",
             "--model",
@@ -926,7 +926,15 @@ fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
             protocol,
             "--out",
             s(out),
-        ]);
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+    };
+    for (out, protocol) in [(&chunked, "chunked"), (&kvpress, "kvpress")] {
+        let args = bench(protocol, out, &[]);
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
     // Chunked records are as before (no field); kvpress ones say so.
     assert!(records(&chunked).iter().all(|r| r.protocol.is_none()));
@@ -941,27 +949,8 @@ fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
     assert!(md.contains("(kvpress protocol), context 40 tokens"), "{md}");
     assert_eq!(md.matches("context 40 tokens").count(), 2, "{md}");
     // A resume under the other protocol is refused.
-    let e = fails(&[
-        "kv",
-        "bench",
-        "--model",
-        s(&dir),
-        "--policies",
-        "full,streaming-llm",
-        "--ratios",
-        "0.5",
-        "--contexts",
-        "40",
-        "--tasks",
-        "mqar",
-        "--examples",
-        "2",
-        "--protocol",
-        "chunked",
-        "--resume",
-        "--out",
-        s(&kvpress),
-    ]);
+    let args = bench("chunked", &kvpress, &["--resume"]);
+    let e = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(e.contains("--resume"), "{e}");
     for d in [&chunked, &kvpress] {
         std::fs::remove_dir_all(d).unwrap();

@@ -481,6 +481,28 @@ fn h2o_keeps_recent_and_heaviest_accumulated_attention() {
     assert!(kept.windows(2).any(|w| w[0] != w[1]));
 }
 
+/// `got` (ascending row indices) keeps the newest row and the `budget - 1` earlier rows
+/// that score highest in `score` (one per earlier row); rows whose scores tie to within
+/// the policies' f32 rounding (relative 1e-5) may go either way.
+fn assert_keeps_newest_and_best(got: &[i64], score: &[f64], budget: usize, what: &str) {
+    let newest = score.len() as i64;
+    assert_eq!(got.len(), budget, "{what}");
+    assert_eq!(*got.last().unwrap(), newest, "{what}: the newest stays");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{what}: {got:?}");
+    let kept_min = got[..budget - 1]
+        .iter()
+        .map(|&r| score[r as usize])
+        .fold(f64::MAX, f64::min);
+    let evicted_max = (0..score.len())
+        .filter(|r| !got.contains(&(*r as i64)))
+        .map(|r| score[r])
+        .fold(f64::MIN, f64::max);
+    assert!(
+        kept_min >= evicted_max - 1e-5 * evicted_max.abs(),
+        "{what}: kept a score {kept_min} below an evicted {evicted_max}"
+    );
+}
+
 #[test]
 fn l2_keeps_the_lowest_key_norms_and_the_newest() {
     let cfg = gqa();
@@ -495,25 +517,10 @@ fn l2_keeps_the_lowest_key_norms_and_the_newest() {
                 continue;
             }
             let norms = floats(&k.to_kind(Kind::Double).norm_scalaropt_dim(2, [1], false));
+            // The lowest norms are the best.
+            let score: Vec<f64> = norms[..len - 1].iter().map(|v| -v).collect();
             let got = ints(keep[g].as_ref().unwrap());
-            // The newest, then budget - 1 older rows, ascending and distinct.
-            assert_eq!(got.len(), budget);
-            assert_eq!(*got.last().unwrap(), len as i64 - 1);
-            assert!(got.windows(2).all(|w| w[0] < w[1]));
-            // Every kept older row has a norm no larger than any evicted one; the policy
-            // sums squares in f32, so rows tied to within rounding may go either way.
-            let kept_max = got[..budget - 1]
-                .iter()
-                .map(|&r| norms[r as usize])
-                .fold(f64::MIN, f64::max);
-            let evicted_min = (0..len - 1)
-                .filter(|r| !got.contains(&(*r as i64)))
-                .map(|r| norms[r])
-                .fold(f64::MAX, f64::min);
-            assert!(
-                kept_max <= evicted_min * (1.0 + 1e-5),
-                "head {g}: kept a norm {kept_max} above an evicted {evicted_min}"
-            );
+            assert_keeps_newest_and_best(&got, &score, budget, &format!("head {g}"));
         }
     });
     matches_dense_reference(&lm, policy, &toks, 14, 5);
@@ -1357,8 +1364,7 @@ fn the_kvpress_protocol_compresses_once_then_the_cache_grows() {
         )
     });
     // StreamingLLMPress: the first 4 and the newest. The scored presses: the newest, then
-    // the budget - 1 best scores; rows whose scores tie to within the policy's f32
-    // rounding may go either way.
+    // the budget - 1 best scores.
     let check =
         move |name: &str, obs: &Observation, got: &[Vec<i64>], scores: Option<Vec<Vec<f64>>>| {
             let Some(scores) = scores else {
@@ -1369,22 +1375,8 @@ fn the_kvpress_protocol_compresses_once_then_the_cache_grows() {
                 return;
             };
             for (h, (g, score)) in got.iter().zip(&scores).enumerate() {
-                assert_eq!(g.len(), budget, "{name} layer {} head {h}", obs.layer);
-                assert_eq!(*g.last().unwrap(), n as i64 - 1, "{name}: the newest stays");
-                assert!(g.windows(2).all(|w| w[0] < w[1]));
-                let kept_min = g[..budget - 1]
-                    .iter()
-                    .map(|&r| score[r as usize])
-                    .fold(f64::MAX, f64::min);
-                let evicted_max = (0..n - 1)
-                    .filter(|r| !g.contains(&(*r as i64)))
-                    .map(|r| score[r])
-                    .fold(f64::MIN, f64::max);
-                assert!(
-                    kept_min >= evicted_max - 1e-5 * evicted_max.abs().max(1e-3),
-                    "{name} layer {} head {h}: kept {kept_min} below evicted {evicted_max}",
-                    obs.layer
-                );
+                let what = format!("{name} layer {} head {h}", obs.layer);
+                assert_keeps_newest_and_best(g, score, budget, &what);
             }
         };
     let answer = 5usize;
