@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 use xarena_reports::schema::{DeviceCheck, Latency, Memory, Mode, Status};
+use xarena_schema::record::MachineState;
 use xarena_variants::{build_layer, Layer, LayerDecoder, VariantSpec};
 
 use crate::sweep::Case;
@@ -40,6 +41,9 @@ pub struct Outcome {
     pub backend: Option<String>,
     pub state_bytes: Option<u64>,
     pub check: Option<DeviceCheck>,
+    /// The machine around the timed samples.
+    #[serde(default)]
+    pub machine: Option<MachineState>,
 }
 
 impl Outcome {
@@ -274,9 +278,22 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
             ..Default::default()
         });
     }
+    let slowdown = crate::worker::injected_slowdown(&case.key.variant)?;
     let prepared = Prepared::new(case)?;
     let device = prepared.device;
-    let mut step = || prepared.step();
+    let mut step = || match slowdown {
+        None => prepared.step(),
+        Some(f) => {
+            let t = std::time::Instant::now();
+            prepared.step();
+            timing::synchronize(device);
+            let extra = t.elapsed().mul_f64(f);
+            let t = std::time::Instant::now();
+            while t.elapsed() < extra {
+                std::hint::spin_loop();
+            }
+        }
+    };
     let mut setup = || prepared.setup();
 
     let (per_iter, warmup) = timing::warm_up(device, &req.timing, &mut setup, &mut step);
@@ -286,7 +303,9 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
     let batchable = case.key.mode != Mode::Decode;
     let per_sample = timing::per_sample_for(&req.timing, device, per_iter, batchable);
     let samples = timing::iterations_for(&req.timing, per_iter, per_sample);
+    let around = xarena_measure::machine::Snapshot::take();
     let latency = timing::measure(device, samples, per_sample, warmup, &mut setup, &mut step);
+    let machine = around.since();
 
     prepared.setup();
     Ok(Outcome {
@@ -304,6 +323,7 @@ fn run_inner(req: &Request) -> Result<Outcome, String> {
         params: Some(prepared.params),
         backend: prepared.layer().backend(),
         check,
+        machine: Some(machine),
     })
 }
 

@@ -12,6 +12,7 @@ pub mod history;
 pub mod merge;
 pub mod quality;
 pub mod roofline;
+pub mod rounds;
 pub mod run;
 pub mod store;
 pub mod sweep;

@@ -21,6 +21,9 @@ use xarena_schema::files::{repair_jsonl_tail, write_atomic};
 
 pub const CSV_FILE: &str = "results.csv";
 pub const RUNS_FILE: &str = "runs.jsonl";
+/// `--rounds`: each visit of a case whose rounds are not all made yet
+/// ([`crate::rounds::VisitLine`]); a resumed run goes on from them.
+pub const VISITS_FILE: &str = "visits.jsonl";
 
 /// The flat CSV row of a record.
 #[derive(Serialize)]
@@ -108,7 +111,9 @@ pub fn check_target(dir: &Path, resume: bool) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("--out {}: exists and is not a directory", dir.display());
     }
-    if !resume && holds_results(&results)? {
+    // Rounds made before a kill are results too: a case's visits wait in visits.jsonl
+    // until its last round.
+    if !resume && (holds_results(&results)? || holds_results(&dir.join(VISITS_FILE))?) {
         bail!(
             "--out {}: already holds results; pass --resume to continue that run, or name another --out",
             dir.display()
@@ -237,6 +242,46 @@ impl Store {
             .and_then(|()| self.csv.flush().map_err(Into::into))
             .with_context(|| format!("appending to {}", path(CSV_FILE)))?;
         Ok(())
+    }
+
+    /// Appends one visit of a case measured in rounds to `visits.jsonl`.
+    pub fn append_visit(&mut self, visit: &crate::rounds::VisitLine) -> Result<()> {
+        let path = self.dir.join(VISITS_FILE);
+        let line = serde_json::to_string(visit)? + "\n";
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.flush()))
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+
+    /// The visits recorded so far (a last line cut by a kill is dropped, and the file
+    /// left ending in a complete line).
+    pub fn visits(&self) -> Result<Vec<crate::rounds::VisitLine>> {
+        let path = self.dir.join(VISITS_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut out = Vec::new();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut truncated = false;
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<crate::rounds::VisitLine>(line) {
+                Ok(v) => {
+                    v.record
+                        .check()
+                        .map_err(|m| anyhow::anyhow!("{} line {}: {m}", path.display(), i + 1))?;
+                    out.push(v)
+                }
+                Err(e) if i + 1 == lines.len() && e.is_eof() => truncated = true,
+                Err(e) => bail!("{} line {}: {e}", path.display(), i + 1),
+            }
+        }
+        repair_jsonl_tail(&path, truncated)?;
+        Ok(out)
     }
 
     /// Appends this invocation's description to `runs.jsonl`.

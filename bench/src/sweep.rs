@@ -75,6 +75,8 @@ pub struct SweepFile {
     pub roofline: Option<RooflineMode>,
     /// Run cases whose estimated memory exceeds their device's, as `--allow-oversize`.
     pub allow_oversize: Option<bool>,
+    /// Visits per case, as `--rounds`.
+    pub rounds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +130,10 @@ impl SweepFile {
     }
 }
 
+/// The most rounds a sweep visits its cases (beyond it an interval narrows no further
+/// than the machine's drift over the run).
+pub const MAX_ROUNDS: u32 = 100;
+
 /// Everything a sweep varies, resolved from defaults, a file and flags.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sweep {
@@ -150,6 +156,9 @@ pub struct Sweep {
     /// Run cases whose estimated working memory exceeds their device's memory (refused
     /// up front otherwise, [`crate::estimate`]).
     pub allow_oversize: bool,
+    /// Visits per case, interleaved (`--rounds`): each round visits every case in a
+    /// different order, each visit in its own worker; 1 measures each case once.
+    pub rounds: u32,
 }
 
 impl Default for Sweep {
@@ -174,6 +183,7 @@ impl Default for Sweep {
             threads: 0,
             roofline: RooflineMode::Auto,
             allow_oversize: false,
+            rounds: 1,
         }
     }
 }
@@ -208,6 +218,9 @@ impl Sweep {
         }
         if let Some(a) = file.allow_oversize {
             self.allow_oversize = a;
+        }
+        if let Some(r) = file.rounds {
+            self.rounds = r;
         }
         Ok(())
     }
@@ -266,6 +279,12 @@ impl Sweep {
             ));
         }
         check_threads(self.threads).map_err(|m| field("threads", m))?;
+        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
+            return Err(field(
+                "rounds",
+                format!("must be 1 to {MAX_ROUNDS}, got {}", self.rounds),
+            ));
+        }
         Ok(())
     }
 

@@ -40,6 +40,35 @@ const RESULT_PREFIX: &str = "XARENA-RESULT ";
 /// make the device check (bench/src/check.rs) see a non-finite output.
 pub const FAULT_ENV: &str = "XARENA_FAULT";
 
+/// Environment variable for measuring the regression gate (`docs/results/gate`): a
+/// comma-separated list of `<fraction>@<variant>` makes every timed iteration of that
+/// variant's cases slower by the fraction (after each step the worker spins for that
+/// fraction of the step's own time), a known slowdown for `compare` to catch.
+pub const SLOWDOWN_ENV: &str = "XARENA_TEST_SLOWDOWN";
+
+/// The slowdown injected for `variant`: a finite fraction in [0, 10].
+pub fn injected_slowdown(variant: &str) -> Result<Option<f64>, String> {
+    let Ok(spec) = std::env::var(SLOWDOWN_ENV) else {
+        return Ok(None);
+    };
+    for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
+        let (fraction, v) = item
+            .split_once('@')
+            .ok_or_else(|| format!("{SLOWDOWN_ENV}: `{item}` is not <fraction>@<variant>"))?;
+        let f: f64 = fraction
+            .trim()
+            .parse()
+            .map_err(|_| format!("{SLOWDOWN_ENV}: `{fraction}` in `{item}` is not a number"))?;
+        if !(0.0..=10.0).contains(&f) {
+            return Err(format!("{SLOWDOWN_ENV}: {f} in `{item}` is not in [0, 10]"));
+        }
+        if v.trim() == variant {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
 /// Set by the `poison` fault: the worker's state is unusable from then on.
 static POISONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

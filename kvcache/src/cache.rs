@@ -42,6 +42,27 @@ impl KvLayerCache {
         }
     }
 
+    /// A copy of the live rows (with room for `headroom` more tokens per head): the
+    /// cache of a session forked after a shared prefill.
+    pub fn duplicate(&self, headroom: i64) -> KvLayerCache {
+        let used = self.lens.iter().copied().max().unwrap_or(0);
+        let copy = |x: &Tensor| {
+            let mut shape = x.size();
+            shape[1] = (used + headroom).max(MIN_CAPACITY);
+            let new = Tensor::empty(shape.as_slice(), (x.kind(), x.device()));
+            new.narrow(1, 0, used).copy_(&x.narrow(1, 0, used));
+            new
+        };
+        KvLayerCache {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            pos: copy(&self.pos),
+            lens: self.lens.clone(),
+            heads: self.heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     /// Tokens held, per head.
     pub fn lens(&self) -> Vec<i64> {
         self.lens.clone()

@@ -112,12 +112,17 @@ pub fn decode_under(
     chunk: usize,
     protocol: Protocol,
 ) -> (Decoded, Box<dyn CachePolicy>) {
+    answer_tokens(prefill(lm, policy, &ex.prompt, chunk, protocol), ex)
+}
+
+/// The answer of `ex` after its prompt: greedy, given tokens copied, each fed back.
+fn answer_tokens(prefilled: Prefilled, ex: &LmExample) -> (Decoded, Box<dyn CachePolicy>) {
     let Prefilled {
         mut session,
         mut logits,
         prefill_seconds,
         after_prefill,
-    } = prefill(lm, policy, &ex.prompt, chunk, protocol);
+    } = prefilled;
     let t = Instant::now();
     let mut produced = Vec::with_capacity(ex.answer.len());
     for (&truth, &given) in ex.answer.iter().zip(&ex.given) {
@@ -138,6 +143,35 @@ pub fn decode_under(
         stats,
     };
     (decoded, session.into_policy())
+}
+
+/// kvpress's protocol for several policies at once: the prompt prefilled once with the
+/// full cache (its attention kept), then for each policy a session forked from it and
+/// compressed as if that policy had prefilled alone ([`Session::fork_compressed`]).
+/// Each policy's prefill time is the shared prefill's plus its own compression. The
+/// policies come back in order with what each decoded.
+fn shared_prefills<'a, T>(
+    lm: &'a DecoderLm,
+    policies: Vec<Box<dyn CachePolicy>>,
+    prompt: &[u32],
+    headroom: usize,
+    mut finish: impl FnMut(Prefilled<'a>) -> T,
+) -> Vec<T> {
+    let prompt: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let shared = Session::prefill_recorded(lm, &prompt);
+    policies
+        .into_iter()
+        .map(|policy| {
+            let session = Session::fork_compressed(&shared, policy, headroom as i64);
+            let after_prefill = session.stats();
+            finish(Prefilled {
+                session,
+                logits: shared.logits.shallow_clone(),
+                prefill_seconds: shared.seconds + after_prefill.policy_seconds,
+                after_prefill,
+            })
+        })
+        .collect()
 }
 
 /// Totals over several examples.
@@ -236,12 +270,27 @@ pub fn decode_text_under(
     stop: &[u32],
     detok: &dyn Fn(&[u32]) -> String,
 ) -> (Decoded, String, Box<dyn CachePolicy>) {
+    answer_text(
+        prefill(lm, policy, &p.tokens, chunk, protocol),
+        p,
+        stop,
+        detok,
+    )
+}
+
+/// The greedy answer to `p` after its prompt, until a `stop` token or `max_new` tokens.
+fn answer_text(
+    prefilled: Prefilled,
+    p: &TextPrompt,
+    stop: &[u32],
+    detok: &dyn Fn(&[u32]) -> String,
+) -> (Decoded, String, Box<dyn CachePolicy>) {
     let Prefilled {
         mut session,
         mut logits,
         prefill_seconds,
         after_prefill,
-    } = prefill(lm, policy, &p.tokens, chunk, protocol);
+    } = prefilled;
     let t = Instant::now();
     let mut produced = Vec::with_capacity(p.max_new);
     for _ in 0..p.max_new {
@@ -287,4 +336,57 @@ pub fn decode_text_all_under(
         totals.add(&d);
     }
     (totals, outputs, policy)
+}
+
+/// Several policies' decoding of the same examples under kvpress's protocol, each
+/// prompt prefilled once for all of them ([`Session::fork_compressed`]): what
+/// [`decode_all_under`] with [`Protocol::Kvpress`] gives each policy, at one prefill per
+/// prompt instead of one per policy and prompt.
+pub fn decode_all_shared(
+    lm: &DecoderLm,
+    mut policies: Vec<Box<dyn CachePolicy>>,
+    examples: &[LmExample],
+) -> (Vec<Totals>, Vec<Box<dyn CachePolicy>>) {
+    let mut totals = vec![Totals::default(); policies.len()];
+    for ex in examples {
+        let done = shared_prefills(lm, policies, &ex.prompt, ex.answer.len(), |p| {
+            answer_tokens(p, ex)
+        });
+        policies = Vec::with_capacity(done.len());
+        for (t, (d, p)) in totals.iter_mut().zip(done) {
+            t.add(&d);
+            policies.push(p);
+        }
+    }
+    (totals, policies)
+}
+
+/// What one policy decoded over several text prompts: totals and each output with its
+/// score.
+pub type TextOutcome = (Totals, Vec<(String, f64)>);
+
+/// As [`decode_all_shared`] for text prompts (each policy's outputs as
+/// [`decode_text_all_under`] gives them).
+pub fn decode_text_all_shared(
+    lm: &DecoderLm,
+    mut policies: Vec<Box<dyn CachePolicy>>,
+    prompts: &[TextPrompt],
+    stop: &[u32],
+    detok: &dyn Fn(&[u32]) -> String,
+) -> (Vec<TextOutcome>, Vec<Box<dyn CachePolicy>>) {
+    let mut out: Vec<TextOutcome> = (0..policies.len())
+        .map(|_| (Totals::default(), Vec::with_capacity(prompts.len())))
+        .collect();
+    for p in prompts {
+        let done = shared_prefills(lm, policies, &p.tokens, p.max_new, |pre| {
+            answer_text(pre, p, stop, detok)
+        });
+        policies = Vec::with_capacity(done.len());
+        for ((totals, outputs), (d, text, back)) in out.iter_mut().zip(done) {
+            outputs.push((text, d.score));
+            totals.add(&d);
+            policies.push(back);
+        }
+    }
+    (out, policies)
 }

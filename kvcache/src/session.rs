@@ -49,6 +49,22 @@ pub struct Session<'a> {
     /// Whether the policy is asked after each call; off, the cache only grows (kvpress's
     /// protocol decodes so after compressing the prefill once).
     evicting: bool,
+    /// Per layer, per KV head, the attention of the calls made while recording
+    /// ([`Session::prefill_recorded`]).
+    recorded: Option<Vec<Vec<Tensor>>>,
+}
+
+/// A prompt prefilled once with the full cache, its attention kept, from which sessions
+/// under different policies are forked ([`Session::fork_compressed`]): kvpress's protocol
+/// compresses only after the whole prompt, and the prompt's forward pass does not depend
+/// on what a layer's policy evicts after it, so one prefill serves every policy.
+pub struct SharedPrefill<'a> {
+    session: Session<'a>,
+    attention: Vec<Vec<Tensor>>,
+    /// The logits `[vocab]` of the prompt's last token.
+    pub logits: Tensor,
+    /// Wall time of the prefill (no policy).
+    pub seconds: f64,
 }
 
 impl<'a> Session<'a> {
@@ -64,6 +80,7 @@ impl<'a> Session<'a> {
             bytes_now: 0,
             precise_timing: lm.device().is_cuda(),
             evicting: true,
+            recorded: None,
         };
         s.reset();
         s
@@ -101,6 +118,85 @@ impl<'a> Session<'a> {
     /// Asks the policy after each call (the default) or not: then calls only append.
     pub fn set_evicting(&mut self, on: bool) {
         self.evicting = on;
+    }
+
+    /// Prefills `tokens` in one call with the full cache, keeping each layer's attention,
+    /// for [`Session::fork_compressed`].
+    pub fn prefill_recorded(lm: &'a DecoderLm, tokens: &[i64]) -> SharedPrefill<'a> {
+        let mut session = Session::new(lm, Box::new(crate::policy::Full));
+        session.set_evicting(false);
+        session.recorded = Some(Vec::new());
+        let t = Instant::now();
+        let logits = session.prefill(tokens, tokens.len());
+        let seconds = t.elapsed().as_secs_f64();
+        let attention = session.recorded.take().expect("recording");
+        SharedPrefill {
+            session,
+            attention,
+            logits,
+            seconds,
+        }
+    }
+
+    /// A session under `policy` holding what it would hold had it prefilled the shared
+    /// prompt in one call itself: the policy sees each layer's attention once and evicts,
+    /// then the cache only grows (kvpress's protocol). Its statistics are the ones that
+    /// session would have (the peak counted layer by layer as the forward pass appends
+    /// and evicts); the policy's time is measured here, the forward pass's is the shared
+    /// prefill's.
+    pub fn fork_compressed(
+        shared: &SharedPrefill<'a>,
+        policy: Box<dyn CachePolicy>,
+        headroom: i64,
+    ) -> Session<'a> {
+        let from = &shared.session;
+        let mut s = Session::new(from.lm, policy);
+        s.precise_timing = from.precise_timing;
+        s.layers = from.layers.iter().map(|l| l.duplicate(headroom)).collect();
+        s.last_logits = from.last_logits.as_ref().map(Tensor::shallow_clone);
+        s.stats = from.stats.clone();
+        let now = s.stats.tokens_seen - 1;
+        let device = s.lm.device();
+        Self::sync(s.precise_timing, device);
+        let t = Instant::now();
+        let (mut bytes, mut peak) = (0u64, 0u64);
+        for (i, attention) in shared.attention.iter().enumerate() {
+            let cache = &mut s.layers[i];
+            bytes += cache.bytes();
+            peak = peak.max(bytes);
+            let keys = cache.keys();
+            let positions = cache.positions();
+            let keep = s.policy.update(&Observation {
+                layer: i,
+                attention,
+                keys: &keys,
+                positions: &positions,
+                now,
+            });
+            drop((keys, positions));
+            let before = cache.bytes();
+            cache.retain(&keep);
+            bytes = bytes + cache.bytes() - before;
+        }
+        Self::sync(s.precise_timing, device);
+        let cfg = s.lm.config();
+        let cached: i64 = s.layers.iter().flat_map(KvLayerCache::lens).sum();
+        let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
+        let retained = cached as f64 / slots / s.stats.tokens_seen as f64;
+        s.bytes_now = bytes;
+        s.stats.peak_kv_bytes = peak;
+        s.stats.policy_seconds = t.elapsed().as_secs_f64();
+        // The one call's sample, as the session that prefilled alone took it.
+        assert_eq!(
+            s.stats.calls, 1,
+            "fork_compressed: the shared prefill is one call"
+        );
+        s.stats.retained_fraction = retained;
+        s.stats.mean_retained_fraction = retained;
+        s.stats.peak_retained_fraction = retained;
+        s.retained_sum = retained;
+        s.evicting = false;
+        s
     }
 
     /// Processes `tokens` (appended to whatever the session holds) in calls of `chunk`
@@ -235,6 +331,10 @@ impl<'a> Session<'a> {
                 x = &x + layer.output(&att.unsqueeze(0));
                 x = &x + layer.mlp(&rms_norm(&x, &layer.post_norm, eps));
 
+                if let Some(rec) = self.recorded.as_mut() {
+                    rec.push(probs);
+                    continue;
+                }
                 if !self.evicting {
                     continue;
                 }

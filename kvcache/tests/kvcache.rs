@@ -1425,3 +1425,83 @@ fn the_kvpress_protocol_compresses_once_then_the_cache_grows() {
         );
     }
 }
+
+/// One prefill shared by every policy (`kv bench --protocol kvpress`) decodes as each
+/// policy's own prefill does: the same answers, scores, retained fractions and peak
+/// bytes, for every policy of the table (token and text prompts).
+#[test]
+fn a_shared_prefill_decodes_as_each_policy_alone() {
+    use xarena_datasets::lm_tasks::LmExample;
+    use xarena_kvcache::eval::{
+        decode_all_shared, decode_all_under, decode_text_all_shared, decode_text_all_under,
+        Protocol, TextPrompt,
+    };
+    let cfg = gqa();
+    let (_vs, lm) = model(&cfg, 31);
+    let budget = 9usize;
+    let build = || -> Vec<Box<dyn CachePolicy>> {
+        POLICIES
+            .iter()
+            .filter(|p| p.build.is_some())
+            .map(|p| build_policy(p.name, p.budgeted.then_some(budget)).unwrap())
+            .collect()
+    };
+    let examples: Vec<LmExample> = (0..3)
+        .map(|i| {
+            let toks = tokens(20 + 4 * i, cfg.vocab_size, 40 + i as i64);
+            LmExample {
+                prompt: toks.iter().map(|&t| t as u32).collect(),
+                // Decoded greedily but the second token, given.
+                answer: vec![3, 7, 1, 4],
+                given: vec![false, true, false, false],
+            }
+        })
+        .collect();
+    let (shared, _) = decode_all_shared(&lm, build(), &examples);
+    for (policy, got) in build().into_iter().zip(&shared) {
+        let name = policy.describe();
+        let (want, _) = decode_all_under(&lm, policy, &examples, 4, Protocol::Kvpress);
+        assert_eq!(got.examples, want.examples, "{name}");
+        assert_eq!(got.score_sum, want.score_sum, "{name}");
+        assert_eq!(got.decode_steps, want.decode_steps, "{name}");
+        assert_eq!(got.peak_kv_bytes, want.peak_kv_bytes, "{name}");
+        for (g, w, what) in [
+            (
+                got.mean_retained_sum,
+                want.mean_retained_sum,
+                "mean retained",
+            ),
+            (
+                got.final_retained_sum,
+                want.final_retained_sum,
+                "final retained",
+            ),
+            (got.peak_retained, want.peak_retained, "peak retained"),
+        ] {
+            assert!((g - w).abs() < 1e-12, "{name}: {what} {g} vs {want:?}");
+        }
+    }
+    let prompts: Vec<TextPrompt> = examples
+        .iter()
+        .map(|ex| TextPrompt {
+            tokens: ex.prompt.clone(),
+            answers: vec!["7".into()],
+            max_new: 6,
+        })
+        .collect();
+    let detok = |ids: &[u32]| format!("{ids:?}");
+    let stop = [5u32];
+    let (shared, _) = decode_text_all_shared(&lm, build(), &prompts, &stop, &detok);
+    let mut differ = 0;
+    for (policy, (got, outputs)) in build().into_iter().zip(&shared) {
+        let name = policy.describe();
+        let (want, want_outputs, _) =
+            decode_text_all_under(&lm, policy, &prompts, 4, Protocol::Kvpress, &stop, &detok);
+        assert_eq!(outputs, &want_outputs, "{name}");
+        assert_eq!(got.peak_kv_bytes, want.peak_kv_bytes, "{name}");
+        assert!((got.final_retained_sum - want.final_retained_sum).abs() < 1e-12);
+        differ += usize::from(outputs != &shared[0].1);
+    }
+    // The policies do change what is decoded, so equal outputs are not vacuous.
+    assert!(differ > 0, "every policy decoded as the full cache");
+}

@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod env;
+pub mod machine;
 pub mod memory;
 pub mod nvml;
 pub mod shim;

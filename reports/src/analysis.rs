@@ -108,6 +108,71 @@ pub struct Cell {
     /// sets it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub launch_bound: bool,
+    /// `--rounds`: the interval of the median over rounds, and its coverage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<(f64, f64, f64)>,
+    /// Why this latency is not to be trusted alone ([`instability`]); empty when it is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unstable: Vec<String>,
+}
+
+/// An interval wider than this fraction of its median marks a case unstable.
+pub const UNSTABLE_WIDTH: f64 = 0.20;
+/// The case's threads waited for a CPU more than this fraction of the timed wall time.
+pub const BUSY_WAIT: f64 = 0.10;
+/// The hypervisor stole more than this fraction of the CPUs' time.
+pub const BUSY_STEAL: f64 = 0.05;
+/// The load average was above this many times the logical CPUs.
+pub const BUSY_LOAD: f64 = 2.0;
+
+/// Why a case's latency is not to be trusted alone: its rounds disagree (interval wider
+/// than [`UNSTABLE_WIDTH`] of the median) or the machine was busy while it was timed
+/// (run-queue wait, steal or load average past [`BUSY_WAIT`], [`BUSY_STEAL`],
+/// [`BUSY_LOAD`]; with rounds, in any visit). Empty for a steady case, and for records
+/// made before these were measured.
+pub fn instability(r: &Record) -> Vec<String> {
+    let mut why = Vec::new();
+    if let (Some(rounds), Some(l)) = (&r.rounds, &r.latency) {
+        let i = &rounds.interval;
+        if l.median_s > 0.0 && (i.high_s - i.low_s) / l.median_s > UNSTABLE_WIDTH {
+            why.push(format!(
+                "rounds disagree ({:.0}% wide interval)",
+                100.0 * (i.high_s - i.low_s) / l.median_s
+            ));
+        }
+    }
+    let states: Vec<&crate::schema::MachineState> = match &r.rounds {
+        Some(rounds) => rounds
+            .visits
+            .iter()
+            .filter_map(|v| v.machine.as_ref())
+            .collect(),
+        None => r.machine.iter().collect(),
+    };
+    let most = |f: &dyn Fn(&crate::schema::MachineState) -> Option<f64>| {
+        states
+            .iter()
+            .filter_map(|m| f(m))
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))))
+    };
+    if let Some(w) = most(&|m| m.wait_fraction()).filter(|&w| w > BUSY_WAIT) {
+        why.push(format!("waited for a CPU {:.0}% of the time", 100.0 * w));
+    }
+    if let Some(s) = most(&|m| m.steal_fraction).filter(|&s| s > BUSY_STEAL) {
+        why.push(format!("{:.0}% steal", 100.0 * s));
+    }
+    let load = most(&|m| {
+        let l = m
+            .load_before
+            .into_iter()
+            .chain(m.load_after)
+            .fold(0.0, f64::max);
+        Some(l / m.cpus.max(1) as f64)
+    });
+    if let Some(l) = load.filter(|&l| l > BUSY_LOAD) {
+        why.push(format!("load {l:.1}x the CPUs"));
+    }
+    why
 }
 
 /// The variant whose latency is the harness floor: an identity layer.
@@ -253,6 +318,11 @@ fn table_for(setting: Setting, recs: &[&Record]) -> EfficiencyTable {
                             .and_then(|l| l.device.as_ref())
                             .map(|d| d.median_s),
                         launch_bound,
+                        interval: r.rounds.as_ref().filter(|_| ok(r)).map(|x| {
+                            let i = &x.interval;
+                            (i.low_s, i.high_s, i.coverage)
+                        }),
+                        unstable: if ok(r) { instability(r) } else { Vec::new() },
                     },
                 );
             }

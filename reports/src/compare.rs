@@ -10,6 +10,15 @@
 //! 2. `new.p10 > base.p90`: the two runs' middle 80% of iterations do not overlap, so
 //!    most of NEW's iterations are slower than most of BASE's.
 //!
+//! When both runs measured the case in rounds (`--rounds`), their intervals decide
+//! instead: NEW is slower when its interval of the median over rounds lies wholly above
+//! BASE's and its median rose by more than `rounds_latency` (and the floor). With 3
+//! rounds on each side, under no change the six round medians are exchangeable and the
+//! three of NEW are all above the three of BASE with probability 1/20: the intervals
+//! alone false-alarm 5% of the time one way, and the small least change takes away
+//! what moves by less than any user would act on (docs/results/gate measures both
+//! rates on the CI machine).
+//!
 //! Faster is the same rule with the sides swapped. Peak memory moves less (it is the
 //! working memory of one iteration, not a time), so it has its own relative threshold and
 //! an absolute floor: allocator and page granularity make a few hundred KiB of difference
@@ -21,7 +30,7 @@ use crate::grid::{Grid, GridCell};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::schema::{Environment, Latency, Record, Status};
+use crate::schema::{Environment, Interval, Latency, Record, Status};
 use crate::table::{format_bytes, format_seconds, Style};
 
 /// How far a case must move to count, as fractions (0.1 = 10%).
@@ -32,6 +41,8 @@ pub struct Thresholds {
     /// Least absolute latency change, in seconds: below a microsecond a case is function
     /// call overhead (the `empty` baseline), where tens of nanoseconds are half of it.
     pub latency_floor_s: f64,
+    /// Least relative latency change when both runs have rounds (their intervals decide).
+    pub rounds_latency: f64,
     /// Least relative change of peak memory.
     pub memory: f64,
     /// Least absolute change of peak memory, in bytes.
@@ -46,11 +57,16 @@ impl Default for Thresholds {
         Thresholds {
             latency: 0.50,
             latency_floor_s: 1e-6,
+            rounds_latency: ROUNDS_LATENCY,
             memory: 0.10,
             memory_floor_bytes: 4 << 20,
         }
     }
 }
+
+/// The default least latency change with rounds on both sides: see docs/results/gate for
+/// the false-alarm rate and power it gives on the CI machine.
+pub const ROUNDS_LATENCY: f64 = 0.05;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +99,9 @@ pub struct MetricChange {
     /// The relative change this case had to exceed (latency: the threshold or the spread).
     pub allowed: f64,
     pub verdict: Verdict,
+    /// Latency: `rounds` when both runs' intervals over rounds decided, else `spread`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
 }
 
 /// A case present in both runs.
@@ -205,6 +224,35 @@ pub fn compare_latency(base: &Latency, new: &Latency, t: &Thresholds) -> MetricC
         } else {
             Verdict::Unchanged
         },
+        rule: Some("spread"),
+    }
+}
+
+/// The latency rule with rounds on both sides (module documentation).
+pub fn compare_rounds(
+    base: (f64, &Interval),
+    new: (f64, &Interval),
+    t: &Thresholds,
+) -> MetricChange {
+    let beyond = |lo: (f64, &Interval), hi: (f64, &Interval)| {
+        hi.1.low_s > lo.1.high_s
+            && hi.0 > lo.0 * (1.0 + t.rounds_latency)
+            && hi.0 - lo.0 > t.latency_floor_s
+    };
+    let (slower, faster) = (beyond(base, new), beyond(new, base));
+    MetricChange {
+        base: base.0,
+        new: new.0,
+        ratio: new.0 / base.0,
+        allowed: t.rounds_latency,
+        verdict: if slower {
+            Verdict::Regression
+        } else if faster {
+            Verdict::Improvement
+        } else {
+            Verdict::Unchanged
+        },
+        rule: Some("rounds"),
     }
 }
 
@@ -225,6 +273,7 @@ pub fn compare_memory(base: u64, new: u64, t: &Thresholds) -> MetricChange {
         } else {
             Verdict::Unchanged
         },
+        rule: None,
     }
 }
 
@@ -233,7 +282,12 @@ fn compare_case(base: &Record, new: &Record, t: &Thresholds) -> CaseComparison {
     let verdict = match (base.status, new.status) {
         (Status::Ok, Status::Ok) => {
             if let (Some(b), Some(n)) = (&base.latency, &new.latency) {
-                latency = Some(compare_latency(b, n, t));
+                latency = Some(match (&base.rounds, &new.rounds) {
+                    (Some(rb), Some(rn)) => {
+                        compare_rounds((b.median_s, &rb.interval), (n.median_s, &rn.interval), t)
+                    }
+                    _ => compare_latency(b, n, t),
+                });
             }
             if let (Some(b), Some(n)) = (&base.memory, &new.memory) {
                 memory = Some(compare_memory(b.peak_bytes, n.peak_bytes, t));
@@ -436,8 +490,9 @@ pub fn render(c: &Comparison, style: Style) -> String {
     out.push_str(&format!(
         "{} case(s) in both: {}; {} only in BASE, {} only in NEW. Latency: slower when the \
          median rose by more than max({:.0}%, both runs' relative p10-p90 half-widths \
-         added) and by {}, and NEW's p10 is above BASE's p90 (faster: the same, reversed). \
-         Peak memory: a change beyond {:.0}% and {}. Status: ok to a failure is a \
+         added) and by {}, and NEW's p10 is above BASE's p90 (faster: the same, reversed); \
+         cases with rounds in both runs: slower when NEW's interval over rounds lies above \
+         BASE's and the median rose by more than {:.0}%. Peak memory: a change beyond {:.0}% and {}. Status: ok to a failure is a \
          regression.\n",
         c.cases.len(),
         if counts.is_empty() {
@@ -449,6 +504,7 @@ pub fn render(c: &Comparison, style: Style) -> String {
         c.only_new.len(),
         c.thresholds.latency * 100.0,
         format_seconds(c.thresholds.latency_floor_s),
+        c.thresholds.rounds_latency * 100.0,
         c.thresholds.memory * 100.0,
         format_bytes(c.thresholds.memory_floor_bytes),
     ));
@@ -547,6 +603,8 @@ mod tests {
             intensity: None,
             gpu: None,
             check: None,
+            machine: None,
+            rounds: None,
             started_at: "2026-01-01T00:00:00.000Z".into(),
             wall_s: 1.0,
             env: env(),
@@ -593,6 +651,65 @@ mod tests {
             assert_eq!(compare_latency(&a, &b, &t).verdict, Verdict::Unchanged);
             assert_eq!(compare_latency(&b, &a, &t).verdict, Verdict::Unchanged);
         }
+    }
+
+    fn with_rounds(mut r: Record, medians: &[f64]) -> Record {
+        use crate::schema::{Rounds, Visit};
+        let visits = medians
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| Visit {
+                round: i as u32,
+                started_at: String::new(),
+                latency: latency(m, m * 0.99, m * 1.01),
+                machine: None,
+            })
+            .collect();
+        let mut sorted = medians.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        r.latency = Some(latency(
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1],
+        ));
+        r.rounds = Some(Rounds {
+            visits,
+            interval: Interval {
+                low_s: sorted[0],
+                high_s: sorted[sorted.len() - 1],
+                coverage: 0.75,
+                method: "order-statistics".into(),
+            },
+        });
+        r
+    }
+
+    #[test]
+    fn with_rounds_on_both_sides_the_intervals_decide() {
+        let t = Thresholds::default();
+        let base = with_rounds(
+            record("a", 64, Some(latency(1.0, 1.0, 1.0)), 1 << 20),
+            &[1.0, 1.1, 1.05],
+        );
+        let verdict = |new: &[f64]| {
+            let new = with_rounds(record("b", 64, Some(latency(1.0, 1.0, 1.0)), 1 << 20), new);
+            let c = compare(std::slice::from_ref(&base), &[new], t).unwrap();
+            let l = c.cases[0].latency.clone().unwrap();
+            assert_eq!(l.rule, Some("rounds"));
+            l.verdict
+        };
+        // 20% slower, the intervals apart: caught, though the 50% spread rule would not.
+        assert_eq!(verdict(&[1.2, 1.26, 1.32]), Verdict::Regression);
+        // As slow in the median, but one round overlaps BASE's interval.
+        assert_eq!(verdict(&[1.08, 1.26, 1.32]), Verdict::Unchanged);
+        // Apart, but by less than the least change (5%).
+        assert_eq!(verdict(&[1.101, 1.102, 1.103]), Verdict::Unchanged);
+        assert_eq!(verdict(&[0.7, 0.75, 0.8]), Verdict::Improvement);
+        // One side without rounds: the spread rule, as before.
+        let plain = record("c", 64, Some(latency(1.3, 1.29, 1.31)), 1 << 20);
+        let c = compare(std::slice::from_ref(&base), &[plain], t).unwrap();
+        let l = c.cases[0].latency.clone().unwrap();
+        assert_eq!((l.rule, l.verdict), (Some("spread"), Verdict::Unchanged));
     }
 
     #[test]

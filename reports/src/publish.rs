@@ -17,8 +17,8 @@ use crate::lra::{lra_views, LraView};
 use crate::plots;
 use crate::schema::{Dtype, Environment, Record, Setting};
 use crate::table::{
-    compute_grid, device_time_grid, efficiency_notes, format_count, latency_grid, memory_grid,
-    roofline_notes, Style,
+    compute_grid, device_time_grid, efficiency_notes, format_count, instability_warning,
+    latency_grid, memory_grid, roofline_notes, Style,
 };
 
 /// Version of the layout of `report.json`.
@@ -210,6 +210,9 @@ impl Report {
             out.push_str(&h(1, "xarena report"));
         }
         out.push_str(&para(&style.inline(&self.summary())));
+        if let Some(w) = instability_warning(&self.tables) {
+            out.push_str(&para(&style.inline(w.trim_end())));
+        }
         out.push_str(&h(2, "Environment"));
         out.push_str(&grid(&self.environments));
         if let Some(g) = device_grid(&self.records) {
@@ -298,6 +301,9 @@ impl Report {
                 body {
                     h1 { "xarena report" }
                     p { (self.summary()) " Click a column header to sort by it." }
+                    @if let Some(w) = instability_warning(&self.tables) {
+                        p.warning { (w.trim_end()) }
+                    }
                     h2 { "Environment" }
                     (self.environments.html())
                     @if let Some(g) = device_grid(&self.records) {
@@ -802,7 +808,8 @@ th{background:#f3f3f3;cursor:pointer;user-select:none}\
 th[data-dir=asc]::after{content:' \\25B2'}th[data-dir=desc]::after{content:' \\25BC'}\
 tbody tr:nth-child(even){background:#fafafa}\
 .plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}\
-figure svg{max-width:100%;height:auto}.note{max-width:60em;color:#555}";
+figure svg{max-width:100%;height:auto}.note{max-width:60em;color:#555}\
+.warning{max-width:60em;background:#fff3cd;border-left:4px solid #b58100;padding:.5em 1em}";
 
 /// Click a header to sort its table's rows by that column (numbers by their
 /// `data-sort` value, text otherwise); click again to reverse.

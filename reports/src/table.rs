@@ -220,11 +220,20 @@ pub fn latency_grid(table: &EfficiencyTable) -> Grid {
         table,
         "latency (speed-up)",
         |c| {
+            let spread = match (c.interval, c.latency_s) {
+                (Some((lo, hi, _)), Some(t)) if t > 0.0 => {
+                    format!(" \u{b1}{:.0}%", 50.0 * (hi - lo) / t)
+                }
+                _ => String::new(),
+            };
             let mut text = match (c.latency_s, c.speedup) {
-                (Some(t), Some(s)) => format!("{} ({s:.2}x)", format_seconds(t)),
-                (Some(t), None) => format_seconds(t),
+                (Some(t), Some(s)) => format!("{}{spread} ({s:.2}x)", format_seconds(t)),
+                (Some(t), None) => format!("{}{spread}", format_seconds(t)),
                 _ => "-".into(),
             };
+            if !c.unstable.is_empty() {
+                text.push_str(UNSTABLE_MARK);
+            }
             if c.throttled {
                 text.push_str(THROTTLED_MARK);
             }
@@ -371,6 +380,49 @@ pub const THROTTLED_MARK: &str = " \u{2020}";
 /// Appended to a latency cell whose case is launch-bound.
 pub const LAUNCH_BOUND_MARK: &str = " \u{2021}";
 
+/// Marks a latency measured on a busy machine or whose rounds disagree.
+pub const UNSTABLE_MARK: &str = " ~";
+
+/// The warning at the top of a report when any case is unstable: how many, and why (the
+/// reasons counted over cases).
+pub fn instability_warning(tables: &[EfficiencyTable]) -> Option<String> {
+    let cells: Vec<&Cell> = tables
+        .iter()
+        .flat_map(|t| t.rows.iter())
+        .flat_map(|r| r.cells.values())
+        .filter(|c| c.latency_s.is_some())
+        .collect();
+    let unstable: Vec<&&Cell> = cells.iter().filter(|c| !c.unstable.is_empty()).collect();
+    if unstable.is_empty() {
+        return None;
+    }
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &unstable {
+        for why in &c.unstable {
+            let kind = if why.starts_with("rounds") {
+                "rounds disagree"
+            } else if why.starts_with("waited") {
+                "waited for a CPU"
+            } else if why.contains("steal") {
+                "steal time"
+            } else {
+                "high load"
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    Some(format!(
+        "WARNING: {} of {} cases are unstable (marked{UNSTABLE_MARK}): the machine was busy \
+         while they were timed or their rounds disagree ({}). Their latencies, and the \
+         speed-ups and exponents made from them, may be off by more than the usual noise; \
+         rerun them on a quiet machine, with --rounds 3 or more.\n",
+        unstable.len(),
+        cells.len(),
+        kinds.join(", ")
+    ))
+}
+
 /// A fraction as a percentage with two significant digits at least: 43%, 4.3%, 0.43%.
 pub fn format_percent(p: f64) -> String {
     let pct = 100.0 * p;
@@ -418,6 +470,28 @@ pub fn roofline_notes(tables: &[EfficiencyTable]) -> Option<String> {
             LAUNCH_BOUND_MARK.trim()
         ));
     }
+    if cells().any(|c| c.interval.is_some()) {
+        notes.push(
+            "\u{b1}: half the width of the interval of the median over rounds (`--rounds`), \
+             relative to it: order statistics of the rounds' medians, which cover the true \
+             median with the probability the record states (75% at 3 rounds, 94% at 5, at \
+             least 95% from 6)."
+                .to_string(),
+        );
+    }
+    if cells().any(|c| !c.unstable.is_empty()) {
+        notes.push(format!(
+            "{}: unstable: the case's threads waited for a CPU more than {:.0}% of the timed \
+             time, the hypervisor stole more than {:.0}%, the load average was above {}x the \
+             CPUs, or its rounds' interval is wider than {:.0}% of the median (the record \
+             says which).",
+            UNSTABLE_MARK.trim(),
+            100.0 * crate::analysis::BUSY_WAIT,
+            100.0 * crate::analysis::BUSY_STEAL,
+            crate::analysis::BUSY_LOAD,
+            100.0 * crate::analysis::UNSTABLE_WIDTH
+        ));
+    }
     if cells().any(|c| c.throttled) {
         notes.push(format!(
             "{}: the case ran throttled: NVML reported a performance-limiting clock reason \
@@ -431,7 +505,9 @@ pub fn roofline_notes(tables: &[EfficiencyTable]) -> Option<String> {
 
 /// Both tables for every setting, with a heading each.
 pub fn efficiency_report(tables: &[EfficiencyTable], style: Style) -> String {
-    let mut out = String::new();
+    let mut out = instability_warning(tables)
+        .map(|w| w + "\n")
+        .unwrap_or_default();
     for t in tables {
         let heading = match style {
             Style::Markdown => format!("#### {}\n\n", markdown_escape(&t.setting.to_string())),
@@ -544,6 +620,66 @@ pub(crate) mod tests {
             "{notes}"
         );
         assert!(efficiency_report(&hot, Style::Terminal).contains(&notes));
+    }
+
+    #[test]
+    fn unstable_cases_are_marked_and_warned_about_at_the_top() {
+        use crate::schema::{Interval, MachineState, Rounds, Visit};
+        let steady = record("sdpa", 64, None, None);
+        let mut busy = record("vanilla", 64, None, None);
+        busy.machine = Some(MachineState {
+            cpus: 2,
+            load_before: Some(1.0),
+            load_after: Some(1.0),
+            wall_s: 1.0,
+            cpu_s: Some(0.6),
+            runqueue_wait_s: Some(0.4),
+            steal_fraction: Some(0.0),
+        });
+        let quiet = efficiency_tables(&[steady.clone()]);
+        assert_eq!(instability_warning(&quiet), None);
+        assert!(!efficiency_report(&quiet, Style::Markdown).contains("WARNING"));
+        let tables = efficiency_tables(&[busy.clone(), steady.clone()]);
+        let text = efficiency_report(&tables, Style::Markdown);
+        assert!(
+            text.starts_with("WARNING: 1 of 2 cases are unstable")
+                && text.contains("waited for a CPU: 1"),
+            "{text}"
+        );
+        let grid = latency_grid(&tables[0]).text(Style::Markdown);
+        let line = |l: &str| {
+            grid.lines()
+                .find(|x| x.starts_with(&format!("| {l}")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("vanilla").contains(UNSTABLE_MARK.trim()), "{grid}");
+        assert!(!line("sdpa").contains(UNSTABLE_MARK.trim()), "{grid}");
+        // Rounds that disagree: a wide interval, shown as +-, and marked.
+        let mut wide = steady;
+        wide.rounds = Some(Rounds {
+            visits: vec![Visit {
+                round: 0,
+                started_at: String::new(),
+                latency: wide.latency.clone().unwrap(),
+                machine: None,
+            }],
+            interval: Interval {
+                low_s: 0.8e-3,
+                high_s: 1.3e-3,
+                coverage: 0.75,
+                method: "order-statistics".into(),
+            },
+        });
+        let tables = efficiency_tables(&[wide]);
+        let grid = latency_grid(&tables[0]).text(Style::Markdown);
+        assert!(
+            grid.contains("\u{b1}25%") && grid.contains(UNSTABLE_MARK.trim()),
+            "{grid}"
+        );
+        assert!(instability_warning(&tables)
+            .unwrap()
+            .contains("rounds disagree: 1"));
     }
 
     #[test]

@@ -328,6 +328,72 @@ pub struct Environment {
     pub roofline: Vec<Peak>,
 }
 
+/// The machine around one timed measurement (Linux `/proc`; fields it cannot read are
+/// absent): was the case alone on its CPUs?
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// Logical CPUs online, to read the load against.
+    pub cpus: usize,
+    /// One-minute load average (`/proc/loadavg`) before and after the timed samples. It
+    /// counts the worker itself, and lags by about a minute.
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
+    /// Wall time of the timed samples.
+    pub wall_s: f64,
+    /// CPU time (user + system, all threads) the worker used over them.
+    pub cpu_s: Option<f64>,
+    /// Time the worker's threads were runnable but waiting for a CPU over them (the sum
+    /// over threads of `/proc/self/task/*/schedstat`'s run-queue wait): time the case did
+    /// not get the CPU it asked for.
+    pub runqueue_wait_s: Option<f64>,
+    /// The fraction of all CPUs' time the hypervisor gave to other guests (steal, from
+    /// `/proc/stat`) over the samples.
+    pub steal_fraction: Option<f64>,
+}
+
+impl MachineState {
+    /// Run-queue wait over wall time: 0.1 = the case's threads waited 10% of the time.
+    pub fn wait_fraction(&self) -> Option<f64> {
+        self.runqueue_wait_s
+            .filter(|_| self.wall_s > 0.0)
+            .map(|w| w / self.wall_s)
+    }
+}
+
+/// A distribution-free interval for the median latency over rounds: order statistics of
+/// the round medians (ranks `k` and `R + 1 - k`, covering the true median with
+/// probability `1 - 2 P(Binomial(R, 1/2) < k)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub low_s: f64,
+    pub high_s: f64,
+    /// The coverage of the interval (0.75 at R = 3, 0.875 at 4, 0.9375 at 5, at least
+    /// 0.95 from R = 6).
+    pub coverage: f64,
+    /// `order-statistics`.
+    pub method: String,
+}
+
+/// One visit of a case in a run with `--rounds`: its own worker, its statistics and the
+/// machine around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Visit {
+    /// Round number, from 0.
+    pub round: u32,
+    pub started_at: String,
+    pub latency: Latency,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineState>,
+}
+
+/// Every round's statistics of a case measured in several rounds, and the interval of
+/// their median (the record's `latency.median_s`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rounds {
+    pub visits: Vec<Visit>,
+    pub interval: Interval,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub schema: u32,
@@ -365,6 +431,14 @@ pub struct Record {
     /// The correctness check on the device before timing, where it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<DeviceCheck>,
+    /// The machine around the timed samples (with rounds: the busiest visit's, by
+    /// run-queue wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineState>,
+    /// `--rounds R` (R > 1): each visit's statistics; `latency` is then the median visit's
+    /// with `median_s` the median over rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<Rounds>,
     /// When the case started (RFC 3339, UTC) and how long it took end to end.
     pub started_at: String,
     pub wall_s: f64,
@@ -413,6 +487,40 @@ impl Record {
                     ("latency.device.median_s", Some(d.median_s)),
                     ("latency.device.p10_s", Some(d.p10_s)),
                     ("latency.device.p90_s", Some(d.p90_s)),
+                ]);
+            }
+        }
+        if let Some(m) = &self.machine {
+            times.extend([
+                ("machine.wall_s", Some(m.wall_s)),
+                ("machine.cpu_s", m.cpu_s),
+                ("machine.runqueue_wait_s", m.runqueue_wait_s),
+                ("machine.load_before", m.load_before),
+                ("machine.load_after", m.load_after),
+                ("machine.steal_fraction", m.steal_fraction),
+            ]);
+        }
+        if let Some(r) = &self.rounds {
+            let i = &r.interval;
+            times.extend([
+                ("rounds.interval.low_s", Some(i.low_s)),
+                ("rounds.interval.high_s", Some(i.high_s)),
+            ]);
+            if r.visits.is_empty() || !(i.low_s <= i.high_s) || !(0.0..=1.0).contains(&i.coverage) {
+                return Err(format!(
+                    "rounds: {} visits, interval {}..{} at coverage {}: not an interval of \
+                     measured rounds",
+                    r.visits.len(),
+                    i.low_s,
+                    i.high_s,
+                    i.coverage
+                ));
+            }
+            for v in &r.visits {
+                times.extend([
+                    ("rounds.visits.latency.median_s", Some(v.latency.median_s)),
+                    ("rounds.visits.latency.p10_s", Some(v.latency.p10_s)),
+                    ("rounds.visits.latency.p90_s", Some(v.latency.p90_s)),
                 ]);
             }
         }

@@ -17,6 +17,10 @@ pub struct CompareArgs {
     /// README, "Comparing runs").
     #[arg(long)]
     threshold: Option<f64>,
+    /// Least change of median latency that counts when both runs have rounds (their
+    /// intervals over rounds must not overlap), in percent (default 5).
+    #[arg(long)]
+    rounds_threshold: Option<f64>,
     /// Least change of median latency that counts, in microseconds (default 1).
     #[arg(long)]
     latency_floor: Option<f64>,
@@ -42,6 +46,7 @@ pub fn run(args: CompareArgs) -> Result<bool> {
     for (flag, v) in [
         ("--threshold", args.threshold),
         ("--latency-floor", args.latency_floor),
+        ("--rounds-threshold", args.rounds_threshold),
         ("--memory-threshold", args.memory_threshold),
         ("--memory-floor", args.memory_floor),
     ] {
@@ -56,6 +61,9 @@ pub fn run(args: CompareArgs) -> Result<bool> {
     let thresholds = Thresholds {
         latency: args.threshold.map_or(d.latency, |p| p / 100.0),
         latency_floor_s: args.latency_floor.map_or(d.latency_floor_s, |us| us * 1e-6),
+        rounds_latency: args
+            .rounds_threshold
+            .map_or(d.rounds_latency, |p| p / 100.0),
         memory: args.memory_threshold.map_or(d.memory, |p| p / 100.0),
         memory_floor_bytes: args.memory_floor.map_or(d.memory_floor_bytes, |mib| {
             (mib * (1u64 << 20) as f64) as u64

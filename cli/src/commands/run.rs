@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// before anything runs otherwise); the worker's memory cap still applies.
     #[arg(long)]
     allow_oversize: bool,
+    /// Visit every case R times, interleaved (each round in another order, each visit a
+    /// fresh worker): the record keeps every round, its latency is the median over
+    /// rounds with an order-statistics interval, and reports and `compare` use it.
+    #[arg(long)]
+    rounds: Option<u32>,
 }
 
 impl RunArgs {
@@ -126,6 +131,7 @@ impl RunArgs {
             threads: self.threads,
             roofline: self.roofline,
             allow_oversize: self.allow_oversize.then_some(true),
+            rounds: self.rounds,
         })?;
         if let Some(v) = &self.variants {
             sweep.variants = v.clone();

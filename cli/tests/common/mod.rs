@@ -16,6 +16,7 @@ pub fn repo() -> PathBuf {
 pub fn xarena() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xarena"));
     c.env_remove("XARENA_FAULT");
+    c.env_remove("XARENA_TEST_SLOWDOWN");
     c
 }
 

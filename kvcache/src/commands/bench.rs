@@ -5,7 +5,11 @@
 //! budget and run once per (context, task), NAMM's achieved ratio being measured. `full`
 //! always runs first: it is the reference of every normalised score. Every case decodes
 //! the same prompts (the test stream of the tasks), and its record is appended to
-//! `DIR/kv.jsonl` and flushed as soon as it finishes. Everything (policies, budgets,
+//! `DIR/kv.jsonl` and flushed as soon as its (context, task) finishes: the cases of one
+//! (context, task) run together, and under `--protocol kvpress` each prompt is
+//! prefilled once for all of them (the prompt's forward pass is the same whatever a
+//! policy evicts afterwards; the records equal those of separate prefills, the prefill
+//! time being the shared one plus the policy's own). Everything (policies, budgets,
 //! tasks, contexts, the model, the NAMM) is checked before the first case; a directory
 //! with records is refused unless `--resume`, which skips the cases already recorded
 //! (a last line cut short by a kill is dropped) and refuses another model, NAMM or
@@ -29,7 +33,10 @@ use super::evolve::EvolvedNamm;
 use super::model_dir::{load_model, LoadedModel};
 use super::ruler_text::RulerText;
 use super::{check_new_dir, read_json, write_json_atomic};
-use crate::eval::{decode_all_under, decode_text_all_under, Protocol, TextPrompt, Totals};
+use crate::eval::{
+    decode_all_shared, decode_all_under, decode_text_all_shared, decode_text_all_under, Protocol,
+    TextPrompt, Totals,
+};
 use xarena_measure::env;
 use xarena_schema::lock::DirLock;
 
@@ -410,55 +417,102 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         .with_context(|| format!("opening {}", records_path.display()))?;
 
     let environment = env::capture(i64::from(tch::get_num_threads()));
-    let mut prompts: BTreeMap<(BenchTask, usize), Prompts> = BTreeMap::new();
     let mut ruler_out: Option<std::fs::File> = None;
     let mut outcome = BenchOutcome {
         ran: 0,
         skipped: 0,
         records: Vec::new(),
     };
-    for case in args.cases() {
-        let id = case.id();
-        if let Some(r) = done.get(&id) {
-            outcome.skipped += 1;
-            outcome.records.push(r.clone());
+    // Cases run a (context, task) at a time: under kvpress's protocol every pending
+    // policy of the group decodes each prompt from one shared prefill.
+    let cases = args.cases();
+    let mut at = 0;
+    while at < cases.len() {
+        let group_len = cases[at..]
+            .iter()
+            .take_while(|c| (c.context, c.task) == (cases[at].context, cases[at].task))
+            .count();
+        let group = &cases[at..at + group_len];
+        at += group_len;
+        let mut pending = Vec::new();
+        for case in group {
+            match done.get(&case.id()) {
+                Some(r) => {
+                    outcome.skipped += 1;
+                    outcome.records.push(r.clone());
+                }
+                None => pending.push(case),
+            }
+        }
+        if pending.is_empty() {
             continue;
         }
-        let xs = match prompts.entry((case.task, case.context)) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => e.insert(match case.task {
-                BenchTask::Lm(t) => Prompts::Lm(t.examples(
-                    &task_config,
-                    case.context,
-                    args.examples,
-                    args.seed,
-                    LmSplit::Test,
-                )?),
-                BenchTask::Ruler(t) => {
-                    let text = text.as_ref().context("RULER tasks need the tokenizer")?;
-                    Prompts::Text(ruler_prompts(text, t, case.context, args)?)
-                }
-            }),
+        let (task, context) = (group[0].task, group[0].context);
+        let xs = match task {
+            BenchTask::Lm(t) => Prompts::Lm(t.examples(
+                &task_config,
+                context,
+                args.examples,
+                args.seed,
+                LmSplit::Test,
+            )?),
+            BenchTask::Ruler(t) => {
+                let text = text.as_ref().context("RULER tasks need the tokenizer")?;
+                Prompts::Text(ruler_prompts(text, t, context, args)?)
+            }
         };
-        let policy: Box<dyn CachePolicy> = match (case.policy.as_str(), &namm) {
-            ("namm", Some(n)) => Box::new(n.policy()?),
-            (p, _) => build_policy(p, case.budget)?,
-        };
-        let label = policy.describe();
-        let totals = match xs {
-            Prompts::Lm(xs) => decode_all_under(&model.lm, policy, xs, args.chunk, args.protocol).0,
+        let mut policies: Vec<Box<dyn CachePolicy>> = Vec::with_capacity(pending.len());
+        for case in &pending {
+            policies.push(match (case.policy.as_str(), &namm) {
+                ("namm", Some(n)) => Box::new(n.policy()?),
+                (p, _) => build_policy(p, case.budget)?,
+            });
+        }
+        let labels: Vec<String> = policies.iter().map(|p| p.describe()).collect();
+        let shared = args.protocol == Protocol::Kvpress;
+        let results: Vec<(Totals, Option<Vec<(String, f64)>>)> = match &xs {
+            Prompts::Lm(xs) if shared => decode_all_shared(&model.lm, policies, xs)
+                .0
+                .into_iter()
+                .map(|t| (t, None))
+                .collect(),
+            Prompts::Lm(xs) => policies
+                .into_iter()
+                .map(|p| {
+                    (
+                        decode_all_under(&model.lm, p, xs, args.chunk, args.protocol).0,
+                        None,
+                    )
+                })
+                .collect(),
             Prompts::Text(xs) => {
                 let text = text.as_ref().context("RULER tasks need the tokenizer")?;
                 let detok = |ids: &[u32]| text.decode(ids).unwrap_or_default();
-                let (totals, outputs, _) = decode_text_all_under(
-                    &model.lm,
-                    policy,
-                    xs,
-                    args.chunk,
-                    args.protocol,
-                    &text.stop,
-                    &detok,
-                );
+                let runs: Vec<_> = if shared {
+                    decode_text_all_shared(&model.lm, policies, xs, &text.stop, &detok).0
+                } else {
+                    policies
+                        .into_iter()
+                        .map(|p| {
+                            let (t, o, _) = decode_text_all_under(
+                                &model.lm,
+                                p,
+                                xs,
+                                args.chunk,
+                                args.protocol,
+                                &text.stop,
+                                &detok,
+                            );
+                            (t, o)
+                        })
+                        .collect()
+                };
+                runs.into_iter().map(|(t, o)| (t, Some(o))).collect()
+            }
+        };
+        for ((case, label), (totals, outputs)) in pending.into_iter().zip(&labels).zip(results) {
+            let id = case.id();
+            if let (Some(outputs), Prompts::Text(xs)) = (outputs, &xs) {
                 let path = args.out.join(RULER_OUTPUTS_FILE);
                 if ruler_out.is_none() {
                     ruler_out = Some(
@@ -483,41 +537,40 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
                         .with_context(|| format!("appending to {}", path.display()))?;
                 }
                 f.flush()?;
-                totals
             }
-        };
-        let full_score = if case.policy == "full" {
-            totals.score()
-        } else {
-            let full_id = KvCase {
-                policy: "full".into(),
-                ratio: None,
-                budget: None,
-                ..case.clone()
-            }
-            .id();
-            done.get(&full_id)
-                .map(|r| r.score)
-                .context("the full cache's record is missing")?
-        };
-        let record = make_record(
-            &case,
-            &label,
-            &totals,
-            full_score,
-            &model,
-            &setup,
-            args,
-            &environment,
-        );
-        writeln!(file, "{}", serde_json::to_string(&record)?)
-            .and_then(|()| file.flush())
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("appending to {}", records_path.display()))?;
-        log(&record);
-        done.insert(id, record.clone());
-        outcome.records.push(record);
-        outcome.ran += 1;
+            let full_score = if case.policy == "full" {
+                totals.score()
+            } else {
+                let full_id = KvCase {
+                    policy: "full".into(),
+                    ratio: None,
+                    budget: None,
+                    ..case.clone()
+                }
+                .id();
+                done.get(&full_id)
+                    .map(|r| r.score)
+                    .context("the full cache's record is missing")?
+            };
+            let record = make_record(
+                case,
+                label,
+                &totals,
+                full_score,
+                &model,
+                &setup,
+                args,
+                &environment,
+            );
+            writeln!(file, "{}", serde_json::to_string(&record)?)
+                .and_then(|()| file.flush())
+                .and_then(|()| file.sync_data())
+                .with_context(|| format!("appending to {}", records_path.display()))?;
+            log(&record);
+            done.insert(id, record.clone());
+            outcome.records.push(record);
+            outcome.ran += 1;
+        }
     }
     Ok(outcome)
 }
