@@ -181,10 +181,26 @@ impl KvLayerCache {
         };
         match self.even_len() {
             Some(l) => {
+                // The query heads of a KV head as rows of one matrix: a batched matmul
+                // over the KV heads reads the cached keys and values in place, where
+                // broadcasting them over the groups would copy them every call.
                 let (k, v) = (self.k.narrow(1, 0, l), self.v.narrow(1, 0, l));
-                let qg = q.view([self.heads, groups, c, hd]);
-                let p = probs(&qg, &k.unsqueeze(1), &self.pos.narrow(1, 0, l));
-                let out = p.to_kind(v.kind()).matmul(&v.unsqueeze(1)).view([h, c, hd]);
+                let qg = q.reshape([self.heads, groups * c, hd]);
+                let scores = (qg * scale)
+                    .matmul(&k.transpose(-2, -1))
+                    .view([self.heads, groups, c, l]);
+                let scores = if c > 1 {
+                    let pos = self.pos.narrow(1, 0, l).view([self.heads, 1, 1, l]);
+                    scores.masked_fill(&pos.gt_tensor(&q_pos.view([c, 1])), f64::NEG_INFINITY)
+                } else {
+                    scores
+                };
+                let p = scores.softmax(-1, Kind::Float);
+                let out = p
+                    .to_kind(v.kind())
+                    .view([self.heads, groups * c, l])
+                    .matmul(&v)
+                    .view([h, c, hd]);
                 let mean = p.mean_dim(1, false, Kind::Float);
                 (out, (0..self.heads).map(|g| mean.select(0, g)).collect())
             }

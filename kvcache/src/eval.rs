@@ -145,33 +145,90 @@ fn answer_tokens(prefilled: Prefilled, ex: &LmExample) -> (Decoded, Box<dyn Cach
     (decoded, session.into_policy())
 }
 
+/// A session forked from a shared prefill, decoding with the others.
+struct Forked<'a> {
+    session: Session<'a>,
+    logits: Tensor,
+    prefill_seconds: f64,
+    after_prefill: crate::SessionStats,
+    produced: Vec<u32>,
+    done: bool,
+}
+
+impl Forked<'_> {
+    /// What it decoded (no policy runs while decoding under kvpress's protocol; the
+    /// decoding time is its own attention and its share of the batched steps).
+    fn decoded(self, score: f64) -> (Decoded, Box<dyn CachePolicy>) {
+        let stats = self.session.stats();
+        let decoded = Decoded {
+            score,
+            decode_steps: self.produced.len() as u64,
+            produced: self.produced,
+            prefill_seconds: self.prefill_seconds,
+            prefill_policy_seconds: self.after_prefill.policy_seconds,
+            decode_seconds: stats.forward_seconds - self.after_prefill.forward_seconds,
+            decode_policy_seconds: stats.policy_seconds - self.after_prefill.policy_seconds,
+            stats,
+        };
+        (decoded, self.session.into_policy())
+    }
+}
+
 /// kvpress's protocol for several policies at once: the prompt prefilled once with the
-/// full cache (its attention kept), then for each policy a session forked from it and
-/// compressed as if that policy had prefilled alone ([`Session::fork_compressed`]).
-/// Each policy's prefill time is the shared prefill's plus its own compression. The
-/// policies come back in order with what each decoded.
-fn shared_prefills<'a, T>(
+/// full cache (its attention kept), a session per policy forked from it and compressed
+/// as if that policy had prefilled alone ([`Session::fork_compressed`]), then all of
+/// them decoded in one batch ([`Session::step_together`]): `choose` gives each step's
+/// token from a session's logits, or `None` to stop that session; at most `max_steps`.
+/// Each policy's prefill time is the shared prefill's plus its own compression.
+fn decode_shared<'a>(
     lm: &'a DecoderLm,
     policies: Vec<Box<dyn CachePolicy>>,
     prompt: &[u32],
-    headroom: usize,
-    mut finish: impl FnMut(Prefilled<'a>) -> T,
-) -> Vec<T> {
+    max_steps: usize,
+    mut choose: impl FnMut(usize, &Tensor) -> Option<u32>,
+) -> Vec<Forked<'a>> {
     let prompt: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
     let shared = Session::prefill_recorded(lm, &prompt);
-    policies
+    let mut forks: Vec<Forked> = policies
         .into_iter()
         .map(|policy| {
-            let session = Session::fork_compressed(&shared, policy, headroom as i64);
+            let session = Session::fork_compressed(&shared, policy, max_steps as i64);
             let after_prefill = session.stats();
-            finish(Prefilled {
-                session,
+            Forked {
                 logits: shared.logits.shallow_clone(),
                 prefill_seconds: shared.seconds + after_prefill.policy_seconds,
                 after_prefill,
-            })
+                session,
+                produced: Vec::with_capacity(max_steps),
+                done: false,
+            }
         })
-        .collect()
+        .collect();
+    // The prompt's attention is no longer needed.
+    drop(shared);
+    for step in 0..max_steps {
+        let mut tokens = Vec::with_capacity(forks.len());
+        for f in forks.iter_mut().filter(|f| !f.done) {
+            match choose(step, &f.logits) {
+                Some(t) => {
+                    f.produced.push(t);
+                    tokens.push(i64::from(t));
+                }
+                None => f.done = true,
+            }
+        }
+        if tokens.is_empty() {
+            break;
+        }
+        let mut active: Vec<&mut Forked> = forks.iter_mut().filter(|f| !f.done).collect();
+        let mut sessions: Vec<&mut Session<'a>> =
+            active.iter_mut().map(|f| &mut f.session).collect();
+        let logits = Session::step_together(&mut sessions, &tokens);
+        for (f, l) in active.into_iter().zip(logits) {
+            f.logits = l;
+        }
+    }
+    forks
 }
 
 /// Totals over several examples.
@@ -339,9 +396,9 @@ pub fn decode_text_all_under(
 }
 
 /// Several policies' decoding of the same examples under kvpress's protocol, each
-/// prompt prefilled once for all of them ([`Session::fork_compressed`]): what
-/// [`decode_all_under`] with [`Protocol::Kvpress`] gives each policy, at one prefill per
-/// prompt instead of one per policy and prompt.
+/// prompt prefilled once for all of them and their answers decoded in one batch
+/// ([`decode_shared`]): what [`decode_all_under`] with [`Protocol::Kvpress`] gives each
+/// policy, at one prefill and one pass over the weights per step for all policies.
 pub fn decode_all_shared(
     lm: &DecoderLm,
     mut policies: Vec<Box<dyn CachePolicy>>,
@@ -349,11 +406,17 @@ pub fn decode_all_shared(
 ) -> (Vec<Totals>, Vec<Box<dyn CachePolicy>>) {
     let mut totals = vec![Totals::default(); policies.len()];
     for ex in examples {
-        let done = shared_prefills(lm, policies, &ex.prompt, ex.answer.len(), |p| {
-            answer_tokens(p, ex)
+        let forks = decode_shared(lm, policies, &ex.prompt, ex.answer.len(), |step, logits| {
+            Some(if ex.given[step] {
+                ex.answer[step]
+            } else {
+                argmax(logits)
+            })
         });
-        policies = Vec::with_capacity(done.len());
-        for (t, (d, p)) in totals.iter_mut().zip(done) {
+        policies = Vec::with_capacity(forks.len());
+        for (t, f) in totals.iter_mut().zip(forks) {
+            let score = ex.score(&f.produced);
+            let (d, p) = f.decoded(score);
             t.add(&d);
             policies.push(p);
         }
@@ -378,11 +441,14 @@ pub fn decode_text_all_shared(
         .map(|_| (Totals::default(), Vec::with_capacity(prompts.len())))
         .collect();
     for p in prompts {
-        let done = shared_prefills(lm, policies, &p.tokens, p.max_new, |pre| {
-            answer_text(pre, p, stop, detok)
+        let forks = decode_shared(lm, policies, &p.tokens, p.max_new, |_, logits| {
+            Some(argmax(logits)).filter(|t| !stop.contains(t))
         });
-        policies = Vec::with_capacity(done.len());
-        for ((totals, outputs), (d, text, back)) in out.iter_mut().zip(done) {
+        policies = Vec::with_capacity(forks.len());
+        for ((totals, outputs), f) in out.iter_mut().zip(forks) {
+            let text = detok(&f.produced);
+            let score = xarena_datasets::ruler::string_match_all(&text, &p.answers);
+            let (d, back) = f.decoded(score);
             outputs.push((text, d.score));
             totals.add(&d);
             policies.push(back);

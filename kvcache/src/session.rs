@@ -54,6 +54,10 @@ pub struct Session<'a> {
     recorded: Option<Vec<Vec<Tensor>>>,
 }
 
+fn first_precise(sessions: &[&mut Session]) -> bool {
+    sessions.first().is_some_and(|s| s.precise_timing)
+}
+
 /// A prompt prefilled once with the full cache, its attention kept, from which sessions
 /// under different policies are forked ([`Session::fork_compressed`]): kvpress's protocol
 /// compresses only after the whole prompt, and the prompt's forward pass does not depend
@@ -197,6 +201,90 @@ impl<'a> Session<'a> {
         s.retained_sum = retained;
         s.evicting = false;
         s
+    }
+
+    /// One decoding step of several sessions over the same model and at the same
+    /// position, none evicting (kvpress's protocol after compression): each session's
+    /// `token`, each one's logits `[vocab]`. The projections, MLPs and output layer run on
+    /// the batch, so the weights, which bound decoding on a CPU, are read once per step
+    /// for all; each session attends over its own cache. Each session is charged its own
+    /// attention's time and an equal share of the batched work.
+    pub fn step_together(sessions: &mut [&mut Session<'a>], tokens: &[i64]) -> Vec<Tensor> {
+        assert_eq!(sessions.len(), tokens.len(), "one token per session");
+        let Some(first) = sessions.first() else {
+            return Vec::new();
+        };
+        let lm = first.lm;
+        let at = first.stats.tokens_seen;
+        for s in sessions.iter() {
+            assert!(
+                std::ptr::eq(s.lm, lm),
+                "step_together: sessions of one model"
+            );
+            assert_eq!(
+                s.stats.tokens_seen, at,
+                "step_together: sessions at one position"
+            );
+            assert!(
+                !s.evicting && s.recorded.is_none(),
+                "step_together: sessions that only append"
+            );
+        }
+        tch::no_grad(|| {
+            let start = Instant::now();
+            let cfg = lm.config();
+            let vocab = cfg.vocab_size;
+            if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= vocab) {
+                panic!("token {bad} is outside the vocabulary (size {vocab})");
+            }
+            let device = lm.device();
+            let b = tokens.len() as i64;
+            let ids = Tensor::from_slice(tokens).to_device(device).unsqueeze(1);
+            let q_pos = Tensor::arange_start(at, at + 1, (Kind::Int64, device));
+            let (cos, sin) = lm.rotary(&q_pos);
+            let groups = cfg.kv_groups();
+            let eps = cfg.rms_norm_eps;
+            let mut own = vec![0.0f64; sessions.len()];
+            let mut x = lm.embed(&ids);
+            for (i, layer) in lm.layers.iter().enumerate() {
+                let h = rms_norm(&x, &layer.input_norm, eps);
+                let (q, k, v) = layer.project(&h, cfg, &cos, &sin);
+                let mut outs = Vec::with_capacity(sessions.len());
+                for (j, s) in sessions.iter_mut().enumerate() {
+                    let t = Instant::now();
+                    let cache = &mut s.layers[i];
+                    let before = cache.bytes();
+                    cache.append(&k.get(j as i64), &v.get(j as i64), &q_pos);
+                    s.bytes_now = s.bytes_now + cache.bytes() - before;
+                    s.stats.peak_kv_bytes = s.stats.peak_kv_bytes.max(s.bytes_now);
+                    let (att, _) = cache.attend(&q.get(j as i64), &q_pos, groups);
+                    outs.push(att);
+                    own[j] += t.elapsed().as_secs_f64();
+                }
+                x = &x + layer.output(&Tensor::stack(&outs, 0));
+                x = &x + layer.mlp(&rms_norm(&x, &layer.post_norm, eps));
+            }
+            let logits = lm.logits(&x).squeeze_dim(1).to_kind(Kind::Float);
+            Self::sync(first_precise(sessions), device);
+            let shared = (start.elapsed().as_secs_f64() - own.iter().sum::<f64>()).max(0.0);
+            let mut out = Vec::with_capacity(sessions.len());
+            for (j, s) in sessions.iter_mut().enumerate() {
+                let l = logits.get(j as i64);
+                s.last_logits = Some(l.shallow_clone());
+                s.stats.tokens_seen += 1;
+                s.stats.calls += 1;
+                let cached: i64 = s.layers.iter().flat_map(KvLayerCache::lens).sum();
+                let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
+                let retained = cached as f64 / slots / s.stats.tokens_seen as f64;
+                s.stats.retained_fraction = retained;
+                s.retained_sum += retained;
+                s.stats.mean_retained_fraction = s.retained_sum / s.stats.calls as f64;
+                s.stats.peak_retained_fraction = s.stats.peak_retained_fraction.max(retained);
+                s.stats.forward_seconds += own[j] + shared / b as f64;
+                out.push(l);
+            }
+            out
+        })
     }
 
     /// Processes `tokens` (appended to whatever the session holds) in calls of `chunk`
