@@ -42,19 +42,13 @@ pub enum LeaderboardError {
     Missing(PathBuf),
     #[error("{0}: no records")]
     Empty(PathBuf),
+    /// Runs of one setting measured in different environments (the message names both
+    /// runs, their paths and what differs).
     #[error(
-        "{setting}: runs {a} ({a_path}) and {b} ({b_path}) measured it in different \
-         environments ({what}); a leaderboard compares cases of one run, or of runs whose \
-         environments match: give one of them"
+        "{0}; a leaderboard compares cases of one run, or of runs whose environments \
+         match: give one of them"
     )]
-    Mixed {
-        setting: String,
-        a: String,
-        a_path: PathBuf,
-        b: String,
-        b_path: PathBuf,
-        what: String,
-    },
+    Mixed(String),
     #[error("{path}: {error}")]
     Quality { path: PathBuf, error: String },
     #[error("drawing a plot: {0}")]
@@ -349,14 +343,14 @@ impl Leaderboard {
             let _ = used;
             for k in 1..envs.len() {
                 if let Some(what) = environment_difference(envs[0].0, envs[k].0) {
-                    return Err(LeaderboardError::Mixed {
-                        setting: setting.to_string(),
-                        a: refs[0].run_id.clone(),
-                        a_path: runs[envs[0].1].path.clone(),
-                        b: refs[k].run_id.clone(),
-                        b_path: runs[envs[k].1].path.clone(),
-                        what,
-                    });
+                    return Err(LeaderboardError::Mixed(format!(
+                        "{setting}: runs {} ({}) and {} ({}) measured it in different \
+                         environments ({what})",
+                        refs[0].run_id,
+                        runs[envs[0].1].path.display(),
+                        refs[k].run_id,
+                        runs[envs[k].1].path.display(),
+                    )));
                 }
             }
             // A label measured twice in one run (resumed): the last record wins, as in
@@ -657,9 +651,9 @@ pub fn family_panel(
     let (xlo, xhi) = (n0 as f64 / 1.2, n1 as f64 * 1.2);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (560, 300)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (640, 340)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let (plot_area, legend_area) = root.split_horizontally(400);
+        let (plot_area, legend_area) = root.split_horizontally(460);
         let mut chart = ChartBuilder::on(&plot_area)
             .caption(family, (FONT, 16))
             .margin(8)
@@ -676,6 +670,7 @@ pub fn family_panel(
             .configure_mesh()
             .x_desc("sequence length N")
             .y_desc("latency")
+            .light_line_style(WHITE)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format_seconds(*y))
             .label_style((FONT, 11))
@@ -1026,6 +1021,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[allow(clippy::too_many_arguments)]
     fn rec(
         run: &str,
         label: &str,

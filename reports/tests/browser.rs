@@ -180,10 +180,17 @@ fn the_leaderboard_selection_changes_the_rows_and_plots_have_bands() {
             .to_string()
     };
     let (before, after) = (attr("data-before"), attr("data-after"));
-    assert_eq!(before.matches('|').count(), 0, "one section shown: {before}");
+    assert_eq!(
+        before.matches('|').count(),
+        0,
+        "one section shown: {before}"
+    );
     assert_eq!(after.matches('|').count(), 0, "one section shown: {after}");
     assert_ne!(before, after, "the selection changed the rows");
-    assert!(before.contains("forward") && after.contains("train"), "{before} / {after}");
+    assert!(
+        before.contains("forward") && after.contains("train"),
+        "{before} / {after}"
+    );
     // The joined run is named on the row it supplied.
     assert!(before.contains("performer@[2] run second-run"), "{before}");
     assert!(dom.contains("Joined 2 runs"));
