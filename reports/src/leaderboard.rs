@@ -146,6 +146,9 @@ pub struct Answer {
     pub smallest: Option<(String, u64)>,
     /// The fastest whose quality error is within the bound: label, latency, error.
     pub fastest_within: Option<(String, f64, f64)>,
+    /// Others whose band (interval, else p10-p90) overlaps the fastest's: not told apart
+    /// from it by this run.
+    pub ties: Vec<String>,
 }
 
 /// One setting as measured by one run, or by runs whose environments match.
@@ -447,8 +450,19 @@ pub fn answers(s: &Section, quality: &[QualityPoint], bound: f64) -> Vec<Answer>
                     (err <= bound).then_some((l.to_string(), c.latency_s?, err))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1));
+            let band = |l: &str| s.bands.get(l).and_then(|b| b.get(&n)).copied();
+            let ties = match fastest.as_ref().and_then(|(l, _)| band(l)) {
+                Some((_, hi, _)) => cells
+                    .iter()
+                    .filter(|(l, _)| Some(*l) != fastest.as_ref().map(|f| f.0.as_str()))
+                    .filter(|(l, _)| band(l).is_some_and(|b| b.0 <= hi))
+                    .map(|(l, _)| l.to_string())
+                    .collect(),
+                None => Vec::new(),
+            };
             Answer {
                 seq_len: n,
+                ties,
                 fastest,
                 smallest,
                 fastest_within,
@@ -813,7 +827,10 @@ impl Leaderboard {
                         @for a in &s.answers {
                             tr {
                                 td { (a.seq_len) }
-                                td { @if let Some((l, t)) = &a.fastest { (l) " (" (format_seconds(*t)) ")" } @else { "-" } }
+                                td {
+                                    @if let Some((l, t)) = &a.fastest { (l) " (" (format_seconds(*t)) ")" } @else { "-" }
+                                    @if !a.ties.is_empty() { br; span.ties title=(a.ties.join(", ")) { "tied within the band: " (a.ties.len()) " other(s)" } }
+                                }
                                 td { @if let Some((l, b)) = &a.smallest { (l) " (" (format_bytes(*b)) ")" } @else { "-" } }
                                 td { @if let Some((l, t, e)) = &a.fastest_within { (l) " (" (format_seconds(*t)) ", error " (format!("{e:.2}")) ")" } @else { "-" } }
                             }
@@ -1149,6 +1166,17 @@ mod tests {
         assert_eq!(at(512).fastest.as_ref().unwrap().0, "sdpa");
         assert_eq!(at(4096).fastest.as_ref().unwrap().0, "lin");
         assert_eq!(at(4096).smallest.as_ref().unwrap().0, "small");
+        // At 1024 sdpa (0.019-0.021) and lin (0.025-0.036) do not overlap; at 2048 sdpa
+        // (0.076-0.084) and lin (0.05-0.072) neither: no ties.
+        assert!(at(1024).ties.is_empty() && at(2048).ties.is_empty());
+        let mut run = run_a("h");
+        for r in run.records.iter_mut() {
+            if r.label == "lin" && r.key.seq_len == 1024 {
+                r.rounds.as_mut().unwrap().interval.low_s = 0.02;
+            }
+        }
+        let lb = Leaderboard::build(&[run], quality(), 0.75, BTreeMap::new(), Vec::new()).unwrap();
+        assert_eq!(lb.sections[0].answers[1].ties, vec!["lin".to_string()]);
         // lin's error 1.5 is past the bound: sdpa (exact, error 0) at 4096 (0.32 s) beats small (2 s).
         assert_eq!(at(4096).fastest_within.as_ref().unwrap().0, "sdpa");
         let lb =
