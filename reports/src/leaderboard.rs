@@ -802,7 +802,10 @@ impl Leaderboard {
         let nmax = lens.last().copied().unwrap_or(0);
         let bound = self.quality_bound;
         Ok(html! {
-            section.setting id=(slug(idx, &s.setting)) data-setting=(s.setting.to_string()) {
+            section.setting id=(slug(idx, &s.setting)) data-setting=(s.setting.to_string())
+                data-device=(s.setting.device) data-dtype=(s.setting.dtype.to_string())
+                data-mode=(s.setting.mode.to_string()) data-scope=(s.setting.scope.to_string())
+                data-batch=(s.setting.batch) {
                 h2 { (s.setting.to_string()) }
                 @if s.joined() {
                     p.joined {
@@ -950,10 +953,28 @@ impl Leaderboard {
                         }
                         noscript { " (without script every setting is shown below)" }
                     }
+                    p.dims {
+                        @for (dim, values) in self.dimensions() {
+                            label { (dim) " " select.dim data-dim=(dim) {
+                                @for v in values { option value=(v) { (v) } }
+                            } }
+                            " "
+                        }
+                        span #none style="display:none" { "not measured: no run has this combination" }
+                    }
                     @for m in &sections { (m) }
                     @if !self.accuracy.is_empty() || !lra.is_empty() {
                         section.lra {
                             h2 { "LRA layout" }
+                            @if !self.accuracy.is_empty() {
+                                p.joined {
+                                    "Joined sources: accuracy from " (self.accuracy.len()) " training record(s) ("
+                                    (accuracy_sources(&self.accuracy))
+                                    "); speed and memory from "
+                                    (self.sections.iter().flat_map(|s| s.runs.iter().map(|r| r.describe())).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("; "))
+                                    ". Speed-ups and memory ratios are taken within each run only."
+                                }
+                            }
                             div.side {
                                 @if !self.accuracy.is_empty() {
                                     div { h3 { "Table 1: accuracy per task and average" } (accuracy::accuracy_grid(&self.accuracy).html()) }
@@ -972,6 +993,29 @@ impl Leaderboard {
             }
         };
         Ok(page.into_string())
+    }
+
+    /// The values of each dimension a reader chooses a setting by.
+    pub fn dimensions(&self) -> Vec<(&'static str, Vec<String>)> {
+        let pick: [(&'static str, fn(&Setting) -> String); 5] = [
+            ("device", |s| s.device.clone()),
+            ("dtype", |s| s.dtype.to_string()),
+            ("mode", |s| s.mode.to_string()),
+            ("scope", |s| s.scope.to_string()),
+            ("batch", |s| s.batch.to_string()),
+        ];
+        pick.iter()
+            .map(|(dim, f)| {
+                let mut v: Vec<String> = Vec::new();
+                for s in &self.sections {
+                    let x = f(&s.setting);
+                    if !v.contains(&x) {
+                        v.push(x);
+                    }
+                }
+                (*dim, v)
+            })
+            .collect()
     }
 
     fn accuracy_figure(
@@ -1006,6 +1050,22 @@ impl Leaderboard {
     }
 }
 
+/// Where the accuracy records come from: their commits, presets and devices.
+fn accuracy_sources(records: &[AccuracyRecord]) -> String {
+    let set: BTreeSet<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "commit {}, preset {}, {}",
+                short_commit(r.env.git_commit.as_deref().unwrap_or("?")),
+                r.preset.as_deref().unwrap_or("-"),
+                r.device.as_deref().unwrap_or("cpu")
+            )
+        })
+        .collect();
+    set.into_iter().collect::<Vec<_>>().join("; ")
+}
+
 const LEADERBOARD_CSS: &str = ".panels{display:flex;flex-wrap:wrap;gap:.6em}\
 .scroll{overflow-x:auto;max-width:100%}\
 table.board{display:table;overflow:visible}\
@@ -1028,8 +1088,31 @@ const SELECT_JS: &str = r#"
     var id = location.hash.slice(1);
     if (document.getElementById(id)) { sel.value = id; }
   }
-  sel.addEventListener('change', show);
+  var dims = document.querySelectorAll('select.dim');
+  var none = document.getElementById('none');
+  var fromSection = function () {
+    var s = document.getElementById(sel.value);
+    if (!s) { return; }
+    dims.forEach(function (d) { d.value = s.getAttribute('data-' + d.getAttribute('data-dim')); });
+    if (none) { none.style.display = 'none'; }
+  };
+  dims.forEach(function (d) {
+    d.addEventListener('change', function () {
+      var hit = Array.prototype.find.call(document.querySelectorAll('section.setting'), function (s) {
+        return Array.prototype.every.call(dims, function (x) {
+          return s.getAttribute('data-' + x.getAttribute('data-dim')) === x.value;
+        });
+      });
+      if (hit) { sel.value = hit.id; show(); if (none) { none.style.display = 'none'; } }
+      else {
+        document.querySelectorAll('section.setting').forEach(function (s) { s.style.display = 'none'; });
+        if (none) { none.style.display = ''; }
+      }
+    });
+  });
+  sel.addEventListener('change', function () { show(); fromSection(); });
   show();
+  fromSection();
 })();
 "#;
 

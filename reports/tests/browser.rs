@@ -167,7 +167,10 @@ fn the_leaderboard_selection_changes_the_rows_and_plots_have_bands() {
         document.body.setAttribute('data-before', seen()); \
         var sel = document.getElementById('setting'); \
         sel.value = sel.options[1].value; sel.dispatchEvent(new Event('change')); \
-        document.body.setAttribute('data-after', seen()); })();</script></body>";
+        document.body.setAttribute('data-after', seen()); \
+        var mode = document.querySelector('select.dim[data-dim=mode]'); \
+        mode.value = 'forward'; mode.dispatchEvent(new Event('change')); \
+        document.body.setAttribute('data-by-mode', seen()); })();</script></body>";
     let dom = dump_dom(
         &browser,
         &page("leaderboard.html", &html.replace("</body>", probe)),
@@ -190,6 +193,12 @@ fn the_leaderboard_selection_changes_the_rows_and_plots_have_bands() {
     assert!(
         before.contains("forward") && after.contains("train"),
         "{before} / {after}"
+    );
+    // Choosing by a dimension (mode) shows that setting's section.
+    assert_eq!(
+        attr("data-by-mode"),
+        before,
+        "mode=forward shows the forward section"
     );
     // The joined run is named on the row it supplied.
     assert!(before.contains("performer@[2] run second-run"), "{before}");
