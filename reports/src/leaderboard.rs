@@ -18,7 +18,6 @@ use crate::accuracy::{self, AccuracyRecord};
 use crate::analysis::{crossover, efficiency_tables, Crossover, EfficiencyTable, FLOOR};
 use crate::load::{read_results, LoadError};
 use crate::lra::lra_views;
-use crate::plots;
 use crate::publish::{CSS, SORT_JS};
 use crate::schema::{Environment, Record, Setting, Status};
 use crate::table::{format_bytes, format_seconds, instability_warning};
@@ -924,7 +923,7 @@ impl Leaderboard {
             sections.push(self.section_html(i, s)?);
         }
         let lra = lra_views(&tables);
-        let fig3 = self.accuracy_figure(&tables)?;
+        let fig3 = self.accuracy_figure()?;
         let page = html! {
             (DOCTYPE)
             html lang="en" {
@@ -1018,31 +1017,120 @@ impl Leaderboard {
             .collect()
     }
 
-    fn accuracy_figure(
-        &self,
-        tables: &[EfficiencyTable],
-    ) -> Result<Option<String>, LeaderboardError> {
+    /// LRA's Figure 3: mean accuracy against speed-up over vanilla (training setting if
+    /// there is one, at its longest length), the area of each point its memory against
+    /// vanilla's, a bar across each point for the speed-up's interval (the ends of the
+    /// bands: the rounds' intervals, else p10-p90).
+    fn accuracy_figure(&self) -> Result<Option<String>, LeaderboardError> {
         if self.accuracy.is_empty() {
             return Ok(None);
         }
+        let Some(s) = self
+            .sections
+            .iter()
+            .find(|s| s.setting.mode == crate::schema::Mode::Train)
+            .or_else(|| self.sections.first())
+        else {
+            return Ok(None);
+        };
+        let Some(&n) = s.table.seq_lens.last() else {
+            return Ok(None);
+        };
         let means = accuracy::means(&self.accuracy);
-        let per_variant: Vec<(String, f64)> = accuracy::variants(&self.accuracy)
-            .into_iter()
-            .map(|v| {
-                let got: Vec<f64> = means
+        let row = |label: &str| {
+            s.table.rows.iter().find(|r| r.label == label).or_else(|| {
+                s.table
+                    .rows
                     .iter()
-                    .filter(|((x, _), _)| *x == v)
-                    .map(|(_, (m, _))| *m)
-                    .collect();
-                (v, got.iter().sum::<f64>() / got.len().max(1) as f64)
+                    .find(|r| variant_of(&r.label) == variant_of(label))
             })
-            .collect();
-        match plots::accuracy_points(tables, &per_variant) {
-            Some((setting, points)) => {
-                plots::accuracy_plot(&setting, &points).map_err(LeaderboardError::Plot)
-            }
-            None => Ok(None),
+        };
+        let band = |label: &str| s.bands.get(label).and_then(|b| b.get(&n)).copied();
+        let Some((rlo, rhi, _)) = band("vanilla") else {
+            return Ok(None);
+        };
+        // (label, speed-up, low, high, accuracy, memory ratio)
+        let mut points: Vec<(String, f64, f64, f64, f64, f64)> = Vec::new();
+        for v in accuracy::variants(&self.accuracy) {
+            let got: Vec<f64> = means
+                .iter()
+                .filter(|((x, _), _)| *x == v)
+                .map(|(_, (m, _))| *m)
+                .collect();
+            let acc = got.iter().sum::<f64>() / got.len().max(1) as f64;
+            let Some(r) = row(&v) else { continue };
+            let Some(c) = r.cells.get(&n) else { continue };
+            let (Some(sp), Some(mr), Some((lo, hi, _))) =
+                (c.speedup, c.memory_ratio, band(&r.label))
+            else {
+                continue;
+            };
+            points.push((v.clone(), sp, rlo / hi, rhi / lo, acc, mr));
         }
+        if points.is_empty() {
+            return Ok(None);
+        }
+        let xlo = points.iter().map(|p| p.2).fold(f64::INFINITY, f64::min) / 1.3;
+        let xhi = points.iter().map(|p| p.3).fold(0.0, f64::max) * 1.3;
+        let alo = points.iter().map(|p| p.4).fold(f64::INFINITY, f64::min);
+        let ahi = points.iter().map(|p| p.4).fold(f64::NEG_INFINITY, f64::max);
+        let (ylo, yhi) = ((alo - 8.0).max(0.0), (ahi + 8.0).min(100.0));
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (780, 420)).into_drawing_area();
+            let e = |e: String| LeaderboardError::Plot(e);
+            root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+            let (plot_area, legend_area) = root.split_horizontally(520);
+            let mut chart = ChartBuilder::on(&plot_area)
+                .caption(
+                    format!("accuracy vs speed ({}, N={n})", s.setting.mode),
+                    (FONT, 15),
+                )
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d((xlo..xhi).log_scale(), ylo..yhi)
+                .map_err(|x| e(x.to_string()))?;
+            chart
+                .configure_mesh()
+                .light_line_style(WHITE)
+                .x_desc("speed-up over vanilla (bar: interval)")
+                .y_desc("mean accuracy (%)")
+                .x_label_formatter(&|x| format!("{x:.2}x"))
+                .label_style((FONT, 12))
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+            for (i, (label, sp, lo, hi, acc, mr)) in points.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(*lo, *acc), (*hi, *acc)],
+                        color.stroke_width(2),
+                    )))
+                    .map_err(|x| e(x.to_string()))?;
+                let radius = (16.0 * mr.max(0.0).sqrt()).clamp(3.0, 50.0) as i32;
+                chart
+                    .draw_series(std::iter::once(Circle::new(
+                        (*sp, *acc),
+                        radius,
+                        color.mix(0.45).filled(),
+                    )))
+                    .map_err(|x| e(x.to_string()))?;
+                let y = 40 + 20 * i as i32;
+                legend_area
+                    .draw(&Circle::new((12, y), 5, color.mix(0.6).filled()))
+                    .map_err(|x| e(x.to_string()))?;
+                legend_area
+                    .draw(&Text::new(
+                        format!("{label}: memory {mr:.2}x"),
+                        (22, y - 7),
+                        (FONT, 12),
+                    ))
+                    .map_err(|x| e(x.to_string()))?;
+            }
+            root.present().map_err(|x| e(x.to_string()))?;
+        }
+        Ok(Some(svg))
     }
 
     pub fn json(&self) -> String {
