@@ -996,7 +996,7 @@ impl Leaderboard {
 
     /// The values of each dimension a reader chooses a setting by.
     pub fn dimensions(&self) -> Vec<(&'static str, Vec<String>)> {
-        let pick: [(&'static str, fn(&Setting) -> String); 5] = [
+        let pick: [(&'static str, SettingField); 5] = [
             ("device", |s| s.device.clone()),
             ("dtype", |s| s.dtype.to_string()),
             ("mode", |s| s.mode.to_string()),
@@ -1153,6 +1153,9 @@ fn accuracy_sources(records: &[AccuracyRecord]) -> String {
         .collect();
     set.into_iter().collect::<Vec<_>>().join("; ")
 }
+
+/// One dimension of a setting, as text.
+type SettingField = fn(&Setting) -> String;
 
 const LEADERBOARD_CSS: &str = ".panels{display:flex;flex-wrap:wrap;gap:.6em}\
 .scroll{overflow-x:auto;max-width:100%}\
