@@ -32,6 +32,8 @@ pub const REFERENCES: [&str; 2] = ["vanilla", "sdpa"];
 pub const DEFAULT_QUALITY_BOUND: f64 = 0.75;
 /// The quality-proxy records' score scale the bound is read at.
 pub const QUALITY_QK_SCALE: f64 = 0.25;
+/// The accuracy bound by default: points of mean accuracy below exact attention's.
+pub const DEFAULT_ACCURACY_BOUND: f64 = 5.0;
 
 #[derive(Debug, Error)]
 pub enum LeaderboardError {
@@ -148,6 +150,10 @@ pub struct Answer {
     /// Others whose band (interval, else p10-p90) overlaps the fastest's: not told apart
     /// from it by this run.
     pub ties: Vec<String>,
+    /// With accuracy records: the fastest whose mean accuracy is within the accuracy
+    /// bound of exact attention's (exact rows count as vanilla's): label, latency,
+    /// accuracy.
+    pub fastest_accurate: Option<(String, f64, f64)>,
 }
 
 /// One setting as measured by one run, or by runs whose environments match.
@@ -165,6 +171,9 @@ pub struct Section {
     pub bands: BTreeMap<String, BTreeMap<i64, (f64, f64, bool)>>,
     pub answers: Vec<Answer>,
     pub crossovers: BTreeMap<String, CrossoverSpan>,
+    /// Runs given with records of this setting whose every row was replaced by a run
+    /// given later: named on the page, nothing of theirs shown.
+    pub superseded: Vec<(String, PathBuf)>,
 }
 
 impl Section {
@@ -279,6 +288,7 @@ pub struct Leaderboard {
     pub sections: Vec<Section>,
     pub quality: Vec<QualityPoint>,
     pub quality_bound: f64,
+    pub accuracy_bound: f64,
     pub meta: BTreeMap<String, VariantMeta>,
     #[serde(skip)]
     pub accuracy: Vec<AccuracyRecord>,
@@ -342,7 +352,15 @@ impl Leaderboard {
                     records.push(r.clone());
                 }
             }
-            let _ = used;
+            let superseded: Vec<(String, PathBuf)> = runs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !used.contains(i))
+                .filter_map(|(_, run)| {
+                    let r = run.records.iter().find(|r| r.key.setting() == setting)?;
+                    Some((r.run_id.clone(), run.path.clone()))
+                })
+                .collect();
             for k in 1..envs.len() {
                 if let Some(what) = environment_difference(envs[0].0, envs[k].0) {
                     return Err(LeaderboardError::Mixed(format!(
@@ -392,18 +410,68 @@ impl Leaderboard {
                 bands,
                 answers: Vec::new(),
                 crossovers: BTreeMap::new(),
+                superseded,
             };
             s.answers = answers(&s, &quality, quality_bound);
             s.crossovers = crossovers(&s);
             sections.push(s);
         }
-        Ok(Leaderboard {
+        let mut lb = Leaderboard {
             sections,
             quality,
             quality_bound,
+            accuracy_bound: DEFAULT_ACCURACY_BOUND,
             meta,
             accuracy,
-        })
+        };
+        lb.set_accuracy_bound(DEFAULT_ACCURACY_BOUND);
+        Ok(lb)
+    }
+
+    /// Mean accuracy over tasks per variant name (its label's part before parameters).
+    pub fn mean_accuracy(&self) -> BTreeMap<String, f64> {
+        let means = accuracy::means(&self.accuracy);
+        accuracy::variants(&self.accuracy)
+            .into_iter()
+            .map(|v| {
+                let got: Vec<f64> = means
+                    .iter()
+                    .filter(|((x, _), _)| *x == v)
+                    .map(|(_, (m, _))| *m)
+                    .collect();
+                let mean = got.iter().sum::<f64>() / got.len().max(1) as f64;
+                (variant_of(&v).to_string(), mean)
+            })
+            .collect()
+    }
+
+    /// Sets the accuracy bound (points below exact attention's mean accuracy) and
+    /// recomputes each length's fastest variant within it.
+    pub fn set_accuracy_bound(&mut self, bound: f64) {
+        self.accuracy_bound = bound;
+        let acc = self.mean_accuracy();
+        let exact_acc = acc.get("vanilla").copied();
+        for s in &mut self.sections {
+            for a in &mut s.answers {
+                let n = a.seq_len;
+                a.fastest_accurate = exact_acc.and_then(|reference| {
+                    s.table
+                        .rows
+                        .iter()
+                        .filter_map(|r| {
+                            let c = r.cells.get(&n)?;
+                            let t = c.latency_s.filter(|_| c.status == Status::Ok)?;
+                            let got = if s.exact.contains(&r.label) {
+                                reference
+                            } else {
+                                *acc.get(variant_of(&r.label))?
+                            };
+                            (got >= reference - bound).then(|| (r.label.clone(), t, got))
+                        })
+                        .min_by(|x, y| x.1.total_cmp(&y.1))
+                });
+            }
+        }
     }
 }
 
@@ -462,6 +530,7 @@ pub fn answers(s: &Section, quality: &[QualityPoint], bound: f64) -> Vec<Answer>
             Answer {
                 seq_len: n,
                 ties,
+                fastest_accurate: None,
                 fastest,
                 smallest,
                 fastest_within,
@@ -819,11 +888,21 @@ impl Leaderboard {
                 } @else {
                     p.run { "One " (s.runs[0].describe()) ", from " code { (s.runs[0].path.display().to_string()) } "." }
                 }
+                @if !s.superseded.is_empty() {
+                    p.joined {
+                        "Also given for this setting, and replaced for every variant by a run given later (nothing of theirs is shown): "
+                        @for (k, (id, path)) in s.superseded.iter().enumerate() {
+                            @if k > 0 { "; " }
+                            "run " (id) " (" (path.display().to_string()) ")"
+                        }
+                    }
+                }
                 h3 { "The answer" }
                 table.answer {
                     thead { tr {
                         th { "N" } th { "fastest" } th { "smallest (peak memory)" }
                         th { "fastest with quality error <= " (bound) }
+                        @if !self.accuracy.is_empty() { th { "fastest with accuracy within " (self.accuracy_bound) " points of exact" } }
                     } }
                     tbody {
                         @for a in &s.answers {
@@ -835,6 +914,9 @@ impl Leaderboard {
                                 }
                                 td { @if let Some((l, b)) = &a.smallest { (l) " (" (format_bytes(*b)) ")" } @else { "-" } }
                                 td { @if let Some((l, t, e)) = &a.fastest_within { (l) " (" (format_seconds(*t)) ", error " (format!("{e:.2}")) ")" } @else { "-" } }
+                                @if !self.accuracy.is_empty() {
+                                    td { @if let Some((l, t, acc)) = &a.fastest_accurate { (l) " (" (format_seconds(*t)) ", accuracy " (format!("{acc:.1}")) "%)" } @else { "-" } }
+                                }
                             }
                         }
                     }
@@ -1163,7 +1245,7 @@ table.board{display:table;overflow:visible}\
 table.board td:first-child,table.board th:first-child{position:sticky;left:0;background:#fff;z-index:1;border-right:2px solid #999}\
 .side{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}\
 a.src{font-size:.8em;color:#666}.joined{background:#eef;padding:.4em 1em;max-width:60em}\
-.unstable{color:#b00}";
+.unstable{color:#b00}table.answer td{text-align:left}";
 
 /// Shows the chosen setting's section only (without script: all of them).
 const SELECT_JS: &str = r#"
@@ -1361,6 +1443,35 @@ mod tests {
     }
 
     #[test]
+    fn with_accuracy_records_the_answer_names_the_fastest_within_the_accuracy_bound() {
+        let env = run_a("h").records[0].env.clone();
+        let acc = |variant: &str, a: f64| -> AccuracyRecord {
+            serde_json::from_value(json!({"schema": 1, "task": "listops", "variant": variant,
+                "accuracy": a, "steps": 10, "seed": 0, "env": env}))
+            .unwrap()
+        };
+        // vanilla 40%, lin(k=2) 37% (within 5 points), small 20%.
+        let records = vec![
+            acc("vanilla", 0.40),
+            acc("lin(k=2)", 0.37),
+            acc("small", 0.20),
+        ];
+        let mut lb =
+            Leaderboard::build(&[run_a("h")], quality(), 0.75, BTreeMap::new(), records).unwrap();
+        let last = |lb: &Leaderboard| lb.sections[0].answers.last().unwrap().clone();
+        let got = last(&lb).fastest_accurate.unwrap();
+        assert_eq!(got.0, "lin");
+        assert!((got.2 - 37.0).abs() < 1e-9);
+        // Within 1 point only exact attention qualifies (sdpa, the faster of the two).
+        lb.set_accuracy_bound(1.0);
+        assert_eq!(last(&lb).fastest_accurate.unwrap().0, "sdpa");
+        assert!(lb
+            .html()
+            .unwrap()
+            .contains("fastest with accuracy within 1 points"));
+    }
+
+    #[test]
     fn crossover_against_sdpa_has_an_interval_from_the_rounds() {
         let lb = Leaderboard::build(&[run_a("h")], quality(), 0.75, BTreeMap::new(), Vec::new())
             .unwrap();
@@ -1412,6 +1523,21 @@ mod tests {
         let page = lb.html().unwrap();
         assert!(page.contains("Joined 2 runs"), "the join is stated");
         assert!(page.contains("run b (2026-12-02, commit commit-b)"));
+        // A run whose every row is replaced is named, not silently dropped.
+        let lb = Leaderboard::build(
+            &[b.clone(), run_a("h")],
+            quality(),
+            0.75,
+            BTreeMap::new(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(!lb.sections[0].joined());
+        assert_eq!(
+            lb.sections[0].superseded,
+            vec![("b".to_string(), PathBuf::from("runs/b"))]
+        );
+        assert!(lb.html().unwrap().contains("replaced for every variant"));
         // On another machine: refused, naming both paths.
         for r in &mut b.records {
             r.env.hostname = Some("other".into());
