@@ -1243,7 +1243,7 @@ const LEADERBOARD_CSS: &str = ".panels{display:flex;flex-wrap:wrap;gap:.6em}\
 .scroll{overflow-x:auto;max-width:100%}\
 table.board{display:table;overflow:visible}\
 table.board td:first-child,table.board th:first-child{position:sticky;left:0;background:#fff;z-index:1;border-right:2px solid #999}\
-.side{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}\
+.side{display:flex;gap:2em;align-items:flex-start;overflow-x:auto}.side table{display:table}\
 a.src{font-size:.8em;color:#666}.joined{background:#eef;padding:.4em 1em;max-width:60em}\
 .unstable{color:#b00}table.answer td{text-align:left}";
 
