@@ -11,7 +11,7 @@ use xarena_bench::worker;
 
 mod commands;
 
-use commands::{compare, history, list, lra, merge, quality, report, run, train};
+use commands::{compare, history, leaderboard, list, lra, merge, quality, report, run, train};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,10 @@ enum Command {
     /// efficiency tables, published figures beside them, accuracy; or, with --out, all
     /// formats and the SVG plots written into a directory.
     Report(report::ReportArgs),
+    /// The leaderboard page (report.html) from run directories: a section per setting,
+    /// ratios within one run (or runs whose environments match, said so), the answer per
+    /// length, crossovers against sdpa, per-family plots with bands.
+    Leaderboard(leaderboard::LeaderboardArgs),
     /// Approximation error against exact attention on the same inputs and projections
     /// (a quality proxy that needs no training; see bench/src/quality.rs).
     Quality(quality::QualityArgs),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Merge(args) => merge::run(args),
+        Command::Leaderboard(args) => leaderboard::run(args),
         Command::History(c) => history::run(c),
         Command::Run(args) => run::run(*args),
         Command::List(args) => list::run(args),

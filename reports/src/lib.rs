@@ -13,6 +13,7 @@ pub mod anchors;
 pub mod compare;
 pub mod grid;
 pub mod kv;
+pub mod leaderboard;
 pub mod lra;
 pub mod merge;
 pub mod plots;

@@ -800,7 +800,7 @@ fn environment_grid(records: &[Record], accuracy: &[AccuracyRecord]) -> Grid {
     grid
 }
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+pub(crate) const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:0.6em 0 1.4em;font-size:0.9em;display:block;overflow-x:auto;max-width:100%}\
 th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right;white-space:nowrap}\
 th:first-child,td:first-child{text-align:left}\
@@ -813,7 +813,7 @@ figure svg{max-width:100%;height:auto}.note{max-width:60em;color:#555}\
 
 /// Click a header to sort its table's rows by that column (numbers by their
 /// `data-sort` value, text otherwise); click again to reverse.
-const SORT_JS: &str = r#"
+pub(crate) const SORT_JS: &str = r#"
 document.querySelectorAll('table.sortable th').forEach(function (th) {
   th.addEventListener('click', function () {
     var col = Array.prototype.indexOf.call(th.parentNode.children, th);

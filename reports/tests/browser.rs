@@ -122,3 +122,96 @@ fn clicking_a_header_sorts_the_rows() {
     assert_eq!(labels[1], "performer", "{order}");
     assert_eq!(labels[4], "local(window=64)", "{order}");
 }
+
+/// The leaderboard page: the setting selection shows one section and changing it shows
+/// another (other rows), every family panel renders as SVG with a band per line, and a
+/// row taken from a second run of the same setting names that run.
+#[test]
+fn the_leaderboard_selection_changes_the_rows_and_plots_have_bands() {
+    use std::collections::BTreeMap;
+    use xarena_reports::leaderboard::{Leaderboard, RunInput};
+    let browser = chromium();
+    // Run b measured performer again on the same machine (same environment): joined,
+    // with performer's rows labelled by run b.
+    let b: Vec<_> = records()
+        .into_iter()
+        .filter(|r| r.key.variant == "performer")
+        .map(|mut r| {
+            r.run_id = "second-run".into();
+            r.env.git_commit = Some("def456".into());
+            r
+        })
+        .collect();
+    let runs = [
+        RunInput {
+            path: PathBuf::from("runs/first"),
+            records: records(),
+        },
+        RunInput {
+            path: PathBuf::from("runs/second"),
+            records: b,
+        },
+    ];
+    let lb = Leaderboard::build(&runs, Vec::new(), 0.75, BTreeMap::new(), Vec::new()).unwrap();
+    assert_eq!(lb.sections.len(), 2, "forward and train");
+    let html = lb.html().unwrap();
+    // What a reader sees before and after choosing the second setting: the visible
+    // sections and their board's row labels.
+    let probe = "<script>(function () { \
+        function seen() { return Array.prototype.filter.call( \
+          document.querySelectorAll('section.setting'), function (s) { \
+          return s.style.display !== 'none'; }).map(function (s) { \
+          return s.id + ':' + Array.prototype.map.call(s.querySelectorAll( \
+          'table.board tbody tr'), function (tr) { return tr.getAttribute('data-label') + \
+          '@' + tr.cells[3].textContent; }).join(','); }).join('|'); } \
+        document.body.setAttribute('data-before', seen()); \
+        var sel = document.getElementById('setting'); \
+        sel.value = sel.options[1].value; sel.dispatchEvent(new Event('change')); \
+        document.body.setAttribute('data-after', seen()); \
+        var mode = document.querySelector('select.dim[data-dim=mode]'); \
+        mode.value = 'forward'; mode.dispatchEvent(new Event('change')); \
+        document.body.setAttribute('data-by-mode', seen()); })();</script></body>";
+    let dom = dump_dom(
+        &browser,
+        &page("leaderboard.html", &html.replace("</body>", probe)),
+    );
+    let attr = |name: &str| {
+        dom.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("the probe ran: {name}"))
+            .to_string()
+    };
+    let (before, after) = (attr("data-before"), attr("data-after"));
+    assert_eq!(
+        before.matches('|').count(),
+        0,
+        "one section shown: {before}"
+    );
+    assert_eq!(after.matches('|').count(), 0, "one section shown: {after}");
+    assert_ne!(before, after, "the selection changed the rows");
+    assert!(
+        before.contains("forward") && after.contains("train"),
+        "{before} / {after}"
+    );
+    // Choosing by a dimension (mode) shows that setting's section.
+    assert_eq!(
+        attr("data-by-mode"),
+        before,
+        "mode=forward shows the forward section"
+    );
+    // The joined run is named on the row it supplied.
+    assert!(before.contains("performer@[2] run second-run"), "{before}");
+    assert!(dom.contains("Joined 2 runs"));
+    // Plots render (one family panel per setting, plus none elsewhere) with bands.
+    let panels = dom.matches("<figure class=\"panel\"").count();
+    assert_eq!(panels, 2, "a panel per family per setting");
+    let svg_in_panels = dom
+        .split("<figure class=\"panel\"")
+        .skip(1)
+        .filter(|p| p.contains("<svg") && p.matches("<polygon").count() >= 3)
+        .count();
+    assert_eq!(svg_in_panels, 2, "every panel an SVG with a band per line");
+    assert!(dom.contains("sequence length N"));
+    assert!(!dom.contains("pwned</title>"), "labels stayed text");
+}

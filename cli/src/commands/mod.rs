@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod history;
+pub mod leaderboard;
 pub mod list;
 pub mod lra;
 pub mod merge;

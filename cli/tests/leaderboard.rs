@@ -1,0 +1,107 @@
+//! `xarena leaderboard` end to end on the runs it is published from
+//! (docs/results/leaderboard-cpu-*), and its refusals: a missing path, a path without
+//! records, two runs of one setting from different environments.
+
+mod common;
+
+use common::{repo, stderr, tmp, xarena};
+
+fn published() -> Vec<String> {
+    ["forward-b1", "train-b1", "forward-b4"]
+        .iter()
+        .map(|s| {
+            repo()
+                .join(format!("docs/results/leaderboard-cpu-{s}"))
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_published_runs_make_a_section_per_setting() {
+    let out = tmp("leaderboard");
+    let mut args = vec!["leaderboard".to_string()];
+    args.extend(published());
+    args.extend([
+        "--quality".into(),
+        repo().join("docs/results/quality").display().to_string(),
+    ]);
+    args.extend(["--out".into(), out.display().to_string()]);
+    let o = xarena().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<section class=\"setting\"").count(), 3);
+    assert!(html.contains("<figure class=\"panel\""));
+    assert!(html.contains("fastest with quality error"));
+    assert!(out.join("leaderboard.json").exists());
+}
+
+#[test]
+fn bad_input_is_an_error_naming_its_path() {
+    let out = tmp("leaderboard-bad");
+    let missing = tmp("no-such-run");
+    let o = xarena()
+        .arg("leaderboard")
+        .arg(&missing)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&missing.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+
+    let empty = tmp("empty-run");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("results.jsonl"), "").unwrap();
+    let o = xarena()
+        .arg("leaderboard")
+        .arg(&empty)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&empty.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+
+    // The same setting measured on another host: refused, naming both paths.
+    let first = &published()[0];
+    let text = std::fs::read_to_string(format!("{first}/results.jsonl")).unwrap();
+    let other = tmp("other-host");
+    std::fs::create_dir_all(&other).unwrap();
+    // Only vanilla again: its rows would come from the other host, the rest from the first.
+    let moved: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("\"label\":\"vanilla\""))
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["env"]["hostname"] = "elsewhere".into();
+            v["run_id"] = "other-run".into();
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(other.join("results.jsonl"), moved.join("\n") + "\n").unwrap();
+    let o = xarena()
+        .arg("leaderboard")
+        .arg(first)
+        .arg(&other)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(first.as_str()) && err.contains(&other.display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("different environments"), "{err}");
+}
