@@ -4,7 +4,9 @@ first-round RUN OUT: OUT/results.jsonl holds RUN's records as a single-round run
 have written them: each case's first round's latency, no rounds.
 
 summary DIR PAIRS ROUNDS: the false-alarm rate (A/A) and the power at each slowdown, per
-rule and threshold, as a Markdown table, from DIR/compare/*.json.
+rule and threshold, as a Markdown table, from DIR/compare/*.json; every case comparison
+also goes to DIR/comparisons.csv (one row each: pair, slowdown, rule, threshold, case,
+ratio, verdict).
 """
 import json
 import math
@@ -47,6 +49,8 @@ def summary(d, pairs, rounds):
     head = "| rule | threshold | false alarms (A/A) | caught at +10% | caught at +20% | caught at +50% | median ratio seen at +20% |"
     print(head)
     print("|" + "---|" * 7)
+    rows = open(os.path.join(d, "comparisons.csv"), "w")
+    rows.write("pair,slowdown,rule,threshold_percent,case,ratio,verdict\n")
     for rule, t in rules:
         cells = []
         ratios20 = []
@@ -63,6 +67,9 @@ def summary(d, pairs, rounds):
                         continue
                     n += 1
                     k += lat["verdict"] == "regression"
+                    rows.write(
+                        f'{p},{s},{rule},{t},"{case["case"]}",{lat["ratio"]:.4f},{lat["verdict"]}\n'
+                    )
                     if s == "0.2":
                         ratios20.append(lat["ratio"])
             lo, hi = wilson(k, n)

@@ -946,8 +946,15 @@ fn bench_under_kvpress_protocol_records_it_and_reports_it_apart() {
     assert!(s_llm.final_retained_fraction > budget, "{s_llm:?}");
     // One report of both: two tables, the protocols apart.
     let md = ok(&["kv", "report", s(&chunked), s(&kvpress), "--format", "md"]);
-    assert!(md.contains("(kvpress protocol), context 40 tokens"), "{md}");
-    assert_eq!(md.matches("context 40 tokens").count(), 2, "{md}");
+    assert!(
+        md.contains("(kvpress protocol), context 40 tokens, 2 prompts per task"),
+        "{md}"
+    );
+    assert_eq!(
+        md.matches("context 40 tokens, 2 prompts").count(),
+        2,
+        "{md}"
+    );
     // A resume under the other protocol is refused.
     let args = bench("chunked", &kvpress, &["--resume"]);
     let e = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());

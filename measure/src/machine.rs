@@ -31,7 +31,7 @@ fn process_cpu_seconds() -> Option<f64> {
     };
     // SAFETY: clock_gettime writes one timespec we own.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 /// The run-queue wait of every thread of this process (schedstat's second field, in

@@ -81,6 +81,14 @@ fn namm_source(namm: &str, hash_too: bool) -> String {
     }
 }
 
+/// The model a record's group is named by: another protocol is another setting.
+fn group_model(r: &KvRecord) -> String {
+    match &r.protocol {
+        Some(p) => format!("{} ({p} protocol)", r.model),
+        None => r.model.clone(),
+    }
+}
+
 /// Groups records by (model, context) and, within, by (policy, ratio); later records of
 /// the same case replace earlier ones. Runs of different NAMMs (several `kv bench`
 /// directories in one report) stay apart: with more than one NAMM in a group, each
@@ -90,12 +98,8 @@ pub fn kv_groups(records: &[KvRecord], order: &[&str]) -> Vec<KvGroup> {
     type CaseKey = (String, usize, String, Option<String>);
     let mut cases: BTreeMap<CaseKey, &KvRecord> = BTreeMap::new();
     // Another protocol is another setting: its cases get a table of their own.
-    let model = |r: &KvRecord| match &r.protocol {
-        Some(p) => format!("{} ({p} protocol)", r.model),
-        None => r.model.clone(),
-    };
     for r in records {
-        let key = (model(r), r.context, r.case_id.clone(), r.namm.clone());
+        let key = (group_model(r), r.context, r.case_id.clone(), r.namm.clone());
         cases.insert(key, r);
     }
     let mut groups: BTreeMap<(String, usize), Vec<&KvRecord>> = BTreeMap::new();
@@ -294,7 +298,7 @@ pub fn kv_report(records: &[KvRecord], order: &[&str], style: Style) -> String {
     for g in kv_groups(records, order) {
         let examples = records
             .iter()
-            .filter(|r| r.model == g.model && r.context == g.context)
+            .filter(|r| group_model(r) == g.model && r.context == g.context)
             .map(|r| r.examples)
             .max()
             .unwrap_or(0);

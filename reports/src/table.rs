@@ -636,7 +636,7 @@ pub(crate) mod tests {
             runqueue_wait_s: Some(0.4),
             steal_fraction: Some(0.0),
         });
-        let quiet = efficiency_tables(&[steady.clone()]);
+        let quiet = efficiency_tables(std::slice::from_ref(&steady));
         assert_eq!(instability_warning(&quiet), None);
         assert!(!efficiency_report(&quiet, Style::Markdown).contains("WARNING"));
         let tables = efficiency_tables(&[busy.clone(), steady.clone()]);

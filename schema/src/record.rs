@@ -506,7 +506,13 @@ impl Record {
                 ("rounds.interval.low_s", Some(i.low_s)),
                 ("rounds.interval.high_s", Some(i.high_s)),
             ]);
-            if r.visits.is_empty() || !(i.low_s <= i.high_s) || !(0.0..=1.0).contains(&i.coverage) {
+            if r.visits.is_empty()
+                || !matches!(
+                    i.low_s.partial_cmp(&i.high_s),
+                    Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+                )
+                || !(0.0..=1.0).contains(&i.coverage)
+            {
                 return Err(format!(
                     "rounds: {} visits, interval {}..{} at coverage {}: not an interval of \
                      measured rounds",

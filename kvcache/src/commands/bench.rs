@@ -470,7 +470,7 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
         }
         let labels: Vec<String> = policies.iter().map(|p| p.describe()).collect();
         let shared = args.protocol == Protocol::Kvpress;
-        let results: Vec<(Totals, Option<Vec<(String, f64)>>)> = match &xs {
+        let results: Vec<CaseOutcome> = match &xs {
             Prompts::Lm(xs) if shared => decode_all_shared(&model.lm, policies, xs)
                 .0
                 .into_iter()
@@ -574,6 +574,9 @@ pub fn bench_command(args: &BenchArgs, mut log: impl FnMut(&KvRecord)) -> Result
     }
     Ok(outcome)
 }
+
+/// What one case decoded: its totals, and for RULER tasks each output with its score.
+type CaseOutcome = (Totals, Option<Vec<(String, f64)>>);
 
 /// The RULER prompts of one (task, context), tokenized; each at most `context` tokens.
 fn ruler_prompts(
