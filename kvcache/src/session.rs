@@ -183,10 +183,7 @@ impl<'a> Session<'a> {
             bytes = bytes + cache.bytes() - before;
         }
         Self::sync(s.precise_timing, device);
-        let cfg = s.lm.config();
-        let cached: i64 = s.layers.iter().flat_map(KvLayerCache::lens).sum();
-        let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
-        let retained = cached as f64 / slots / s.stats.tokens_seen as f64;
+        let retained = s.retained_now();
         s.bytes_now = bytes;
         s.stats.peak_kv_bytes = peak;
         s.stats.policy_seconds = t.elapsed().as_secs_f64();
@@ -271,15 +268,7 @@ impl<'a> Session<'a> {
             for (j, s) in sessions.iter_mut().enumerate() {
                 let l = logits.get(j as i64);
                 s.last_logits = Some(l.shallow_clone());
-                s.stats.tokens_seen += 1;
-                s.stats.calls += 1;
-                let cached: i64 = s.layers.iter().flat_map(KvLayerCache::lens).sum();
-                let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
-                let retained = cached as f64 / slots / s.stats.tokens_seen as f64;
-                s.stats.retained_fraction = retained;
-                s.retained_sum += retained;
-                s.stats.mean_retained_fraction = s.retained_sum / s.stats.calls as f64;
-                s.stats.peak_retained_fraction = s.stats.peak_retained_fraction.max(retained);
+                s.count_call(1);
                 s.stats.forward_seconds += own[j] + shared / b as f64;
                 out.push(l);
             }
@@ -378,6 +367,26 @@ impl<'a> Session<'a> {
         self.policy
     }
 
+    /// The retained fraction now: cached tokens / tokens seen, averaged over layers and
+    /// KV heads.
+    fn retained_now(&self) -> f64 {
+        let cfg = self.lm.config();
+        let cached: i64 = self.layers.iter().flat_map(KvLayerCache::lens).sum();
+        let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
+        cached as f64 / slots / self.stats.tokens_seen as f64
+    }
+
+    /// Counts a forward call of `tokens` tokens and samples the retained fraction after it.
+    fn count_call(&mut self, tokens: i64) {
+        self.stats.tokens_seen += tokens;
+        self.stats.calls += 1;
+        let retained = self.retained_now();
+        self.stats.retained_fraction = retained;
+        self.retained_sum += retained;
+        self.stats.mean_retained_fraction = self.retained_sum / self.stats.calls as f64;
+        self.stats.peak_retained_fraction = self.stats.peak_retained_fraction.max(retained);
+    }
+
     /// Waits for the device when timing precisely on CUDA.
     fn sync(precise: bool, device: Device) {
         if let (true, Device::Cuda(i)) = (precise, device) {
@@ -449,15 +458,7 @@ impl<'a> Session<'a> {
             self.last_logits = Some(logits.get(logits.size()[0] - 1));
             Self::sync(self.precise_timing, device);
 
-            self.stats.tokens_seen += c;
-            self.stats.calls += 1;
-            let cached: i64 = self.layers.iter().flat_map(KvLayerCache::lens).sum();
-            let slots = (cfg.num_hidden_layers * cfg.num_key_value_heads) as f64;
-            let retained = cached as f64 / slots / self.stats.tokens_seen as f64;
-            self.stats.retained_fraction = retained;
-            self.retained_sum += retained;
-            self.stats.mean_retained_fraction = self.retained_sum / self.stats.calls as f64;
-            self.stats.peak_retained_fraction = self.stats.peak_retained_fraction.max(retained);
+            self.count_call(c);
             self.stats.policy_seconds += policy_time;
             self.stats.forward_seconds += start.elapsed().as_secs_f64() - policy_time;
             logits

@@ -53,6 +53,23 @@ pub fn variants(records: &[AccuracyRecord]) -> Vec<String> {
     out
 }
 
+/// Each variant's accuracy averaged over the tasks it has, in [`variants`] order.
+pub fn mean_per_variant(records: &[AccuracyRecord]) -> Vec<(String, f64)> {
+    let means = means(records);
+    variants(records)
+        .into_iter()
+        .map(|v| {
+            let got: Vec<f64> = means
+                .iter()
+                .filter(|((x, _), _)| *x == v)
+                .map(|(_, (m, _))| *m)
+                .collect();
+            let mean = got.iter().sum::<f64>() / got.len().max(1) as f64;
+            (v, mean)
+        })
+        .collect()
+}
+
 /// Variants x tasks, each cell the mean accuracy in percent over seeds (with the count
 /// when more than one), the LRA paper's figure beside it where the variant and the task
 /// are in their table, and the average over the variant's tasks.

@@ -78,6 +78,19 @@ pub enum Verdict {
     Unchanged,
 }
 
+impl Verdict {
+    /// A metric's verdict from whether NEW is beyond BASE the slow way or the fast way.
+    fn of(worse: bool, better: bool) -> Verdict {
+        if worse {
+            Verdict::Regression
+        } else if better {
+            Verdict::Improvement
+        } else {
+            Verdict::Unchanged
+        }
+    }
+}
+
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -217,13 +230,7 @@ pub fn compare_latency(base: &Latency, new: &Latency, t: &Thresholds) -> MetricC
         new: new.median_s,
         ratio: new.median_s / base.median_s,
         allowed,
-        verdict: if slower {
-            Verdict::Regression
-        } else if faster {
-            Verdict::Improvement
-        } else {
-            Verdict::Unchanged
-        },
+        verdict: Verdict::of(slower, faster),
         rule: Some("spread"),
     }
 }
@@ -245,13 +252,7 @@ pub fn compare_rounds(
         new: new.0,
         ratio: new.0 / base.0,
         allowed: t.rounds_latency,
-        verdict: if slower {
-            Verdict::Regression
-        } else if faster {
-            Verdict::Improvement
-        } else {
-            Verdict::Unchanged
-        },
+        verdict: Verdict::of(slower, faster),
         rule: Some("rounds"),
     }
 }
@@ -266,13 +267,7 @@ pub fn compare_memory(base: u64, new: u64, t: &Thresholds) -> MetricChange {
         new: n,
         ratio: if b > 0.0 { n / b } else { f64::INFINITY },
         allowed: t.memory,
-        verdict: if beyond(b, n) {
-            Verdict::Regression
-        } else if beyond(n, b) {
-            Verdict::Improvement
-        } else {
-            Verdict::Unchanged
-        },
+        verdict: Verdict::of(beyond(b, n), beyond(n, b)),
         rule: None,
     }
 }

@@ -430,18 +430,9 @@ impl Leaderboard {
 
     /// Mean accuracy over tasks per variant name (its label's part before parameters).
     pub fn mean_accuracy(&self) -> BTreeMap<String, f64> {
-        let means = accuracy::means(&self.accuracy);
-        accuracy::variants(&self.accuracy)
+        accuracy::mean_per_variant(&self.accuracy)
             .into_iter()
-            .map(|v| {
-                let got: Vec<f64> = means
-                    .iter()
-                    .filter(|((x, _), _)| *x == v)
-                    .map(|(_, (m, _))| *m)
-                    .collect();
-                let mean = got.iter().sum::<f64>() / got.len().max(1) as f64;
-                (variant_of(&v).to_string(), mean)
-            })
+            .map(|(v, mean)| (variant_of(&v).to_string(), mean))
             .collect()
     }
 

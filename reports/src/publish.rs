@@ -156,18 +156,7 @@ impl Report {
         if self.accuracy.is_empty() {
             return Ok(None);
         }
-        let means = accuracy::means(&self.accuracy);
-        let per_variant: Vec<(String, f64)> = accuracy::variants(&self.accuracy)
-            .into_iter()
-            .map(|v| {
-                let got: Vec<f64> = means
-                    .iter()
-                    .filter(|((x, _), _)| *x == v)
-                    .map(|(_, (m, _))| *m)
-                    .collect();
-                (v, got.iter().sum::<f64>() / got.len() as f64)
-            })
-            .collect();
+        let per_variant = accuracy::mean_per_variant(&self.accuracy);
         match plots::accuracy_points(&self.tables, &per_variant) {
             Some((setting, points)) => {
                 plots::accuracy_plot(&setting, &points).map_err(ReportError::Plot)
