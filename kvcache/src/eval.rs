@@ -131,13 +131,35 @@ fn answer_tokens(prefilled: Prefilled, ex: &LmExample) -> (Decoded, Box<dyn Cach
         logits = session.step(i64::from(token));
     }
     let decode_seconds = t.elapsed().as_secs_f64();
+    let score = ex.score(&produced);
+    finish(
+        session,
+        produced,
+        score,
+        prefill_seconds,
+        &after_prefill,
+        decode_seconds,
+    )
+}
+
+/// What a session decoded after its prefill: `produced`, scored `score`, in
+/// `decode_seconds`; its statistics and the policy's time from the session, less what
+/// the prefill had (`after_prefill`). Gives the policy back.
+fn finish(
+    session: Session,
+    produced: Vec<u32>,
+    score: f64,
+    prefill_seconds: f64,
+    after_prefill: &crate::SessionStats,
+    decode_seconds: f64,
+) -> (Decoded, Box<dyn CachePolicy>) {
     let stats = session.stats();
     let decoded = Decoded {
-        score: ex.score(&produced),
+        score,
+        decode_steps: produced.len() as u64,
         produced,
         prefill_seconds,
         prefill_policy_seconds: after_prefill.policy_seconds,
-        decode_steps: ex.answer.len() as u64,
         decode_seconds,
         decode_policy_seconds: stats.policy_seconds - after_prefill.policy_seconds,
         stats,
@@ -159,18 +181,16 @@ impl Forked<'_> {
     /// What it decoded (no policy runs while decoding under kvpress's protocol; the
     /// decoding time is its own attention and its share of the batched steps).
     fn decoded(self, score: f64) -> (Decoded, Box<dyn CachePolicy>) {
-        let stats = self.session.stats();
-        let decoded = Decoded {
+        let decode_seconds =
+            self.session.stats().forward_seconds - self.after_prefill.forward_seconds;
+        finish(
+            self.session,
+            self.produced,
             score,
-            decode_steps: self.produced.len() as u64,
-            produced: self.produced,
-            prefill_seconds: self.prefill_seconds,
-            prefill_policy_seconds: self.after_prefill.policy_seconds,
-            decode_seconds: stats.forward_seconds - self.after_prefill.forward_seconds,
-            decode_policy_seconds: stats.policy_seconds - self.after_prefill.policy_seconds,
-            stats,
-        };
-        (decoded, self.session.into_policy())
+            self.prefill_seconds,
+            &self.after_prefill,
+            decode_seconds,
+        )
     }
 }
 
@@ -359,19 +379,17 @@ fn answer_text(
         logits = session.step(i64::from(token));
     }
     let decode_seconds = t.elapsed().as_secs_f64();
-    let stats = session.stats();
     let text = detok(&produced);
-    let decoded = Decoded {
-        score: xarena_datasets::ruler::string_match_all(&text, &p.answers),
-        decode_steps: produced.len() as u64,
+    let score = xarena_datasets::ruler::string_match_all(&text, &p.answers);
+    let (decoded, policy) = finish(
+        session,
         produced,
+        score,
         prefill_seconds,
-        prefill_policy_seconds: after_prefill.policy_seconds,
+        &after_prefill,
         decode_seconds,
-        decode_policy_seconds: stats.policy_seconds - after_prefill.policy_seconds,
-        stats,
-    };
-    (decoded, text, session.into_policy())
+    );
+    (decoded, text, policy)
 }
 
 /// As [`decode_all_under`] for text prompts; also gives each output text.

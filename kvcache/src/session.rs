@@ -54,6 +54,30 @@ pub struct Session<'a> {
     recorded: Option<Vec<Vec<Tensor>>>,
 }
 
+/// Shows `policy` one layer's call (its attention over the layer's cache) and drops the
+/// rows it lets go; the cache's bytes after.
+fn evict(
+    policy: &mut dyn CachePolicy,
+    cache: &mut KvLayerCache,
+    layer: usize,
+    attention: &[Tensor],
+    now: i64,
+) -> u64 {
+    let keys = cache.keys();
+    let positions = cache.positions();
+    let keep = policy.update(&Observation {
+        layer,
+        attention,
+        keys: &keys,
+        positions: &positions,
+        now,
+    });
+    // The views go before the retain rewrites the buffers under them.
+    drop((keys, positions));
+    cache.retain(&keep);
+    cache.bytes()
+}
+
 fn first_precise(sessions: &[&mut Session]) -> bool {
     sessions.first().is_some_and(|s| s.precise_timing)
 }
@@ -166,21 +190,10 @@ impl<'a> Session<'a> {
         let (mut bytes, mut peak) = (0u64, 0u64);
         for (i, attention) in shared.attention.iter().enumerate() {
             let cache = &mut s.layers[i];
-            bytes += cache.bytes();
+            let full = cache.bytes();
+            bytes += full;
             peak = peak.max(bytes);
-            let keys = cache.keys();
-            let positions = cache.positions();
-            let keep = s.policy.update(&Observation {
-                layer: i,
-                attention,
-                keys: &keys,
-                positions: &positions,
-                now,
-            });
-            drop((keys, positions));
-            let before = cache.bytes();
-            cache.retain(&keep);
-            bytes = bytes + cache.bytes() - before;
+            bytes = bytes + evict(s.policy.as_mut(), cache, i, attention, now) - full;
         }
         Self::sync(s.precise_timing, device);
         let retained = s.retained_now();
@@ -437,19 +450,9 @@ impl<'a> Session<'a> {
                 }
                 Self::sync(self.precise_timing, device);
                 let t = Instant::now();
-                let keys = cache.keys();
-                let positions = cache.positions();
-                let keep = self.policy.update(&Observation {
-                    layer: i,
-                    attention: &probs,
-                    keys: &keys,
-                    positions: &positions,
-                    now,
-                });
-                drop((keys, positions));
                 let before = cache.bytes();
-                cache.retain(&keep);
-                self.bytes_now = self.bytes_now + cache.bytes() - before;
+                self.bytes_now =
+                    self.bytes_now + evict(self.policy.as_mut(), cache, i, &probs, now) - before;
                 Self::sync(self.precise_timing, device);
                 policy_time += t.elapsed().as_secs_f64();
             }
