@@ -11,17 +11,22 @@
 //! `max_length` (LRA: 500 and 2000), and when it was not drawn before. Splits are
 //! 96,000 / 2,000 / 2,000 by default, in order of generation.
 //!
-//! LRA writes a tree as `( ( [MAX 2 ) 9 ) ] )`-style text and its input pipeline drops
-//! the parentheses and splits on whitespace; the tokens here are that sequence:
-//! `[MAX 2 9 ]`, with `]` its own symbol. Ids: 0 padding, 1-10 the digits 0-9, 11 `[MIN`,
-//! 12 `[MAX`, 13 `[MED`, 14 `[SM`, 15 `]`. The label is the tree's value (ten classes).
+//! LRA writes a tree as `( ( [MAX 2 ) 9 ) ] )`-style text. The tokens here are
+//! `[MAX 2 9 ]`, parentheses dropped and `]` its own symbol: a deliberate difference from
+//! LRA, whose input pipeline (tfds's `Tokenizer` with its default `alphanum_only`) splits
+//! on every non-word character and so drops `[` and `]` too: LRA's models saw
+//! `MAX 2 9 MIN 4 7 0`, where a tree's shape is ambiguous. Keeping `]` makes the task
+//! well-posed (later work such as S4 does the same); [`Tokens::Lra`] (the task parameter
+//! `tokens=lra`) gives LRA's exact tokens, to compare accuracy with LRA's like for like.
+//! Ids: 0 padding, 1-10 the digits 0-9, 11 `[MIN`, 12 `[MAX`, 13 `[MED`, 14 `[SM`, 15 `]`.
+//! The label is the tree's value (ten classes).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{bail, ensure, Result};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::task::{rng, uniform, Example, Sizes, Split, Task};
 
@@ -210,8 +215,26 @@ pub fn to_text(tokens: &[u32]) -> String {
     words.join(" ")
 }
 
+/// How a tree becomes tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tokens {
+    /// `[MAX 2 9 ]`: every closing bracket a token, so the tree can be read back.
+    #[default]
+    Brackets,
+    /// LRA's exact input: the same trees with the closing brackets left out (`MAX 2 9`).
+    Lra,
+}
+
+impl Tokens {
+    fn is_default(&self) -> bool {
+        *self == Tokens::default()
+    }
+}
+
 /// The ListOps task's parameters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListOps {
     /// Kept trees are strictly longer than this (LRA: 500).
     pub min_length: usize,
@@ -222,6 +245,11 @@ pub struct ListOps {
     /// Arguments per operator: 2 to this (LRA: 10).
     pub max_args: u32,
     pub sizes: Sizes,
+    /// Brackets (default) or LRA's tokens. Trees are drawn, filtered by length (counting
+    /// the closing brackets, as LRA does) and deduplicated the same way for both.
+    /// Left out of the parameters when default, so the data cache's key is unchanged.
+    #[serde(default, skip_serializing_if = "Tokens::is_default")]
+    pub tokens: Tokens,
 }
 
 impl Default for ListOps {
@@ -232,6 +260,7 @@ impl Default for ListOps {
             max_depth: 10,
             max_args: 10,
             sizes: Sizes::new(96_000, 2_000, 2_000),
+            tokens: Tokens::Brackets,
         }
     }
 }
@@ -359,6 +388,11 @@ impl Task for ListOps {
                 all.push(Example { tokens, label });
             }
         }
+        if self.tokens == Tokens::Lra {
+            for ex in &mut all {
+                ex.tokens.retain(|&t| t != END);
+            }
+        }
         Ok(Split::from_sizes(all, self.sizes))
     }
 }
@@ -441,6 +475,32 @@ mod tests {
         assert_ne!(a.train, task.generate(12).unwrap().train);
     }
 
+    /// `tokens=lra` gives the same trees and labels with every `]` left out, as LRA's
+    /// tokenizer reads its files (only words: `MAX 2 9 MIN 4 7 0`).
+    #[test]
+    fn lra_tokens_are_the_same_trees_without_closing_brackets() {
+        let ours = small().generate(3).unwrap();
+        let lra = ListOps {
+            tokens: Tokens::Lra,
+            ..small()
+        }
+        .generate(3)
+        .unwrap();
+        let (mut seen, mut shorter) = (0, 0);
+        for ((_, a), (_, b)) in ours.parts().into_iter().zip(lra.parts()) {
+            for (a, b) in a.iter().zip(b) {
+                let stripped: Vec<u32> = a.tokens.iter().copied().filter(|&t| t != END).collect();
+                assert_eq!(b.tokens, stripped);
+                assert_eq!(b.label, a.label);
+                assert!(!b.tokens.contains(&END));
+                seen += 1;
+                shorter += usize::from(b.tokens.len() < a.tokens.len());
+            }
+        }
+        assert_eq!(seen, small().sizes.total());
+        assert_eq!(shorter, seen, "every tree has a closing bracket");
+    }
+
     #[test]
     fn lra_parameters_give_valid_trees_and_a_spread_of_labels() {
         let task = ListOps::with_sizes(Sizes::new(400, 50, 50));
@@ -471,6 +531,7 @@ mod tests {
             max_depth: 3,
             max_args: 4,
             sizes: Sizes::new(100, 0, 0),
+            tokens: Tokens::Brackets,
         };
         let split = task.generate(5).unwrap();
         check(&task, &split);
@@ -489,6 +550,7 @@ mod tests {
             max_depth: 2,
             max_args: 2,
             sizes: Sizes::new(300, 50, 50),
+            tokens: Tokens::Brackets,
         };
         let split = task.generate(0).unwrap();
         check(&task, &split);
@@ -508,6 +570,7 @@ mod tests {
             min_length: 10,
             max_length: 100,
             sizes: Sizes::new(1, 0, 0),
+            tokens: Tokens::Brackets,
         };
         let err = t.generate(0).unwrap_err().to_string();
         assert!(err.contains("min_length"), "{err}");

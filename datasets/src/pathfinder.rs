@@ -16,7 +16,7 @@
 
 use anyhow::{bail, ensure, Result};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::synthetic::SYNTHETIC_SIZES;
 use crate::task::{rng, uniform, Example, Sizes, Split, Task};
@@ -25,7 +25,8 @@ const ONE: i64 = 1024;
 const DIRECTIONS: u32 = 32;
 
 /// The pathfinder task's parameters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pathfinder {
     /// Image side in pixels (default 32).
     pub size: u32,

@@ -16,7 +16,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::task::{distinct, rng, uniform, Example, Sizes, Split, Task};
 
@@ -52,7 +52,8 @@ fn by_split(sizes: Sizes, seed: u64, mut one: impl FnMut(&mut ChaCha8Rng) -> Exa
 /// each binding as one token (`b(k, v)`), so one content-based hop answers: a small model
 /// learns it within a CPU budget (the two-token layout did not, at the `tiny` preset's
 /// size, in 6,000 steps), and it still needs retrieval across the whole sequence.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AssociativeRecall {
     /// Pairs per sequence; the length is `2 * num_pairs + 2` (default 256: 514 tokens).
     pub num_pairs: u32,
@@ -246,7 +247,8 @@ impl Task for AssociativeRecall {
 ///
 /// Ids: 0 padding, 1 `KEY`, 2 `QUERY`, 3-12 the digits 0-9, then `filler_words` filler
 /// words. The filler is drawn uniformly from the digits and the filler words.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Passkey {
     /// Tokens per sequence (default 1024).
     pub seq_len: u32,
@@ -376,7 +378,8 @@ impl Task for Passkey {
 ///
 /// Ids: 0 padding, 1 `QUERY`, `2..2+num_selected` the index tokens `IDX_j`, then
 /// `num_data` data tokens (the classes), then `noise_tokens` noise tokens.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SelectiveCopy {
     /// Tokens per sequence, `QUERY IDX_j` included (default 1024).
     pub seq_len: u32,

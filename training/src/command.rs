@@ -12,7 +12,7 @@ use xarena_variants::VariantSpec;
 
 use super::classifier::ModelSpec;
 use super::data::task_data;
-use super::presets::{preset, TASKS};
+use super::presets::preset;
 use super::trainer::{train, TrainReport, Trained};
 use xarena_measure::env;
 use xarena_schema::files::{check_new_dir, write_atomic};
@@ -72,9 +72,6 @@ fn device_name(d: Device) -> String {
 /// and then `DIR/accuracy.jsonl`.
 pub fn train_command(args: &TrainArgs) -> Result<(AccuracyRecord, TrainReport)> {
     // Every input is checked before any work or any file.
-    if !TASKS.contains(&args.task.as_str()) {
-        anyhow::bail!("unknown task `{}` (tasks: {})", args.task, TASKS.join(", "));
-    }
     args.settings.check()?;
     let mut preset = preset(&args.settings.preset, &args.task)?;
     let variant = args.variant.normalized()?;

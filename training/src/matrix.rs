@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use xarena_variants::{find, Scope, VariantSpec};
 
 use super::command::{train_command, RunSettings, TrainArgs};
-use super::presets::{preset, TASKS};
+use super::presets::preset;
 use super::trainer::TrainReport;
 use xarena_schema::accuracy::{read_accuracy, AccuracyRecord, ACCURACY_FILE};
 use xarena_schema::files::{is_empty_dir, write_atomic};
@@ -71,7 +71,7 @@ pub fn slug(label: &str) -> String {
 }
 
 fn run_dir(out: &Path, task: &str, variant: &str) -> PathBuf {
-    out.join("runs").join(task).join(slug(variant))
+    out.join("runs").join(slug(task)).join(slug(variant))
 }
 
 /// Checks every input before any training: tasks, preset, variants.
@@ -81,9 +81,6 @@ fn check(args: &MatrixArgs) -> Result<Vec<VariantSpec>> {
     }
     args.settings.check()?;
     for t in &args.tasks {
-        if !TASKS.contains(&t.as_str()) {
-            bail!("unknown task `{t}` (tasks: {})", TASKS.join(", "));
-        }
         let p = preset(&args.settings.preset, t)?;
         if p.data.needs_files() && args.settings.data_dir.is_none() {
             bail!(

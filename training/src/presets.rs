@@ -12,8 +12,8 @@
 //!   `constant * linear_warmup * rsqrt_decay` with constant 0.05 becomes a peak of
 //!   0.05 / sqrt(warmup) with [`Decay::Rsqrt`] (the same curve).
 
-use anyhow::{bail, Result};
-use serde::Serialize;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use xarena_datasets::listops::ListOps;
 use xarena_datasets::pathfinder::Pathfinder;
 use xarena_datasets::synthetic::{AssociativeRecall, Passkey, SelectiveCopy};
@@ -40,8 +40,8 @@ pub const TASKS: &[&str] = &[
 ];
 
 /// Where a task's examples come from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "source", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DataConfig {
     Listops(ListOps),
     Pathfinder(Pathfinder),
@@ -121,6 +121,7 @@ fn tiny(task: &str) -> Result<(DataConfig, ClassifierConfig, TrainConfig)> {
                 max_depth: 4,
                 max_args: 5,
                 sizes: small,
+                ..Default::default()
             }),
             model,
             short,
@@ -282,13 +283,20 @@ fn lra(task: &str) -> Result<(DataConfig, ClassifierConfig, TrainConfig)> {
     })
 }
 
-/// The settings of `task` under preset `name`.
+/// The settings of `task` under preset `name`. `task` is a task's name, optionally with
+/// parameters as variants take theirs (`listops:tokens=lra:max_depth=6`): each sets a
+/// field of the task's data, by the names its records show under `data`.
 pub fn preset(name: &str, task: &str) -> Result<Preset> {
-    let (data, model, train) = match name {
-        "tiny" => tiny(task)?,
-        "lra" => lra(task)?,
+    let mut parts = task.split(':');
+    let base = parts.next().unwrap_or_default();
+    let (mut data, model, train) = match name {
+        "tiny" => tiny(base)?,
+        "lra" => lra(base)?,
         other => bail!("unknown preset `{other}` (presets: {})", PRESETS.join(", ")),
     };
+    for param in parts {
+        data = with_param(data, base, param)?;
+    }
     Ok(Preset {
         name: name.into(),
         task: task.into(),
@@ -296,6 +304,26 @@ pub fn preset(name: &str, task: &str) -> Result<Preset> {
         model,
         train,
     })
+}
+
+/// `data` with one `key=value` set; the value is read as JSON (numbers, booleans,
+/// objects) or else taken as a string (`tokens=lra`). Unknown keys are refused by the
+/// data types themselves, naming the keys they have.
+fn with_param(data: DataConfig, task: &str, param: &str) -> Result<DataConfig> {
+    let Some((key, value)) = param.split_once('=') else {
+        bail!("task `{task}`: parameter `{param}` is not key=value");
+    };
+    if key == "source" {
+        bail!("task `{task}`: `source` is the task itself, not a parameter");
+    }
+    let mut fields = serde_json::to_value(&data)?;
+    let parsed = serde_json::from_str(value)
+        .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+    fields
+        .as_object_mut()
+        .context("a task's data is a struct")?
+        .insert(key.to_string(), parsed);
+    serde_json::from_value(fields).with_context(|| format!("task `{task}`: parameter {param}"))
 }
 
 #[cfg(test)]
@@ -325,6 +353,25 @@ mod tests {
         assert!(err.contains("huge") && err.contains("tiny, lra"), "{err}");
         let err = preset("tiny", "sudoku").unwrap_err().to_string();
         assert!(err.contains("sudoku") && err.contains("listops"), "{err}");
+    }
+
+    #[test]
+    fn task_parameters_set_the_data_and_bad_ones_are_named() {
+        use xarena_datasets::listops::Tokens;
+        let p = preset("tiny", "listops:tokens=lra:max_depth=6").unwrap();
+        let DataConfig::Listops(l) = &p.data else {
+            panic!("listops data")
+        };
+        assert_eq!((l.tokens, l.max_depth, l.max_args), (Tokens::Lra, 6, 5));
+        assert_eq!(p.task, "listops:tokens=lra:max_depth=6");
+        let err = format!("{:#}", preset("tiny", "listops:depth=6").unwrap_err());
+        assert!(err.contains("depth=6") && err.contains("max_depth"), "{err}");
+        let err = format!("{:#}", preset("tiny", "listops:tokens=words").unwrap_err());
+        assert!(err.contains("tokens=words") && err.contains("lra"), "{err}");
+        let err = format!("{:#}", preset("tiny", "passkey:seq_len").unwrap_err());
+        assert!(err.contains("not key=value"), "{err}");
+        let text = preset("lra", "text:max_len=500").unwrap().data;
+        assert_eq!(text, DataConfig::Text { max_len: 500 });
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub struct LraCliArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     variants: Vec<VariantSpec>,
     /// Tasks, comma separated: listops, pathfinder, pathfinder-64, path-x,
-    /// associative-recall, passkey, selective-copy, text, retrieval, image.
+    /// associative-recall, passkey, selective-copy, text, retrieval, image; each with
+    /// parameters of its data as in `train --task` (`listops:tokens=lra`).
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
     /// The matrix directory; an existing one is resumed.

@@ -28,7 +28,8 @@ pub struct QualityArgs {
     /// The variant's dtype (the reference is always float64).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
-    /// Score multipliers: 1 is the random projections' flat attention, larger is peakier.
+    /// Score multipliers. At 1, the random projections' own scores (std about 2: fairly
+    /// peaked); 0.25 is nearly flat attention, larger is peakier.
     #[arg(long, value_delimiter = ',', default_values_t = [1.0])]
     qk_scale: Vec<f64>,
     #[arg(long, default_value_t = 0)]

@@ -73,7 +73,8 @@ impl RunCliArgs {
 #[derive(Args)]
 pub struct TrainCliArgs {
     /// listops, pathfinder, pathfinder-64, path-x, associative-recall, passkey,
-    /// selective-copy, text, retrieval or image.
+    /// selective-copy, text, retrieval or image, with parameters of its data as variants
+    /// take theirs (`listops:tokens=lra`: LRA's exact ListOps tokens).
     #[arg(long)]
     task: String,
     /// One variant with its parameters, as in `run` (`local:window=16`); it must have a
