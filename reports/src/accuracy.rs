@@ -79,10 +79,9 @@ pub fn accuracy_grid(records: &[AccuracyRecord]) -> Grid {
     tasks.dedup();
     task_order(&mut tasks);
     let means = means(records);
-    let mut header = vec!["accuracy % (LRA paper)".to_string()];
-    header.extend(tasks.iter().cloned());
-    header.extend(["average".to_string(), "steps".to_string()]);
-    let mut grid = Grid::new(header);
+    let mut rows = Vec::new();
+    // The header mentions the paper only when some cell shows its figure.
+    let mut any_paper = false;
     for v in variants(records) {
         let mut row: Vec<GridCell> = vec![v.clone().into()];
         let mut got = Vec::new();
@@ -102,6 +101,7 @@ pub fn accuracy_grid(records: &[AccuracyRecord]) -> Grid {
                     let paper = anchors::lra_accuracy(&v, t)
                         .filter(|_| at_lra_settings)
                         .map_or(String::new(), |p| format!(" ({p:.2})"));
+                    any_paper |= !paper.is_empty();
                     GridCell::new(format!("{m:.2}{paper}{seeds}"), Some(m))
                 }
                 None => GridCell::default(),
@@ -123,6 +123,18 @@ pub fn accuracy_grid(records: &[AccuracyRecord]) -> Grid {
             (Some(lo), Some(hi)) => GridCell::new(format!("{lo}-{hi}"), Some(*hi as f64)),
             _ => GridCell::default(),
         });
+        rows.push(row);
+    }
+    let title = if any_paper {
+        "accuracy % (LRA paper)"
+    } else {
+        "accuracy %"
+    };
+    let mut header = vec![title.to_string()];
+    header.extend(tasks.iter().cloned());
+    header.extend(["average".to_string(), "steps".to_string()]);
+    let mut grid = Grid::new(header);
+    for row in rows {
         grid.push(row);
     }
     grid

@@ -179,6 +179,27 @@ fn nearest(seq_lens: &[i64], n: i64) -> Option<i64> {
     })
 }
 
+/// Each published length with the measured N nearest it, keeping for each measured N
+/// only the published length nearest to it: a run that stops at 2K gives one 2K column,
+/// not 3K and 4K columns repeating its 2K figures.
+fn paired_lengths(published: &[i64], measured: &[i64]) -> Vec<(i64, i64)> {
+    let d = |a: i64, b: i64| ((a as f64).ln() - (b as f64).ln()).abs();
+    let pairs: Vec<(i64, i64)> = published
+        .iter()
+        .filter_map(|&p| Some((p, nearest(measured, p)?)))
+        .collect();
+    pairs
+        .iter()
+        .copied()
+        .filter(|&(p, n)| {
+            pairs
+                .iter()
+                .filter(|&&(_, m)| m == n)
+                .all(|&(q, _)| d(p, n) <= d(q, n))
+        })
+        .collect()
+}
+
 fn ratio_text(r: Option<(f64, f64)>, missing: &str) -> GridCell {
     match r {
         Some((s, m)) => GridCell::new(format!("{s:.2}x / {m:.2}x"), Some(s)),
@@ -238,20 +259,16 @@ fn compare(table: &EfficiencyTable, src: &Source) -> Option<AnchorTable> {
     if !rows.iter().any(|(_, _, v)| *v != REFERENCE) {
         return None;
     }
-    let ours: Vec<i64> = src
-        .lengths
-        .iter()
-        .filter_map(|&n| nearest(&table.seq_lens, n))
-        .collect();
+    let pairs = paired_lengths(src.lengths, &table.seq_lens);
     let mut header = vec![format!("variant ({} name)", src.short)];
-    for (p, n) in src.lengths.iter().zip(&ours) {
+    for (p, n) in &pairs {
         header.push(format!("{} {}K", src.short, p / 1024));
         header.push(format!("ours N={n}"));
     }
     let mut grid = Grid::new(header);
     for (row, name, v) in rows {
         let mut line: Vec<GridCell> = vec![format!("{} ({name})", row.label).into()];
-        for (p, n) in src.lengths.iter().zip(&ours) {
+        for (p, n) in &pairs {
             line.push(ratio_text((src.ratios)(v, *p), src.missing));
             let cell = row.cells.get(n);
             line.push(ratio_text(
@@ -318,6 +335,21 @@ mod tests {
         assert!((s - 8.29 / 1.60).abs() < 1e-12 && (m - 287.0 / 1184.0).abs() < 1e-12);
         assert_eq!(lra_accuracy("sinkhorn(block=32)", "text"), Some(61.20));
         assert_eq!(lra_accuracy("vanilla", "path-x"), None);
+    }
+
+    #[test]
+    fn a_measured_length_pairs_with_one_published_length() {
+        let lra = [1024, 2048, 3072, 4096];
+        assert_eq!(
+            paired_lengths(&lra, &[256, 512, 1024, 2048]),
+            vec![(1024, 1024), (2048, 2048)]
+        );
+        assert_eq!(
+            paired_lengths(&lra, &[1024, 4096]),
+            vec![(1024, 1024), (4096, 4096)]
+        );
+        assert_eq!(paired_lengths(&lra, &[3000]), vec![(3072, 3000)]);
+        assert_eq!(paired_lengths(&lra, &[]), vec![]);
     }
 
     #[test]

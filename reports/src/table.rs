@@ -157,6 +157,11 @@ fn format_crossover(c: Option<Crossover>) -> String {
     }
 }
 
+/// Whether any cell of the table has `what`.
+fn any_cell(table: &EfficiencyTable, what: impl Fn(&Cell) -> bool) -> bool {
+    table.rows.iter().any(|r| r.cells.values().any(&what))
+}
+
 fn status_text(cell: &Cell) -> Option<String> {
     (cell.status != Status::Ok).then(|| cell.status.to_string())
 }
@@ -216,9 +221,15 @@ fn crossover_sort(c: Option<Crossover>) -> Option<f64> {
 
 /// The latency table: median per iteration and speed-up over the reference.
 pub fn latency_grid(table: &EfficiencyTable) -> Grid {
+    // The header names the ratio only when the setting has the reference to make it.
+    let title = if any_cell(table, |c| c.speedup.is_some()) {
+        "latency (speed-up)"
+    } else {
+        "latency"
+    };
     render(
         table,
-        "latency (speed-up)",
+        title,
         |c| {
             let spread = match (c.interval, c.latency_s) {
                 (Some((lo, hi, _)), Some(t)) if t > 0.0 => {
@@ -277,13 +288,18 @@ pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
 
 /// The memory table: peak working memory and its ratio to the reference's.
 pub fn memory_grid(table: &EfficiencyTable) -> Grid {
-    let title = match table.setting.mode {
-        Mode::Decode => "decode state (ratio)",
-        _ => "peak memory (ratio)",
+    let what = match table.setting.mode {
+        Mode::Decode => "decode state",
+        _ => "peak memory",
+    };
+    let title = if any_cell(table, |c| c.memory_ratio.is_some()) {
+        format!("{what} (ratio)")
+    } else {
+        what.to_string()
     };
     render(
         table,
-        title,
+        &title,
         |c| {
             let text = match (c.peak_bytes, c.memory_ratio) {
                 (Some(b), Some(r)) => format!("{} ({r:.2}x)", format_bytes(b)),
@@ -680,6 +696,30 @@ pub(crate) mod tests {
         assert!(instability_warning(&tables)
             .unwrap()
             .contains("rounds disagree: 1"));
+    }
+
+    #[test]
+    fn headers_name_a_ratio_only_when_the_reference_is_there() {
+        let with_peak = |label: &str| {
+            let mut r = record(label, 64, None, None);
+            r.memory = Some(
+                serde_json::from_value(serde_json::json!({"peak_bytes": 1 << 20,
+                    "baseline_bytes": 0, "static_bytes": 0, "method": "cuda-allocator"}))
+                .unwrap(),
+            );
+            r
+        };
+        let first_line = |g: Grid| g.text(Style::Markdown).lines().next().unwrap().to_string();
+        let with = efficiency_tables(&[with_peak("vanilla"), with_peak("sdpa")]);
+        assert!(first_line(latency_grid(&with[0])).contains("latency (speed-up)"));
+        assert!(first_line(memory_grid(&with[0])).contains("peak memory (ratio)"));
+        let without = efficiency_tables(&[with_peak("sdpa"), with_peak("local")]);
+        let (lat, mem) = (
+            first_line(latency_grid(&without[0])),
+            first_line(memory_grid(&without[0])),
+        );
+        assert!(lat.contains("latency") && !lat.contains("speed-up"), "{lat}");
+        assert!(mem.contains("peak memory") && !mem.contains("ratio"), "{mem}");
     }
 
     #[test]
