@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU batch for a lent GPU machine, in one command within a time budget
-# (docs/gpu.md): the environment, the device check of every variant in bf16 and f16, the
+# (docs/guides/gpu.md): the environment, the device check of every variant in bf16 and f16, the
 # main sweep (ci/sweeps/gpu-batch.toml: every attention variant, bf16, forward and train,
 # N = 1K..16K, batch 8) with the roofline measured first, the long sweep
 # (ci/sweeps/gpu-batch-long.toml: 32K..64K), the report, and one archive of it all.

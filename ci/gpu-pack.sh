@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release binary and puts it, stripped of debug info, with the commit it was
-# built from, in .gpu/ (ignored by git) for carrying to a GPU machine (docs/gpu.md).
+# built from, in .gpu/ (ignored by git) for carrying to a GPU machine (docs/guides/gpu.md).
 # What travels is the tracked tree plus .gpu/, and a lent GPU machine takes at most 64 MiB:
 # the pack is refused above XARENA_PACK_LIMIT_MIB (default 60), saying what is too big.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs an xarena binary built elsewhere on a GPU machine that has PyTorch 2.11.0 in
-# python3 but no Rust toolchain (docs/gpu.md). The binary's rpath names the build
+# python3 but no Rust toolchain (docs/guides/gpu.md). The binary's rpath names the build
 # machine's LibTorch, which is absent here, so the loader is pointed at this machine's
 # torch/lib; workers inherit it.
 #

@@ -3,7 +3,7 @@
 # cache outside the repository, once. Prints the mdbook binary's path on success.
 #
 #   bash ci/setup-mdbook.sh                    # install if missing, print the path
-#   "$(bash ci/setup-mdbook.sh)" build docs    # the site, in docs/book/
+#   "$(bash ci/setup-mdbook.sh)" build docs    # the site, in target/book/
 set -euo pipefail
 
 MDBOOK_VERSION=0.4.52

@@ -282,6 +282,58 @@ pub fn device_time_grid(table: &EfficiencyTable) -> Option<Grid> {
     })
 }
 
+/// The headline of a setting at one length: per variant, its speed-up and memory ratio
+/// against the reference at `n`, the length from which it beats `sdpa`, and its fitted
+/// exponents beside the paper's claims; fastest first. `None` when the setting has no
+/// reference or was not measured at `n`.
+pub fn headline_grid(table: &EfficiencyTable, n: i64) -> Option<Grid> {
+    let has = |label: &str| table.rows.iter().any(|r| r.label == label);
+    if !has(REFERENCE) || !table.seq_lens.contains(&n) {
+        return None;
+    }
+    let mut header = vec![
+        "variant".to_string(),
+        format!("speed-up at N={n}"),
+        format!("memory ratio at N={n}"),
+    ];
+    let sdpa = has("sdpa");
+    if sdpa {
+        header.push("faster than sdpa from N".into());
+    }
+    header.extend([
+        "time exponent (claim)".into(),
+        "memory exponent (claim)".into(),
+    ]);
+    let mut rows: Vec<&Row> = table.rows.iter().collect();
+    let speedup = |r: &Row| r.cells.get(&n).and_then(|c| c.speedup);
+    rows.sort_by(|a, b| {
+        speedup(b)
+            .unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&speedup(a).unwrap_or(f64::NEG_INFINITY))
+    });
+    let mut grid = Grid::new(header);
+    for row in rows {
+        let cell = row.cells.get(&n);
+        let ratio = |x: Option<f64>| GridCell::new(x.map_or("-".into(), |x| format!("{x:.2}x")), x);
+        let mut line: Vec<GridCell> = vec![
+            row.label.clone().into(),
+            ratio(cell.and_then(|c| c.speedup)),
+            ratio(cell.and_then(|c| c.memory_ratio)),
+        ];
+        if sdpa {
+            let c = row.crossovers.iter().find(|(r, _)| r == "sdpa");
+            line.push(match c {
+                Some((_, c)) => GridCell::new(format_crossover(*c), crossover_sort(*c)),
+                None => "-".into(),
+            });
+        }
+        line.push(format_fit(row.time_fit, row.time_claim).into());
+        line.push(format_fit(row.memory_fit, row.memory_claim).into());
+        grid.push(line);
+    }
+    Some(grid)
+}
+
 pub fn latency_table(table: &EfficiencyTable, style: Style) -> String {
     latency_grid(table).text(style)
 }
@@ -699,6 +751,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_headline_ranks_variants_at_one_length_against_the_reference() {
+        let at = |label: &str, n: i64, ms: f64| {
+            let mut r = record(label, n, None, None);
+            let l = r.latency.as_mut().unwrap();
+            l.median_s = ms * 1e-3;
+            r
+        };
+        let tables = efficiency_tables(&[
+            at("vanilla", 1024, 4.0),
+            at("vanilla", 4096, 64.0),
+            at("sdpa", 1024, 2.0),
+            at("sdpa", 4096, 32.0),
+            at("local", 1024, 4.0),
+            at("local", 4096, 16.0),
+        ]);
+        let grid = headline_grid(&tables[0], 4096).unwrap();
+        let text = grid.text(Style::Markdown);
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert!(
+            rows[0].starts_with("| local") && rows[0].contains("4.00x"),
+            "{text}"
+        );
+        assert!(
+            rows[1].starts_with("| sdpa") && rows[1].contains("2.00x"),
+            "{text}"
+        );
+        assert!(
+            rows[2].starts_with("| vanilla") && rows[2].contains("1.00x"),
+            "{text}"
+        );
+        // local: 4.0 against sdpa's 2.0 at 1K (slower), 16 against 32 at 4K (faster).
+        assert!(text.contains("faster than sdpa from N"), "{text}");
+        assert!(
+            rows[0].contains("1.00 (2)"),
+            "local's fitted time exponent: {text}"
+        );
+        assert!(
+            headline_grid(&tables[0], 2048).is_none(),
+            "not measured at 2048"
+        );
+        let no_reference = efficiency_tables(&[at("sdpa", 4096, 1.0), at("local", 4096, 1.0)]);
+        assert!(headline_grid(&no_reference[0], 4096).is_none());
+    }
+
+    #[test]
     fn headers_name_a_ratio_only_when_the_reference_is_there() {
         let with_peak = |label: &str| {
             let mut r = record(label, 64, None, None);
@@ -718,8 +815,14 @@ pub(crate) mod tests {
             first_line(latency_grid(&without[0])),
             first_line(memory_grid(&without[0])),
         );
-        assert!(lat.contains("latency") && !lat.contains("speed-up"), "{lat}");
-        assert!(mem.contains("peak memory") && !mem.contains("ratio"), "{mem}");
+        assert!(
+            lat.contains("latency") && !lat.contains("speed-up"),
+            "{lat}"
+        );
+        assert!(
+            mem.contains("peak memory") && !mem.contains("ratio"),
+            "{mem}"
+        );
     }
 
     #[test]

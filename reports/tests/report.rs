@@ -268,7 +268,10 @@ fn training_measurements_make_lra_s_efficiency_view() {
     assert_eq!(grid.rows[0][0].text, "vanilla");
     assert_eq!(grid.rows[0][2].text, "63.00, 2 seeds");
     // The header names the paper only while some cell shows its figure.
-    assert_eq!(grid.header[0], "accuracy % (LRA paper)", "performer's is shown");
+    assert_eq!(
+        grid.header[0], "accuracy % (LRA paper)",
+        "performer's is shown"
+    );
     for r in acc.iter_mut() {
         r.preset = Some("tiny".into());
     }

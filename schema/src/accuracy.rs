@@ -16,6 +16,7 @@ pub const ACCURACY_FILE: &str = "accuracy.jsonl";
 /// One trained model evaluated on one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccuracyRecord {
+    /// The record format's version (`ACCURACY_SCHEMA_VERSION`).
     pub schema: u32,
     /// The task, by LRA's names where it is one of theirs: listops, text, retrieval,
     /// image, pathfinder, path-x (generated tasks by their CLI names).
@@ -26,7 +27,9 @@ pub struct AccuracyRecord {
     pub accuracy: f64,
     /// Training steps taken.
     pub steps: u64,
+    /// The training seed (weights and batch order; the task's data is fixed).
     pub seed: u64,
+    /// The machine and software trained on.
     pub env: Environment,
     /// What training measured (`xarena train` writes them; optional for other writers):
     /// steps per second, the training loop's peak memory and its wall time.

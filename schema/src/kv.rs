@@ -17,11 +17,13 @@ pub const KV_FILE: &str = "kv.jsonl";
 /// `examples` prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KvRecord {
+    /// The record format's version (`KV_SCHEMA_VERSION`).
     pub schema: u32,
     /// `policy|ratio|context|task`: unique within a run, the key of resuming.
     pub case_id: String,
     /// The model directory's name and a hash of its config and weights.
     pub model: String,
+    /// A hash of the model's config and weights: records of different weights never mix.
     pub model_fingerprint: String,
     /// The registry name (`full`, `h2o`, `namm`, ...).
     pub policy: String,
@@ -34,7 +36,9 @@ pub struct KvRecord {
     pub budget: Option<usize>,
     /// Prompt tokens.
     pub context: usize,
+    /// The task (`passkey`, `niah-single-1`, ...).
     pub task: String,
+    /// Prompts scored.
     pub examples: usize,
     /// Prompts' seed (the test stream of `xarena_datasets::lm_tasks`).
     pub seed: u64,
@@ -54,22 +58,28 @@ pub struct KvRecord {
     /// every forward call and averaged (mean) or maximised (peak) over the sequence, and
     /// at the end of the sequence (final); means over examples (peak: the largest).
     pub mean_retained_fraction: f64,
+    /// At the end of the sequence.
     pub final_retained_fraction: f64,
+    /// The largest over the sequence.
     pub peak_retained_fraction: f64,
     /// The most bytes of keys and values held at once (largest over examples).
     pub peak_kv_bytes: u64,
     /// Mean per example: prefill wall time and the policy's part of it.
     pub prefill_seconds: f64,
+    /// The policy's part of the prefill time.
     pub prefill_policy_seconds: f64,
     /// Per decoded token: wall time, the policy's part and the rest (the forward).
     pub decode_seconds_per_token: f64,
+    /// The policy's part of each decoded token's time.
     pub decode_policy_seconds_per_token: f64,
+    /// The rest: the model's forward pass.
     pub decode_forward_seconds_per_token: f64,
     /// The evolved NAMM's directory name and generation, for `namm` cases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namm: Option<String>,
     /// UTC time the case finished.
     pub finished: String,
+    /// The machine and software the case ran on.
     pub env: Environment,
 }
 

@@ -59,18 +59,27 @@ display_as_serde!(Dtype, Mode, Scope, Status);
 /// and merging match cases exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CaseKey {
+    /// The registry name (`local`).
     pub variant: String,
     /// The variant's parameters with every default filled in.
     pub params: Map<String, Value>,
+    /// Sequence length N (decode: the context before the timed token).
     pub seq_len: i64,
+    /// Sequences per iteration.
     pub batch: i64,
+    /// Attention heads.
     pub heads: i64,
+    /// Width of each head; the model width is `heads x head_dim`.
     pub head_dim: i64,
+    /// Each position sees only itself and earlier ones.
     pub causal: bool,
+    /// The floating-point type of weights and activations.
     pub dtype: Dtype,
     /// `cpu` or `cuda:<index>`.
     pub device: String,
+    /// What one iteration does.
     pub mode: Mode,
+    /// What is measured around the attention core.
     pub scope: Scope,
 }
 
@@ -150,6 +159,7 @@ impl std::fmt::Display for Setting {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Measured.
     Ok,
     /// Out of memory: an allocation failed, or the worker was killed by SIGKILL.
     Oom,
@@ -162,14 +172,21 @@ pub enum Status {
 /// Per-iteration latency over the timed iterations, in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
+    /// Median over the timed samples (with rounds: the median over rounds).
     pub median_s: f64,
+    /// 10th percentile.
     pub p10_s: f64,
+    /// 90th percentile.
     pub p90_s: f64,
+    /// Mean.
     pub mean_s: f64,
+    /// Fastest sample.
     pub min_s: f64,
+    /// Slowest sample.
     pub max_s: f64,
     /// Timed iterations in all: samples x `per_sample`.
     pub iterations: u64,
+    /// Untimed iterations run first.
     pub warmup_iterations: u64,
     /// Iterations per timed sample. 1: the device was synchronised around every
     /// iteration. K > 1: a short GPU case ran K iterations between two synchronisations
@@ -194,8 +211,11 @@ fn is_one(n: &u64) -> bool {
 /// Per-iteration device time over the timed samples, in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceTime {
+    /// Median device time per iteration.
     pub median_s: f64,
+    /// 10th percentile.
     pub p10_s: f64,
+    /// 90th percentile.
     pub p90_s: f64,
     /// `cuda-events`: elapsed time between two events on the case's stream.
     pub method: String,
@@ -219,11 +239,17 @@ pub struct Memory {
 /// The variant's claims, copied from its metadata so reports need no registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claims {
+    /// The taxonomy family (`fixed-patterns`, `low-rank`, ...).
     pub family: String,
+    /// The paper's time complexity, as text (`O(N w d)`).
     pub time: String,
+    /// The paper's memory complexity, as text.
     pub memory: String,
+    /// The exponent of N claimed for time at a fixed budget (1 for linear).
     pub time_exponent: f64,
+    /// The exponent of N claimed for memory.
     pub memory_exponent: f64,
+    /// The variant computes exact softmax attention.
     pub exact: bool,
 }
 
@@ -231,7 +257,9 @@ pub struct Claims {
 /// and convolutions through cuDNN. Matters for f32 cases only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tf32 {
+    /// TF32 allowed in cuBLAS matrix multiplies.
     pub matmul: bool,
+    /// TF32 allowed in cuDNN convolutions.
     pub cudnn: bool,
 }
 
@@ -240,6 +268,7 @@ pub struct Tf32 {
 pub struct Peak {
     /// `cpu` or `cuda:<index>`.
     pub device: String,
+    /// The dtype measured.
     pub dtype: Dtype,
     /// The best of repeated large square matrix multiplies, in FLOP/s.
     pub matmul_flops_per_s: f64,
@@ -252,9 +281,13 @@ pub struct Peak {
 /// One NVML reading of a GPU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuSample {
+    /// Streaming-multiprocessor clock.
     pub sm_clock_mhz: Option<u32>,
+    /// Memory clock.
     pub memory_clock_mhz: Option<u32>,
+    /// GPU temperature in degrees Celsius.
     pub temperature_c: Option<u32>,
+    /// Power draw in watts.
     pub power_w: Option<f64>,
     /// NVML's clock-event (throttle) reasons in force, by name; empty when none.
     pub throttle_reasons: Vec<String>,
@@ -265,14 +298,18 @@ pub struct GpuSample {
 pub struct GpuState {
     /// NVML's index (PCI order), which `CUDA_VISIBLE_DEVICES` does not renumber.
     pub nvml_index: u32,
+    /// NVML's UUID of the GPU.
     pub uuid: Option<String>,
+    /// The GPU's product name (`NVIDIA H100 80GB HBM3`).
     pub name: String,
     /// How the case's CUDA device was matched to NVML's GPU: `pci-bus-id` (the CUDA
     /// runtime's bus id), `uuid` (`CUDA_VISIBLE_DEVICES` names it) or `index` (the
     /// visible-devices entry read as NVML's PCI-order index).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_by: Option<String>,
+    /// NVML's reading just before the case.
     pub before: GpuSample,
+    /// ... and just after it.
     pub after: GpuSample,
     /// A performance-limiting reason (power, thermal, slowdown) was in force before or
     /// after the case; idle and application-clock settings do not count.
@@ -282,42 +319,59 @@ pub struct GpuState {
 /// The check run on the device before timing: forward and backward at a small N.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceCheck {
+    /// The small N the check ran at.
     pub seq_len: i64,
     /// Every output and gradient was finite.
     pub finite: bool,
     /// Exact variants: the largest difference from the CPU float32 result, relative to
     /// that result's largest magnitude, and the dtype's tolerance.
     pub max_rel_err: Option<f64>,
+    /// The largest relative error the dtype is allowed (exact variants).
     pub tolerance: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gpu {
+    /// CUDA device index.
     pub index: u32,
+    /// Product name.
     pub name: String,
+    /// Total device memory.
     pub memory_bytes: Option<u64>,
 }
 
 /// The machine and software a run measured on, captured once per run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
+    /// The machine's host name.
     pub hostname: Option<String>,
+    /// Operating system name and version.
     pub os: Option<String>,
+    /// The CPU's model string.
     pub cpu_model: String,
+    /// Physical cores, where known.
     pub physical_cores: Option<usize>,
+    /// Logical CPUs the OS shows.
     pub logical_cpus: usize,
+    /// Total RAM.
     pub memory_bytes: u64,
     /// LibTorch intra-op threads used by the workers.
     pub threads: i64,
+    /// The LibTorch version linked.
     pub torch_version: String,
+    /// LibTorch sees a CUDA device.
     pub cuda_available: bool,
     /// CUDA runtime LibTorch was built with, when CUDA is available.
     pub cuda_runtime: Option<String>,
+    /// Every GPU LibTorch sees.
     pub gpus: Vec<Gpu>,
+    /// The NVIDIA driver version (NVML).
     pub nvidia_driver: Option<String>,
     /// CUDA version the driver supports.
     pub cuda_driver: Option<String>,
+    /// The xarena crate version.
     pub xarena_version: String,
+    /// The commit the binary was built from (`-dirty` when the tree had changes).
     pub git_commit: Option<String>,
     /// CUDA's TF32 settings, when CUDA is available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +391,7 @@ pub struct MachineState {
     /// One-minute load average (`/proc/loadavg`) before and after the timed samples. It
     /// counts the worker itself, and lags by about a minute.
     pub load_before: Option<f64>,
+    /// ... and after them.
     pub load_after: Option<f64>,
     /// Wall time of the timed samples.
     pub wall_s: f64,
@@ -365,7 +420,9 @@ impl MachineState {
 /// probability `1 - 2 P(Binomial(R, 1/2) < k)`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
+    /// Lower end, seconds.
     pub low_s: f64,
+    /// Upper end, seconds.
     pub high_s: f64,
     /// The coverage of the interval (0.75 at R = 3, 0.875 at 4, 0.9375 at 5, at least
     /// 0.95 from R = 6).
@@ -380,7 +437,9 @@ pub struct Interval {
 pub struct Visit {
     /// Round number, from 0.
     pub round: u32,
+    /// When the visit started (RFC 3339, UTC).
     pub started_at: String,
+    /// The visit's own statistics.
     pub latency: Latency,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineState>,
@@ -390,22 +449,34 @@ pub struct Visit {
 /// their median (the record's `latency.median_s`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rounds {
+    /// Every visit, in round order.
     pub visits: Vec<Visit>,
+    /// The interval of the median over rounds.
     pub interval: Interval,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The record format's version (`SCHEMA_VERSION`); readers refuse another.
     pub schema: u32,
+    /// The run that measured it (its UTC start time and the runner's process id), shared
+    /// by the run's records.
     pub run_id: String,
+    /// The hash of `key` (`CaseKey::id`): resume and merge match cases by it.
     pub case_id: String,
+    /// What defines the case.
     pub key: CaseKey,
     /// Display name: variant plus its non-default parameters.
     pub label: String,
+    /// How the case ended.
     pub status: Status,
+    /// Why it did not end `ok`: the error, the signal or the limit passed.
     pub message: Option<String>,
+    /// The variant's claimed complexity, copied from its metadata.
     pub claims: Claims,
+    /// Timing statistics; absent when the case did not end `ok`.
     pub latency: Option<Latency>,
+    /// Peak working memory of one iteration; absent when not measured.
     pub memory: Option<Memory>,
     /// FLOPs of one iteration in this mode (forward, or forward + backward).
     pub flops: Option<u64>,
@@ -441,7 +512,9 @@ pub struct Record {
     pub rounds: Option<Rounds>,
     /// When the case started (RFC 3339, UTC) and how long it took end to end.
     pub started_at: String,
+    /// Seconds from the worker's start to the record (set-up, warm-up, timing, memory).
     pub wall_s: f64,
+    /// The machine and software the run measured on.
     pub env: Environment,
 }
 

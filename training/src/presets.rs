@@ -365,7 +365,10 @@ mod tests {
         assert_eq!((l.tokens, l.max_depth, l.max_args), (Tokens::Lra, 6, 5));
         assert_eq!(p.task, "listops:tokens=lra:max_depth=6");
         let err = format!("{:#}", preset("tiny", "listops:depth=6").unwrap_err());
-        assert!(err.contains("depth=6") && err.contains("max_depth"), "{err}");
+        assert!(
+            err.contains("depth=6") && err.contains("max_depth"),
+            "{err}"
+        );
         let err = format!("{:#}", preset("tiny", "listops:tokens=words").unwrap_err());
         assert!(err.contains("tokens=words") && err.contains("lra"), "{err}");
         let err = format!("{:#}", preset("tiny", "passkey:seq_len").unwrap_err());

@@ -1,15 +1,52 @@
 //! `xarena report`: the report of results in every format, or all of them written into a
 //! directory with the plots.
 
-use anyhow::Result;
-use xarena_reports::table::{Format, ReportTarget, Style};
+use anyhow::{bail, Result};
+use clap::Args;
+use xarena_reports::table::{headline_grid, Format, ReportTarget, Style};
 use xarena_reports::Report;
 
-/// `xarena report`'s arguments: the shared report target.
-pub type ReportArgs = ReportTarget;
+#[derive(Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    target: ReportTarget,
+    /// Print only the headline at this N: per variant and setting, its speed-up and
+    /// memory ratio against vanilla, the N from which it beats sdpa and its exponents
+    /// beside the paper's claims (terminal or md).
+    #[arg(long, value_name = "N", conflicts_with = "out")]
+    headline: Option<i64>,
+}
 
 pub fn run(args: ReportArgs) -> Result<()> {
+    let ReportArgs {
+        target: args,
+        headline,
+    } = args;
     let report = Report::load(&args.results)?;
+    if let Some(n) = headline {
+        let style = args
+            .format
+            .only("report --headline", &[Format::Terminal, Format::Md]);
+        let style = style
+            .map_err(anyhow::Error::msg)?
+            .style()
+            .expect("a text format");
+        let mut printed = Vec::new();
+        for table in &report.tables {
+            if let Some(grid) = headline_grid(table, n) {
+                let heading = match style {
+                    Style::Markdown => format!("**{}**\n\n", table.setting),
+                    _ => format!("{}\n", table.setting),
+                };
+                printed.push(format!("{heading}{}", grid.text(style)));
+            }
+        }
+        if printed.is_empty() {
+            bail!("--headline {n}: no setting measured vanilla at N = {n}");
+        }
+        println!("{}", printed.join("\n\n"));
+        return Ok(());
+    }
     if let Some(dir) = &args.out {
         let written = report.write_dir(dir, args.force)?;
         eprintln!(

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests of the `xarena` binary.
 #![allow(dead_code)]
 
+pub mod commands;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -4,7 +4,8 @@
 //! widely used axial-attention implementations do for one layer. Causal (the Axial
 //! Transformer's masked form): along a row a query sees the columns up to its own, along a
 //! column the rows up to its own. Time O(N (r + c) d), memory O(N (r + c)):
-//! O(N sqrt(N)) on a square grid.
+//! O(N sqrt(N)) on a square grid. Rows and columns each go through the shared fused
+//! kernel (`variants/src/fused.rs`) as blocks.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -3,6 +3,12 @@
 //! neighbour blocks, to r random blocks drawn once per layer, and to the g global blocks
 //! at the start, whose queries in turn attend to everything. Time O(N (w + r + g) b d),
 //! memory O(N (w + r + g) b).
+//!
+//! The random blocks of each query block are drawn, when the layer is built, from the
+//! blocks outside its window and outside the global blocks (LibTorch's generator, which
+//! the runner seeds per case). Window and random blocks run on the shared block-sparse
+//! engine (`variants/src/sparse.rs`), the global keys appended to every query block;
+//! the global queries' rows are computed exactly over all keys. Not causal.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

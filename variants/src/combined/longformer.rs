@@ -2,7 +2,9 @@
 //! keys with |i - j| <= window / 2 (only j <= i when causal); global tokens see every key
 //! and are seen by every query. Computed block-sparse (the window as neighbour blocks
 //! trimmed to the band, the global keys appended to every block) plus exact rows for the
-//! global queries: time O(N (w + g) d), memory O(N (w + g)).
+//! global queries: time O(N (w + g) d), memory O(N (w + g)). The block-sparse part is the
+//! shared engine (`variants/src/sparse.rs`), with blocks of w / 2 tokens; a global key
+//! that also lies in the window is attended once.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

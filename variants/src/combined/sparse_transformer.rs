@@ -2,7 +2,9 @@
 //! 2019), with the two patterns on separate heads (the paper's multi-head integration):
 //! half the heads attend locally, to keys within distance l, the other half strided, to
 //! keys at multiples of l; two layers together reach every position. l defaults to
-//! ceil(sqrt(N)), giving O(N sqrt(N)) time and memory.
+//! ceil(sqrt(N)), giving O(N sqrt(N)) time and memory. The local heads are a `local`
+//! core with window l - 1 (keys at distance below l), the strided heads a `strided` core
+//! with stride l.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

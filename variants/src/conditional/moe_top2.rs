@@ -1,13 +1,15 @@
-//! `moe-top2`: GShard's top-2 gated mixture of experts (Lepikhin et al. 2020) in a
-//! pre-norm block with exact attention. The router's softmax picks each token's two most
-//! probable experts, the argmax and the argmax of the rest; their probabilities g1, g2 are
-//! renormalised over the two, and the block adds g1 E1(x) + g2 E2(x). Every expert takes
-//! at most ceil(capacity_factor * T / E) assignments of the batch (the paper's 2N/E:
-//! capacity_factor 2); an assignment past capacity is dropped, and a token that loses
-//! both keeps the residual only. With random routing (the paper's §2.2) the second expert
-//! is used only with probability min(1, 2 g2), saving capacity when it matters little.
-//! The auxiliary loss is alpha * E * sum_e c_e m_e, c_e the fraction of tokens whose first
-//! expert is e and m_e the mean gate of e.
+//! `moe-top2`: GShard's top-2 gated mixture of experts (Lepikhin et al. 2020) in a pre-norm
+//! block with exact attention. The router's softmax picks each token's two most probable
+//! experts, the argmax and the argmax of the rest; their probabilities g1, g2 are
+//! renormalised over the two, and the block adds g1 E1(x) + g2 E2(x). The router is a
+//! bias-free linear d -> E computed in float32; each expert a GELU FFN of width `ffn_mult`
+//! x d (8 experts of 4 d by default), run over the capacity-bounded dispatch buffer as in
+//! `switch`. Every expert takes at most ceil(capacity_factor * T / E) assignments of the
+//! batch (the paper's 2N/E: capacity_factor 2); an assignment past capacity is dropped, and
+//! a token that loses both keeps the residual only. With random routing (the paper's §2.2)
+//! the second expert is used only with probability min(1, 2 g2), saving capacity when it
+//! matters little. The auxiliary loss is alpha * E * sum_e c_e m_e, c_e the fraction of
+//! tokens whose first expert is e and m_e the mean gate of e.
 //!
 //! Time: O(N^2 d) for the attention plus O(N d E) for the router and O(capacity_factor N
 //! d^2) for the experts, independent of E; parameters grow as E d^2. Memory: O(N d) for

@@ -1,10 +1,13 @@
 //! `switch`: the Switch Transformer block (Fedus et al. 2021): a pre-norm block with exact
-//! attention whose FFN is a top-1 mixture of experts. A router (linear d -> E, in float32)
-//! gives softmax probabilities p(x); each token goes to its argmax expert only, and that
-//! expert's output is scaled by its probability, which is what trains the router. Every
-//! expert takes at most ceil(capacity_factor * T / E) tokens of the batch; a token past
-//! its expert's capacity skips the FFN and keeps the residual only. The auxiliary loss
-//! alpha * E * sum_i f_i P_i pushes routing towards uniform.
+//! attention whose FFN is a top-1 mixture of experts. A router (bias-free linear d -> E, in
+//! float32) gives softmax probabilities p(x); each token goes to its argmax expert only,
+//! and that expert's output is scaled by its probability, which is what trains the router.
+//! Every expert takes at most ceil(capacity_factor * T / E) tokens of the batch; a token
+//! past its expert's capacity skips the FFN and keeps the residual only. The auxiliary loss
+//! alpha * E * sum_i f_i P_i pushes routing towards uniform. Each expert is a GELU FFN of
+//! width `ffn_mult` x d (8 experts of 4 d by default). Accepted tokens are copied by index
+//! into the dispatch buffer and the experts run as two batched products over it, so only
+//! routed tokens are computed.
 //!
 //! Time: O(N^2 d) for the attention plus O(N d E) for the router and O(capacity_factor N
 //! d^2) for the experts, independent of E; parameters grow as E d^2. Memory: the fused

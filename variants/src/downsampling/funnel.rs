@@ -26,6 +26,13 @@
 //! Time: stage k costs O((N / 2^k)^2 d) per block (its first block O(N^2 / 2^(2k-1) d)),
 //! so a funnel of equal stages costs a fraction of a full-length stack, still O(N^2 d);
 //! memory O(N^2) scores on SDPA's math path, O(N) where a fused kernel runs.
+//!
+//! Scope `model` only: its point is the shrinking length, which shows across a stack, so
+//! it is compared with the other variants' `model` scope, a stack of six encoder blocks of
+//! the same width (`block::MODEL_LAYERS`). The defaults, `blocks = [2, 2, 2]` and
+//! `decoder_blocks = 2`, make eight blocks: two at N, two at N / 2, two at N / 4 (the
+//! first of each pooled stage reading the previous length's keys and values) and two
+//! decoder blocks at N.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};

@@ -1,7 +1,9 @@
 //! `sdpa`: LibTorch's fused `scaled_dot_product_attention`, which dispatches to
-//! FlashAttention-2 (Dao 2023) or the memory-efficient kernel (Rabe & Staats 2021) on the
-//! GPU and to a blocked flash kernel on the CPU. Exact, and O(N) in memory where a fused
-//! kernel runs; the strongest exact baseline an X-former has to beat.
+//! FlashAttention-2 (Dao 2023), the memory-efficient kernel (Rabe & Staats 2021) or cuDNN's
+//! on the GPU and to a blocked flash kernel on the CPU. Exact, and O(N) in memory where a
+//! fused kernel runs; the strongest exact baseline an X-former has to beat, not only the
+//! naive `vanilla`. Which backend LibTorch chose is asked of it inside each call and
+//! recorded (the record's `backend`).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

@@ -1,7 +1,9 @@
 //! `blockwise`: block-diagonal attention (Qiu et al. 2019, BlockBERT): the sequence is cut
 //! into blocks of b tokens and each block attends only within itself. Time O(N b d),
 //! memory O(N b). BlockBERT also gives some heads shifted block permutations; this is its
-//! identity permutation, the pattern the survey files under fixed patterns.
+//! identity permutation, the pattern the survey files under fixed patterns. Runs on the
+//! shared block-sparse engine (`variants/src/sparse.rs`) with one key block per query
+//! block; causal masking hides the later positions of a query's own block.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

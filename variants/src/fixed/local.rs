@@ -7,7 +7,9 @@
 //! and the L = ceil(window / b) blocks on either side (only before it when causal), and a
 //! precomputed band mask of shape [blocks, b, (2L+1) b] trims the blocks to the exact
 //! window and hides padding. With window >= N there is one block and this is exact
-//! attention.
+//! attention. The blocks go through the shared fused kernel (`variants/src/fused.rs`), so
+//! the [blocks, b, (2L+1) b] scores are never written out. Decoding keeps a ring of the
+//! window's keys and values: a state constant in N.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};

@@ -7,7 +7,8 @@
 //!
 //! Causal: a query sees a compressed slot only when every position the slot summarises
 //! is at or before it; a query with no such slot yet (the first c - 1) gets zeros from
-//! the compressed heads.
+//! the compressed heads. The local heads run on the shared block-sparse engine
+//! (`variants/src/sparse.rs`).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -2,7 +2,8 @@
 //! al. 2019): query i sees keys j with (i - j) mod s = 0. Positions are regrouped by their
 //! residue mod s (a reshape and a transpose, no gather), and each of the s groups of
 //! N / s tokens attends within itself: time O(N^2 / s d), memory O(N^2 / s). The default
-//! stride, ceil(sqrt(N)), gives O(N sqrt(N)).
+//! stride, ceil(sqrt(N)), gives O(N sqrt(N)). The groups go through the shared fused
+//! kernel (`variants/src/fused.rs`) as s blocks of ceil(N / s) queries and keys.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -6,6 +6,15 @@
 //! m x d state for the chunks before, and a small masked c x c product inside the chunk,
 //! so nothing grows as N x N and the state never grows as N x m x d. Decoding keeps the
 //! running sums (O(m d), constant in N) with a running key stabiliser.
+//!
+//! Features: the m projection rows are Gaussian blocks of d rows orthogonalised by QR,
+//! each row rescaled by the norm of an independent Gaussian vector (the paper's
+//! chi-distributed multiplier), drawn once when the layer is built and not trained.
+//! Before exp, a stabiliser is subtracted (the largest exponent per row for queries, per
+//! head for keys), so the largest feature is 1 and half precision does not overflow; the
+//! constant cancels between numerator and normaliser. The decoder replaces the per-head
+//! maximum by a running one: when a new key raises it, the sums are rescaled by
+//! exp(old - new).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -3,10 +3,16 @@
 //! position into one of n_b buckets (argmax over [xR; -xR]); positions are sorted by
 //! (bucket, position), cut into chunks of c, and each chunk attends to itself and the
 //! chunk before it, within the same bucket. A position attends to itself only when
-//! nothing else is there (its score is pushed down by 1e5, as in the paper). The rounds
-//! are combined with weights from their softmax normalisers (log-sum-exp), as in the
-//! paper's multi-round attention; a pair met in several rounds counts in each.
-//! Time O(r N c d + r N log N), memory O(r N c).
+//! nothing else is there (its score is pushed down by 1e5, as in the paper; by 5e4 in
+//! f16, whose range ends at 65504). The rounds are combined with weights from their
+//! softmax normalisers (log-sum-exp), as in the paper's multi-round attention; a pair met
+//! in several rounds counts in each.
+//! Time O(r N c d + r N log N), memory O(r N c). `buckets = 0` (the default) picks the
+//! paper's n_b = N / c, rounded up to even.
+//!
+//! Shared QK means the core never reads its keys: the K projection's output goes unused,
+//! since the multi-head wrapper computes Q, K and V for every variant (its FLOPs are
+//! counted like any other variant's projections).
 //!
 //! Causal masking hides every later key, but the sort runs over the whole sequence, so
 //! later tokens can move the chunk boundaries among earlier ones, as in the paper's

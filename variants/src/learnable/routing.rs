@@ -4,7 +4,9 @@
 //! is balanced as in the paper's implementation: each cluster takes the w = N / k queries
 //! and the w keys most similar to its centroid, and attends within itself; a query routed
 //! to several clusters averages their outputs, one routed to none gets zeros. With
-//! k = sqrt(N): time O(N sqrt(N) d) for routing and attention, memory O(N sqrt(N)).
+//! k = sqrt(N) (`clusters = 0`, the default, picks ceil(sqrt(N))): time O(N sqrt(N) d)
+//! for routing and attention, memory O(N sqrt(N)). The clusters' attention runs through
+//! the shared fused kernel (`variants/src/fused.rs`).
 //!
 //! Causal masking hides every later key, but balanced routing picks each cluster's
 //! members from the whole sequence, so later tokens can change which earlier keys a query

@@ -7,8 +7,9 @@
 //! may only receive blocks strictly before it, and the sort is normalised per row only
 //! (column normalisation would mix in the scores of later blocks, and through them later
 //! tokens); the first block receives none, and its own block is masked to earlier
-//! positions. Time
-//! O(N b d + (N / b)^2 b d) (the soft re-ordering), memory O(N b + (N / b)^2).
+//! positions. Time O(N b d + (N / b)^2 b d) (the soft re-ordering), memory
+//! O(N b + (N / b)^2). The [blocks, b, 2b] attention goes through the shared fused kernel
+//! (`variants/src/fused.rs`).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

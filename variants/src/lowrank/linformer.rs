@@ -1,6 +1,8 @@
 //! `linformer`: keys and values projected along the sequence axis from N to k rows by
-//! learned matrices E and F (Wang et al. 2020), so the score matrix is N x k.
-//! Time O(N k d), memory O(N k). Not causal: a row of E mixes every position.
+//! learned k x N matrices E and F (Wang et al. 2020), so the score matrix is N x k. E and
+//! F are shared across heads (the paper's headwise sharing); `share_kv` uses one matrix
+//! for both (its key-value sharing). Time O(N k d), memory O(N k). Not causal: a row of E
+//! mixes every position. The matrices are N wide, so a layer is built for one length.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

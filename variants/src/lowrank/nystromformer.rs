@@ -10,10 +10,12 @@
 //!
 //! S ~ F A+ B, and the output is F (A+ (B V)). A+ is the Moore-Penrose pseudo-inverse,
 //! computed by the paper's iteration (Razavi et al. 2014): Z0 = A^T / (||A||_1 ||A||_inf),
-//! then Z <- 1/4 Z (13 I - A Z (15 I - A Z (7 I - A Z))), 6 times by default. A skip
-//! connection adds a depthwise convolution of V along the sequence (one kernel of 33 taps
-//! per head, as in the paper's reference code), which the paper uses to recover local
-//! detail the landmarks smooth out.
+//! then Z <- 1/4 Z (13 I - A Z (15 I - A Z (7 I - A Z))), 6 times by default. The
+//! iteration is meant to be stopped early, as the paper does: on a rank-deficient A, once
+//! converged, round-off outside A's range grows 3.25x per iteration (the update
+//! multiplies it by 13/4). A skip connection adds a depthwise convolution of V along the
+//! sequence (one kernel of 33 taps per head, as in the paper's reference code), which the
+//! paper uses to recover local detail the landmarks smooth out.
 //!
 //! Time O(N m d + m^3) and memory O(N m): nothing is N x N.
 //!

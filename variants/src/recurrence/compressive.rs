@@ -26,6 +26,9 @@
 //! evicted token), scores O(s (s + m + cm)) per segment. Causal only (a language model);
 //! decoding keeps per layer keys and values of [compressed ; memory ; segment so far]
 //! and the fewer than m + s + c inputs not compressed yet, a constant state.
+//!
+//! With `compressed = 0` it is Transformer-XL, and a test checks that it computes the same
+//! function (`compressive_without_compressed_memory_is_transformer_xl`).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

@@ -27,6 +27,12 @@
 //! values of the memory and of the current segment so far in a fixed buffer of
 //! memory + segment rows; at a segment boundary the oldest rows are dropped. With
 //! memory >= N it computes exactly causal relative attention over the whole prefix.
+//!
+//! A test checks segment-by-segment processing against a dense reference over the whole
+//! sequence: the paper's score formula built pair by pair, each token seeing its segment
+//! up to itself and the `memory` tokens before the segment
+//! (`transformer_xl_equals_the_dense_relative_attention_reference` in
+//! variants/tests/recurrence.rs).
 
 use serde::{Deserialize, Serialize};
 use tch::nn;
