@@ -10,7 +10,7 @@
 mod common;
 
 use common::commands::{invocations, Cli, Invocation};
-use common::repo;
+use common::{files_with, repo};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,21 +32,9 @@ fn workflow() -> Yaml {
 }
 
 fn shell_scripts() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "sh") {
-                out.push(path);
-            }
-        }
-    }
-    let mut out = Vec::new();
     // The CI's scripts and the comparisons against PyTorch and PyPI.
-    walk(&repo().join("ci"), &mut out);
-    walk(&repo().join("comparisons"), &mut out);
-    out.sort();
+    let mut out = files_with(&repo().join("ci"), "sh");
+    out.extend(files_with(&repo().join("comparisons"), "sh"));
     out
 }
 

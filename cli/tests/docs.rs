@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
 
 use common::commands::{invocations, Cli};
-use common::{repo, xarena};
+use common::{files_with, repo, xarena};
 use pulldown_cmark::{CodeBlockKind, Event, Options, Parser, Tag, TagEnd};
 use quote::ToTokens;
 
@@ -38,19 +38,8 @@ fn read(p: &Path) -> String {
 
 /// README.md and every Markdown page under docs/.
 fn pages() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "md") {
-                out.push(p);
-            }
-        }
-    }
     let mut out = vec![repo().join("README.md")];
-    walk(&repo().join("docs"), &mut out);
-    out.sort();
+    out.extend(files_with(&repo().join("docs"), "md"));
     out
 }
 
@@ -574,18 +563,7 @@ fn config_rows(file: &syn::File, defaults: &serde_json::Value) -> Vec<String> {
 
 /// Where a variant's `INFO` names it.
 fn variant_file(name: &str) -> PathBuf {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&repo().join("variants/src"), &mut files);
+    let files = files_with(&repo().join("variants/src"), "rs");
     let needle = format!("name: \"{name}\",");
     let found: Vec<PathBuf> = files
         .into_iter()

@@ -1,4 +1,5 @@
-//! The tasks through the public API: the defaults the README states, and the cache.
+//! The tasks through the public API: the defaults the manual states
+//! (docs/tracks/accuracy.md), and the cache.
 
 use xarena_datasets::listops::ListOps;
 use xarena_datasets::pathfinder::Pathfinder;

@@ -53,7 +53,8 @@ impl Default for Thresholds {
     fn default() -> Self {
         // The same cases rerun a minute apart on the shared CI VM moved by up to 35%
         // with disjoint p10-p90 intervals (docs/results/pytorch-compare, 5 rounds), and
-        // peak memory by up to 2 MiB (9.5% of 21 MiB); see README, "Comparing runs".
+        // peak memory by up to 8.1 MiB (1.4% of 560 MiB, vanilla at N = 2048); see
+        // docs/guides/compare.md.
         Thresholds {
             latency: 0.50,
             latency_floor_s: 1e-6,

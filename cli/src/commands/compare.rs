@@ -14,7 +14,7 @@ pub struct CompareArgs {
     new: PathBuf,
     /// Least change of median latency that counts, in percent (default 50: reruns on a
     /// shared VM move by up to 35%); the runs' own spread can raise it per case (see
-    /// README, "Comparing runs").
+    /// docs/guides/compare.md).
     #[arg(long)]
     threshold: Option<f64>,
     /// Least change of median latency that counts when both runs have rounds (their

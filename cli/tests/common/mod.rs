@@ -14,6 +14,24 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// Every file under `dir` (recursively) whose name ends in `.{ext}`, sorted.
+pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, ext, out);
+            } else if path.extension().is_some_and(|e| e == ext) {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, ext, &mut out);
+    out.sort();
+    out
+}
+
 /// The binary under test, without an inherited fault injection.
 pub fn xarena() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xarena"));
