@@ -918,3 +918,26 @@ fn the_readme_is_at_most_200_lines() {
         "README.md has {lines} lines; move the detail into docs/"
     );
 }
+
+/// The README's picture is the report's latency plot of its run, as `report --out`
+/// draws it now.
+#[test]
+fn the_readme_picture_is_the_runs_latency_plot() {
+    let run = "docs/results/leaderboard-cpu-forward-b1";
+    let plot = "latency-cpu-f32-forward-attention-b1-h8x64.svg";
+    assert!(read(&repo().join("README.md")).contains(&format!("]({run}/{plot})")));
+    let out = std::env::temp_dir().join(format!("xarena-docs-plot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    output_of(&["report", run, "--out", out.to_str().unwrap()]);
+    let drawn = std::fs::read(out.join(plot)).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let committed = repo().join(run).join(plot);
+    if std::fs::read(&committed).ok().as_deref() == Some(&drawn[..]) {
+        return;
+    }
+    if update() {
+        std::fs::write(&committed, drawn).unwrap();
+        return;
+    }
+    panic!("{run}/{plot} differs from what `xarena report {run} --out` draws; {UPDATE_HINT}");
+}
