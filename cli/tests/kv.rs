@@ -985,3 +985,26 @@ fn namm_files_from_before_the_selection_setting_read_as_evolved() {
         assert!(xarena_kvcache::CachePolicy::describe(&p).ends_with(",selection=per-head"));
     }
 }
+
+/// `kv policies` prints the one policy table, every row in its order.
+#[test]
+fn kv_policies_prints_the_policy_table() {
+    let o = xarena()
+        .args(["kv", "policies", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let table: Vec<&str> = xarena_kvcache::POLICIES.iter().map(|p| p.name).collect();
+    assert_eq!(names, table);
+    assert!(rows
+        .iter()
+        .all(|r| r["keeps"].as_str().is_some_and(|k| !k.is_empty())));
+    let md = xarena()
+        .args(["kv", "policies", "--format", "md"])
+        .output()
+        .unwrap();
+    let md = String::from_utf8(md.stdout).unwrap();
+    assert!(md.starts_with("| policy") && md.contains("| namm"), "{md}");
+}

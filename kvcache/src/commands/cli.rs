@@ -31,6 +31,8 @@ pub enum KvCommand {
     /// The report of kv bench records: the frontier, the normalised-score table, costs;
     /// with --out, report.md and SVG plots of score vs cache kept.
     Report(KvReportCli),
+    /// The cache policies: name, what each keeps, whether it takes a budget, its paper.
+    Policies(KvPoliciesCli),
     /// Convert a Llama GGUF file (F32, F16, Q8_0, Q4_1 tensors) to a Hugging Face-layout
     /// checkpoint: OUT/config.json and OUT/model.safetensors in f32, with OUT/tokenizer.json
     /// and OUT/tokenizer_config.json when the file has a byte-level BPE tokenizer.
@@ -54,6 +56,38 @@ fn dedup<T: PartialEq>(tasks: Vec<T>) -> Vec<T> {
         }
     }
     out
+}
+
+#[derive(Args)]
+pub struct KvPoliciesCli {
+    /// terminal, md, csv or json.
+    #[arg(long, value_enum, default_value_t = Format::Terminal)]
+    format: Format,
+}
+
+/// The policy table, [`POLICIES`], as `xarena list` shows the variants.
+fn cmd_policies(a: KvPoliciesCli) -> Result<()> {
+    use xarena_reports::grid::{Grid, GridCell};
+    if a.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(POLICIES)?);
+        return Ok(());
+    }
+    let mut t = Grid::new(
+        ["policy", "keeps", "budget", "paper"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .all_left();
+    for p in POLICIES {
+        let budget = if p.budgeted { "yes" } else { "no" };
+        t.push(
+            [p.name, p.keeps, budget, p.paper]
+                .map(GridCell::from)
+                .to_vec(),
+        );
+    }
+    println!("{}", t.render(a.format));
+    Ok(())
 }
 
 #[derive(Args)]
@@ -317,6 +351,7 @@ pub fn run(cmd: KvCommand) -> Result<()> {
         KvCommand::Evolve(a) => cmd_evolve(a),
         KvCommand::Bench(a) => cmd_bench(a),
         KvCommand::Report(a) => cmd_report(a),
+        KvCommand::Policies(a) => cmd_policies(a),
         KvCommand::Convert(a) => cmd_convert(a),
         KvCommand::Logits(a) => cmd_logits(a),
         KvCommand::Tokenize(a) => cmd_tokenize(a),
