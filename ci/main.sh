@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs LibTorch if missing (ci/setup.sh), builds the release binary
 # and runs a sweep. With no arguments, the quick default sweep on the CPU (the first five
-# variants, N = 256..2048, batch 2) that ends with the LRA-style table; any arguments go
+# variants, N = 256..2048, batch 2) that ends with its latency, memory and FLOPs tables
+# (the LRA layout needs forward and train runs: `xarena report`); any arguments go
 # to `xarena run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -105,3 +105,42 @@ fn bad_input_is_an_error_naming_its_path() {
     );
     assert!(err.contains("different environments"), "{err}");
 }
+
+/// An --out that holds a page (a `report --out` directory, or an earlier leaderboard) is
+/// refused before anything is read, its files untouched; --force replaces only ours.
+#[test]
+fn an_out_holding_a_page_is_refused_without_force() {
+    let out = tmp("leaderboard-existing");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("report.html"), "the run's report").unwrap();
+    std::fs::write(out.join("report.md"), "kept").unwrap();
+    let run = &published()[0];
+    let o = xarena()
+        .args(["leaderboard", run, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&out.display().to_string()) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.html")).unwrap(),
+        "the run's report"
+    );
+    let o = xarena()
+        .args(["leaderboard", run, "--force", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(out.join("report.html"))
+        .unwrap()
+        .contains("<section class=\"setting\""));
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        "kept"
+    );
+}

@@ -315,9 +315,15 @@ pub fn headline_grid(table: &EfficiencyTable, n: i64) -> Option<Grid> {
     for row in rows {
         let cell = row.cells.get(&n);
         let ratio = |x: Option<f64>| GridCell::new(x.map_or("-".into(), |x| format!("{x:.2}x")), x);
+        let mut speedup = ratio(cell.and_then(|c| c.speedup));
+        // Marked as in the latency table: the case ran on a busy machine or its rounds
+        // disagreed.
+        if cell.is_some_and(|c| !c.unstable.is_empty()) {
+            speedup.text.push_str(UNSTABLE_MARK);
+        }
         let mut line: Vec<GridCell> = vec![
             row.label.clone().into(),
-            ratio(cell.and_then(|c| c.speedup)),
+            speedup,
             ratio(cell.and_then(|c| c.memory_ratio)),
         ];
         if sdpa {
@@ -793,6 +799,20 @@ pub(crate) mod tests {
         );
         let no_reference = efficiency_tables(&[at("sdpa", 4096, 1.0), at("local", 4096, 1.0)]);
         assert!(headline_grid(&no_reference[0], 4096).is_none());
+        // A case on a busy machine is marked, as in the latency table.
+        let mut busy = at("local", 4096, 16.0);
+        busy.machine = Some(crate::schema::MachineState {
+            cpus: 2,
+            wall_s: 1.0,
+            runqueue_wait_s: Some(0.5),
+            ..Default::default()
+        });
+        let tables = efficiency_tables(&[at("vanilla", 4096, 64.0), busy]);
+        let text = headline_grid(&tables[0], 4096)
+            .unwrap()
+            .text(Style::Markdown);
+        let local = text.lines().find(|l| l.starts_with("| local")).unwrap();
+        assert!(local.contains(&format!("4.00x{UNSTABLE_MARK}")), "{text}");
     }
 
     #[test]

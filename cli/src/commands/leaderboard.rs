@@ -20,9 +20,13 @@ pub struct LeaderboardArgs {
     /// Run directories (or results files); one section per setting they measured.
     #[arg(required = true)]
     runs: Vec<PathBuf>,
-    /// Where to write report.html and leaderboard.json.
+    /// Where to write report.html and leaderboard.json (created; one that already holds
+    /// either, such as a `report --out` directory, is refused unless --force).
     #[arg(long)]
     out: PathBuf,
+    /// Replace report.html and leaderboard.json in --out (nothing else there is touched).
+    #[arg(long)]
+    force: bool,
     /// `xarena quality` output (quality.jsonl or its directory) for the quality bound.
     #[arg(long)]
     quality: Option<PathBuf>,
@@ -77,6 +81,23 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 pub fn run(args: LeaderboardArgs) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("{} exists and is not a directory", args.out.display());
+    }
+    // Checked before anything is read, so a mistaken --out costs nothing.
+    let ours = ["report.html", "leaderboard.json"];
+    let present: Vec<&str> = ours
+        .into_iter()
+        .filter(|f| args.out.join(f).exists())
+        .collect();
+    if !args.force && !present.is_empty() {
+        bail!(
+            "{} already holds {}: pass --force to replace it (a `report --out` directory's \
+             report.html would be lost), or choose another --out",
+            args.out.display(),
+            present.join(" and ")
+        );
+    }
     let runs = load_runs(&args.runs)?;
     let quality = match &args.quality {
         Some(p) => load_quality(p)?,
@@ -90,9 +111,6 @@ pub fn run(args: LeaderboardArgs) -> Result<()> {
     let acc = accuracy::load_accuracy(&args.accuracy)?;
     let mut lb = Leaderboard::build(&runs, quality, args.quality_bound, meta(), acc)?;
     lb.set_accuracy_bound(args.accuracy_bound);
-    if args.out.exists() && !args.out.is_dir() {
-        bail!("{} exists and is not a directory", args.out.display());
-    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     write(&args.out.join("report.html"), &lb.html()?)?;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use xarena_reports::table::{headline_grid, Format, ReportTarget, Style};
+use xarena_reports::table::{headline_grid, instability_warning, Format, ReportTarget, Style};
 use xarena_reports::Report;
 
 #[derive(Args)]
@@ -43,6 +43,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
         if printed.is_empty() {
             bail!("--headline {n}: no setting measured vanilla at N = {n}");
+        }
+        // Every report opens with the run's instability, the headline too.
+        if let Some(w) = instability_warning(&report.tables) {
+            println!("{}\n", w.trim_end());
         }
         println!("{}", printed.join("\n\n"));
         return Ok(());

@@ -1,16 +1,38 @@
 //! `xarena run`: a sweep of cases, each in an isolated worker, recorded as it ends.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use anyhow::Result;
 use clap::Args;
 use xarena_bench::store::{check_resume_shard, check_target, Store};
 use xarena_bench::sweep::{Shard, Sweep, SweepFile, TimingFile};
+use xarena_measure::timing::TimingConfig;
 use xarena_reports::analysis::efficiency_tables;
 use xarena_reports::table::{efficiency_report, Format};
 use xarena_schema::lock::DirLock;
 use xarena_schema::{Dtype, Mode, Scope};
 use xarena_variants::VariantSpec;
+
+/// The timing flags' help, with the defaults read from [`TimingConfig`].
+static TIMING_HELP: LazyLock<[String; 4]> = LazyLock::new(|| {
+    let d = TimingConfig::default();
+    [
+        format!(
+            "Minimum seconds of timed iterations per case [default: {}]",
+            d.min_time_s
+        ),
+        format!(
+            "Minimum seconds of warm-up per case [default: {}]",
+            d.warmup_s
+        ),
+        format!(
+            "Fewest timed iterations per case [default: {}]",
+            d.min_iters
+        ),
+        format!("Most timed iterations per case [default: {}]", d.max_iters),
+    ]
+});
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -43,15 +65,13 @@ pub struct RunArgs {
     /// Causal (autoregressive) masking.
     #[arg(long)]
     causal: bool,
-    /// Minimum seconds of timed iterations per case.
-    #[arg(long)]
+    #[arg(long, help = TIMING_HELP[0].as_str())]
     min_time: Option<f64>,
-    /// Minimum seconds of warm-up per case.
-    #[arg(long)]
+    #[arg(long, help = TIMING_HELP[1].as_str())]
     warmup: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = TIMING_HELP[2].as_str())]
     min_iters: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = TIMING_HELP[3].as_str())]
     max_iters: Option<u64>,
     /// Minimum seconds of one timed sample: a shorter iteration runs K times between two
     /// synchronisations (default: 0.002 on CUDA, 0 on the CPU).
