@@ -4,7 +4,23 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Output;
+
 use common::{repo, stderr, tmp, xarena};
+
+/// `xarena leaderboard INPUTS... [FLAGS...] --out OUT`.
+fn leaderboard<S: AsRef<OsStr>>(inputs: &[S], flags: &[&str], out: &Path) -> Output {
+    xarena()
+        .arg("leaderboard")
+        .args(inputs)
+        .args(flags)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
 
 fn published() -> Vec<String> {
     ["forward-b1", "train-b1", "forward-b4"]
@@ -21,14 +37,8 @@ fn published() -> Vec<String> {
 #[test]
 fn the_published_runs_make_a_section_per_setting() {
     let out = tmp("leaderboard");
-    let mut args = vec!["leaderboard".to_string()];
-    args.extend(published());
-    args.extend([
-        "--quality".into(),
-        repo().join("docs/results/quality").display().to_string(),
-    ]);
-    args.extend(["--out".into(), out.display().to_string()]);
-    let o = xarena().args(&args).output().unwrap();
+    let quality = repo().join("docs/results/quality").display().to_string();
+    let o = leaderboard(&published(), &["--quality", &quality], &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert_eq!(html.matches("<section class=\"setting\"").count(), 3);
@@ -41,13 +51,7 @@ fn the_published_runs_make_a_section_per_setting() {
 fn bad_input_is_an_error_naming_its_path() {
     let out = tmp("leaderboard-bad");
     let missing = tmp("no-such-run");
-    let o = xarena()
-        .arg("leaderboard")
-        .arg(&missing)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = leaderboard(&[&missing], &[], &out);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains(&missing.display().to_string()),
@@ -58,13 +62,7 @@ fn bad_input_is_an_error_naming_its_path() {
     let empty = tmp("empty-run");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("results.jsonl"), "").unwrap();
-    let o = xarena()
-        .arg("leaderboard")
-        .arg(&empty)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = leaderboard(&[&empty], &[], &out);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains(&empty.display().to_string()),
@@ -89,14 +87,7 @@ fn bad_input_is_an_error_naming_its_path() {
         })
         .collect();
     std::fs::write(other.join("results.jsonl"), moved.join("\n") + "\n").unwrap();
-    let o = xarena()
-        .arg("leaderboard")
-        .arg(first)
-        .arg(&other)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = leaderboard(&[Path::new(first), &other], &[], &out);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -115,11 +106,7 @@ fn an_out_holding_a_page_is_refused_without_force() {
     std::fs::write(out.join("report.html"), "the run's report").unwrap();
     std::fs::write(out.join("report.md"), "kept").unwrap();
     let run = &published()[0];
-    let o = xarena()
-        .args(["leaderboard", run, "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = leaderboard(&[run], &[], &out);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -130,11 +117,7 @@ fn an_out_holding_a_page_is_refused_without_force() {
         std::fs::read_to_string(out.join("report.html")).unwrap(),
         "the run's report"
     );
-    let o = xarena()
-        .args(["leaderboard", run, "--force", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = leaderboard(&[run], &["--force"], &out);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read_to_string(out.join("report.html"))
         .unwrap()

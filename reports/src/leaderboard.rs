@@ -18,7 +18,7 @@ use crate::accuracy::{self, AccuracyRecord};
 use crate::analysis::{crossover, efficiency_tables, Crossover, EfficiencyTable, FLOOR};
 use crate::load::{read_results, LoadError};
 use crate::lra::lra_views;
-use crate::publish::{CSS, SORT_JS};
+use crate::publish::{page_head, SORT_JS};
 use crate::schema::{Environment, Record, Setting, Status};
 use crate::table::{format_bytes, format_seconds, instability_warning};
 
@@ -179,6 +179,16 @@ pub struct Section {
 impl Section {
     pub fn joined(&self) -> bool {
         self.runs.len() > 1
+    }
+
+    /// The median latency of `label`'s case at `n`, where it has one.
+    fn latency(&self, label: &str, n: i64) -> Option<f64> {
+        self.table
+            .rows
+            .iter()
+            .find(|r| r.label == label)
+            .and_then(|r| r.cells.get(&n))
+            .and_then(|c| c.latency_s)
     }
 
     /// Families in order of first row, without the exact reference and the floor.
@@ -535,14 +545,6 @@ pub fn crossovers(s: &Section) -> BTreeMap<String, CrossoverSpan> {
     let Some(reference) = s.bands.get(CROSSOVER_REFERENCE) else {
         return BTreeMap::new();
     };
-    let median_of = |label: &str, n: i64| {
-        s.table
-            .rows
-            .iter()
-            .find(|r| r.label == label)
-            .and_then(|r| r.cells.get(&n))
-            .and_then(|c| c.latency_s)
-    };
     let mut out = BTreeMap::new();
     for (label, band) in &s.bands {
         if label == CROSSOVER_REFERENCE || label == FLOOR {
@@ -555,8 +557,8 @@ pub fn crossovers(s: &Section) -> BTreeMap<String, CrossoverSpan> {
         for (&n, &(lo, hi, rounds)) in band {
             let (Some(&(rlo, rhi, rr)), Some(m), Some(rm)) = (
                 reference.get(&n),
-                median_of(label, n),
-                median_of(CROSSOVER_REFERENCE, n),
+                s.latency(label, n),
+                s.latency(CROSSOVER_REFERENCE, n),
             ) else {
                 continue;
             };
@@ -850,14 +852,6 @@ impl Leaderboard {
         }
         let mut rows: Vec<&crate::analysis::Row> = s.table.rows.iter().collect();
         rows.sort_by_key(|r| ranks.get(&r.label).copied().unwrap_or(usize::MAX));
-        let sdpa_at = |n: i64| {
-            s.table
-                .rows
-                .iter()
-                .find(|r| r.label == CROSSOVER_REFERENCE)
-                .and_then(|r| r.cells.get(&n))
-                .and_then(|c| c.latency_s)
-        };
         let nmax = lens.last().copied().unwrap_or(0);
         let bound = self.quality_bound;
         Ok(html! {
@@ -947,7 +941,7 @@ impl Leaderboard {
                                                 @let band = s.bands.get(&r.label).and_then(|b| b.get(n));
                                                 td data-sort=(t) {
                                                     (fmt_latency(t, band))
-                                                    @if let Some(x) = sdpa_at(*n) { " (" (format!("{:.2}x", x / t)) ")" }
+                                                    @if let Some(x) = s.latency(CROSSOVER_REFERENCE, *n) { " (" (format!("{:.2}x", x / t)) ")" }
                                                     @if !c.unstable.is_empty() { span.unstable title=(c.unstable.join("; ")) { " ~" } }
                                                 }
                                             }
@@ -1000,12 +994,7 @@ impl Leaderboard {
         let page = html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { "xarena leaderboard" }
-                    style { (PreEscaped(CSS)) (PreEscaped(LEADERBOARD_CSS)) }
-                }
+                (page_head("xarena leaderboard", LEADERBOARD_CSS))
                 body {
                     h1 { "xarena leaderboard: choosing an attention mechanism" }
                     p {
@@ -1109,7 +1098,6 @@ impl Leaderboard {
         let Some(&n) = s.table.seq_lens.last() else {
             return Ok(None);
         };
-        let means = accuracy::means(&self.accuracy);
         let row = |label: &str| {
             s.table.rows.iter().find(|r| r.label == label).or_else(|| {
                 s.table
@@ -1124,13 +1112,7 @@ impl Leaderboard {
         };
         // (label, speed-up, low, high, accuracy, memory ratio)
         let mut points: Vec<(String, f64, f64, f64, f64, f64)> = Vec::new();
-        for v in accuracy::variants(&self.accuracy) {
-            let got: Vec<f64> = means
-                .iter()
-                .filter(|((x, _), _)| *x == v)
-                .map(|(_, (m, _))| *m)
-                .collect();
-            let acc = got.iter().sum::<f64>() / got.len().max(1) as f64;
+        for (v, acc) in accuracy::mean_per_variant(&self.accuracy) {
             let Some(r) = row(&v) else { continue };
             let Some(c) = r.cells.get(&n) else { continue };
             let (Some(sp), Some(mr), Some((lo, hi, _))) =

@@ -281,12 +281,7 @@ impl Report {
         let page = html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { "xarena report" }
-                    style { (PreEscaped(CSS)) }
-                }
+                (page_head("xarena report", ""))
                 body {
                     h1 { "xarena report" }
                     p { (self.summary()) " Click a column header to sort by it." }
@@ -787,6 +782,19 @@ fn environment_grid(records: &[Record], accuracy: &[AccuracyRecord]) -> Grid {
         grid.push(row);
     }
     grid
+}
+
+/// The head of every self-contained page: its title and the shared style, then the
+/// page's own (`extra_css`).
+pub(crate) fn page_head(title: &str, extra_css: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) }
+            style { (PreEscaped(CSS)) (PreEscaped(extra_css)) }
+        }
+    }
 }
 
 pub(crate) const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
